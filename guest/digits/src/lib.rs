@@ -1,0 +1,128 @@
+//! `POST /digits`: classifies 8x8 handwritten digits with the host's `digits` model.
+//!
+//! Request: `{"pixels": [64 numbers 0..16]}` (one row-major 8x8 image) or
+//! `{"images": [[64 numbers], ...]}` (several). Response: `{"label": n, "probabilities": [10]}`
+//! for `pixels`, a JSON array of those, one per image, for `images`.
+//! Malformed input gets 400 with a message saying what is wrong.
+
+use edge_infer_guest::nn::{graph, inference::GraphExecutionContext, tensor};
+use edge_infer_guest::{read_body, respond_error, respond_json, respond_nn_error};
+use serde_json::{Value, json};
+use wasip2::http::types::{IncomingRequest, Method, ResponseOutparam};
+
+/// Pixels in one 8x8 image.
+const PIXELS: usize = 64;
+/// Largest pixel value in the digits data set (4-bit grey levels).
+const MAX_PIXEL: f64 = 16.0;
+/// Number of classes the model scores.
+const CLASSES: usize = 10;
+/// Most images accepted in one request.
+const MAX_IMAGES: usize = 1024;
+
+struct Digits;
+
+wasip2::http::proxy::export!(Digits);
+
+impl wasip2::exports::http::incoming_handler::Guest for Digits {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        if !matches!(request.method(), Method::Post) {
+            return respond_error(out, 405, "use POST with a JSON body");
+        }
+        let body = match read_body(&request) {
+            Ok(body) => body,
+            Err(message) => return respond_error(out, 400, &message),
+        };
+        let input = match parse_request(&body) {
+            Ok(input) => input,
+            Err(message) => return respond_error(out, 400, &message),
+        };
+        let probabilities = match classify(&input.images) {
+            Ok(probabilities) => probabilities,
+            Err(error) => return respond_nn_error(out, "digits model", &error),
+        };
+        let mut predictions = probabilities.chunks(CLASSES).map(prediction);
+        if input.single {
+            respond_json(out, 200, &predictions.next().expect("one image in, one prediction out"));
+        } else {
+            respond_json(out, 200, &predictions.collect::<Vec<_>>());
+        }
+    }
+}
+
+/// A validated request: its images, flattened, and whether it used the one-image form.
+struct DigitsRequest {
+    images: Vec<f32>,
+    single: bool,
+}
+
+fn parse_request(body: &[u8]) -> Result<DigitsRequest, String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
+    let Value::Object(fields) = value else {
+        return Err(r#"expected a JSON object with "pixels" or "images""#.into());
+    };
+    match (fields.get("pixels"), fields.get("images")) {
+        (Some(pixels), None) => Ok(DigitsRequest { images: parse_image(pixels, "pixels")?, single: true }),
+        (None, Some(images)) => {
+            let Value::Array(images) = images else {
+                return Err(r#""images" must be an array of images"#.into());
+            };
+            if images.is_empty() || images.len() > MAX_IMAGES {
+                return Err(format!(r#""images" must hold 1 to {MAX_IMAGES} images, got {}"#, images.len()));
+            }
+            let mut flat = Vec::with_capacity(images.len() * PIXELS);
+            for (i, image) in images.iter().enumerate() {
+                flat.extend(parse_image(image, &format!("images[{i}]"))?);
+            }
+            Ok(DigitsRequest { images: flat, single: false })
+        }
+        _ => Err(r#"expected exactly one of "pixels" or "images""#.into()),
+    }
+}
+
+fn parse_image(value: &Value, field: &str) -> Result<Vec<f32>, String> {
+    let Value::Array(items) = value else {
+        return Err(format!("{field} must be an array of {PIXELS} numbers"));
+    };
+    if items.len() != PIXELS {
+        return Err(format!("{field} must hold {PIXELS} numbers, got {}", items.len()));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item.as_f64() {
+            Some(v) if (0.0..=MAX_PIXEL).contains(&v) => Ok(v as f32),
+            Some(v) => Err(format!("{field}[{i}] = {v} is outside 0..{MAX_PIXEL}")),
+            None => Err(format!("{field}[{i}] is not a number")),
+        })
+        .collect()
+}
+
+/// Runs the model on `images` (n x 64 pixels) and returns n x 10 probabilities.
+fn classify(images: &[f32]) -> Result<Vec<f32>, edge_infer_guest::nn::errors::Error> {
+    let count = (images.len() / PIXELS) as u32;
+    let bytes: Vec<u8> = images.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let input = tensor::Tensor::new(&[count, PIXELS as u32], tensor::TensorType::Fp32, &bytes);
+    let model = graph::load_by_name("digits")?;
+    let context: GraphExecutionContext = model.init_execution_context()?;
+    let outputs = context.compute(vec![("pixels".to_string(), input)])?;
+    let (_, probabilities) = outputs
+        .into_iter()
+        .find(|(name, _)| name == "probabilities")
+        .expect("the digits model has a `probabilities` output");
+    Ok(probabilities
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+fn prediction(probabilities: &[f32]) -> Value {
+    let label = probabilities
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(label, _)| label)
+        .unwrap_or(0);
+    json!({ "label": label, "probabilities": probabilities })
+}

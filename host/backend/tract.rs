@@ -1,0 +1,139 @@
+//! The tract backend: ONNX models on the CPU, pure Rust, always available.
+//!
+//! A model is parsed, typed and optimized once; the optimized plan is shared, and each
+//! executor runs it through its own `SimpleState`. Symbolic dimensions in the ONNX file (such
+//! as a `batch` axis) stay symbolic, so one plan serves every batch size.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tract_onnx::prelude::*;
+
+use super::{Backend, Session};
+use crate::tensor::{Dim, ElementType, Signature, Tensor, TensorSpec};
+
+/// An optimized tract plan and the signature it was made from.
+pub struct TractModel {
+    plan: Arc<TypedSimplePlan>,
+    signature: Signature,
+}
+
+impl TractModel {
+    /// Loads and optimizes the ONNX model at `path`.
+    pub fn load_file(path: &Path) -> anyhow::Result<TractModel> {
+        let model = tract_onnx::onnx().model_for_path(path)?;
+        Self::optimize(model)
+    }
+
+    /// Loads and optimizes an ONNX model from bytes.
+    pub fn load_bytes(mut bytes: &[u8]) -> anyhow::Result<TractModel> {
+        let model = tract_onnx::onnx().model_for_read(&mut bytes)?;
+        Self::optimize(model)
+    }
+
+    fn optimize(model: InferenceModel) -> anyhow::Result<TractModel> {
+        let typed = model.into_typed().context("typing the model")?;
+        let signature = signature_of(&typed)?;
+        let plan = typed
+            .into_optimized()
+            .context("optimizing the model")?
+            .into_runnable()
+            .context("planning the model")?;
+        Ok(TractModel { plan, signature })
+    }
+}
+
+impl Backend for TractModel {
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn new_session(&self) -> anyhow::Result<Box<dyn Session>> {
+        Ok(Box::new(TractSession { state: TypedSimpleState::new(&self.plan)? }))
+    }
+}
+
+/// One executor's tract run state.
+struct TractSession {
+    state: TypedSimpleState,
+}
+
+impl Session for TractSession {
+    fn run(&mut self, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Tensor>> {
+        let inputs = inputs.iter().map(to_tract).collect::<anyhow::Result<TVec<TValue>>>()?;
+        let outputs = self.state.run(inputs)?;
+        outputs.iter().map(|value| from_tract(value)).collect()
+    }
+}
+
+fn signature_of(model: &TypedModel) -> anyhow::Result<Signature> {
+    let spec = |outlet: OutletId, name: String| -> anyhow::Result<TensorSpec> {
+        let fact = model.outlet_fact(outlet)?;
+        let element_type = element_type(fact.datum_type)
+            .with_context(|| format!("tensor {name:?}"))?;
+        let shape = fact
+            .shape
+            .iter()
+            .map(|dim| match dim.as_i64() {
+                Some(size) => Dim::Fixed(size as usize),
+                None => Dim::Any,
+            })
+            .collect();
+        Ok(TensorSpec { name, element_type, shape })
+    };
+    let inputs = model
+        .input_outlets()?
+        .iter()
+        .map(|&outlet| spec(outlet, model.node(outlet.node).name.clone()))
+        .collect::<anyhow::Result<_>>()?;
+    let outputs = model
+        .output_outlets()?
+        .iter()
+        .map(|&outlet| {
+            let name = model
+                .outlet_label(outlet)
+                .map(str::to_owned)
+                .unwrap_or_else(|| model.node(outlet.node).name.clone());
+            spec(outlet, name)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Signature { inputs, outputs })
+}
+
+fn element_type(datum_type: DatumType) -> anyhow::Result<ElementType> {
+    Ok(match datum_type {
+        DatumType::F16 => ElementType::F16,
+        DatumType::F32 => ElementType::F32,
+        DatumType::F64 => ElementType::F64,
+        DatumType::U8 => ElementType::U8,
+        DatumType::I32 => ElementType::I32,
+        DatumType::I64 => ElementType::I64,
+        other => bail!("element type {other:?} cannot cross wasi:nn"),
+    })
+}
+
+fn datum_type(element_type: ElementType) -> anyhow::Result<DatumType> {
+    Ok(match element_type {
+        ElementType::F16 => DatumType::F16,
+        ElementType::F32 => DatumType::F32,
+        ElementType::F64 => DatumType::F64,
+        ElementType::U8 => DatumType::U8,
+        ElementType::I32 => DatumType::I32,
+        ElementType::I64 => DatumType::I64,
+        ElementType::Bf16 => bail!("tract has no BF16 tensors"),
+    })
+}
+
+fn to_tract(tensor: &Tensor) -> anyhow::Result<TValue> {
+    let datum_type = datum_type(tensor.element_type)?;
+    // SAFETY: every element type reachable here is plain old data, for which any bit
+    // pattern is a valid value, and `from_raw_dt` checks the byte length against the shape.
+    let value = unsafe { tract_onnx::prelude::Tensor::from_raw_dt(datum_type, &tensor.shape, &tensor.data)? };
+    Ok(value.into_tvalue())
+}
+
+fn from_tract(value: &TValue) -> anyhow::Result<Tensor> {
+    let element_type = element_type(value.datum_type())?;
+    Tensor::new(element_type, value.shape().to_vec(), value.as_bytes().to_vec()).map_err(anyhow::Error::msg)
+}

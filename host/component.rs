@@ -1,0 +1,144 @@
+//! A route's guest component: compiled and pre-instantiated once, then a fresh instance for
+//! every request, dropped when the request ends so nothing leaks between requests.
+//!
+//! [`GuestComponent::handle`] runs one request to its deadline. The guest runs in a task of
+//! its own so it can keep streaming the body after it has sent the response head; the task
+//! owns the instance and the route's admission permit, and both go when it ends.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+use wasmtime::error::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::time::Instant;
+use tracing::debug;
+use wasmtime::component::Component;
+use wasmtime::{Engine, Store};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::nn::NnGrant;
+use crate::sandbox::{self, GuestState};
+
+/// Why a guest produced no response.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestFailure {
+    /// The request's deadline passed before the guest answered.
+    #[error("the guest did not answer within its deadline")]
+    DeadlineExceeded,
+    /// No instance could be made (e.g. the instance pool is exhausted).
+    #[error("no guest instance available: {0}")]
+    NoInstance(String),
+    /// The guest trapped (panic, out of memory, ...).
+    #[error("the guest trapped: {0}")]
+    Trapped(String),
+    /// The guest returned without setting a response, or answered with an HTTP error code.
+    #[error("the guest gave no response{0}")]
+    NoResponse(String),
+    /// The request could not be handed to the guest.
+    #[error("the request cannot be passed to the guest: {0}")]
+    BadRequest(String),
+}
+
+/// A compiled, pre-instantiated guest and what its instances may use.
+pub struct GuestComponent {
+    pre: ProxyPre<GuestState>,
+    grant: Arc<NnGrant>,
+    max_memory_bytes: usize,
+}
+
+impl GuestComponent {
+    /// Compiles `file` (or takes it from the compilation cache), links it against the
+    /// sandbox, and checks that one instance can be made.
+    pub async fn load(
+        engine: &Engine,
+        file: &Path,
+        grant: Arc<NnGrant>,
+        max_memory_bytes: usize,
+    ) -> anyhow::Result<GuestComponent> {
+        let started = StdInstant::now();
+        let component = Component::from_file(engine, file)
+            .with_context(|| format!("compiling the component {}", file.display()))?;
+        let compiled = started.elapsed();
+        let linker = sandbox::linker(engine)?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .with_context(|| format!("linking the component {}", file.display()))?;
+        let pre = ProxyPre::new(instance_pre)
+            .with_context(|| format!("{} is not a wasi:http/proxy component", file.display()))?;
+        let guest = GuestComponent { pre, grant, max_memory_bytes };
+        let mut store = guest.new_store();
+        guest
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .with_context(|| format!("instantiating the component {}", file.display()))?;
+        debug!(file = %file.display(), compile_ms = compiled.as_millis() as u64, "component ready");
+        Ok(guest)
+    }
+
+    /// Runs one request on a fresh instance. `permit` is the route's admission permit; it is
+    /// released when the instance is gone.
+    pub async fn handle(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        deadline: Instant,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<http::Response<HyperOutgoingBody>, GuestFailure> {
+        let mut store = self.new_store();
+        let (sender, receiver) = oneshot::channel();
+        let http = store.data_mut();
+        let request = http
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(|e| GuestFailure::BadRequest(format!("{e:#}")))?;
+        let outparam = http
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|e| GuestFailure::BadRequest(format!("{e:#}")))?;
+        let pre = self.pre.clone();
+        let task = tokio::spawn(tokio::time::timeout_at(deadline, async move {
+            let _permit = permit;
+            let proxy = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| GuestFailure::NoInstance(format!("{e:#}")))?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, outparam)
+                .await
+                .map_err(|e| GuestFailure::Trapped(format!("{e:#}")))
+        }));
+
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(GuestFailure::NoResponse(format!(": it answered with {code:?}"))),
+            // The guest ended (or was stopped) without setting a response: ask its task why.
+            Err(_) => match task.await {
+                Ok(Ok(Ok(()))) => Err(GuestFailure::NoResponse(String::new())),
+                Ok(Ok(Err(failure))) => Err(failure),
+                Ok(Err(_elapsed)) => Err(GuestFailure::DeadlineExceeded),
+                Err(join) => Err(GuestFailure::Trapped(format!("the guest task failed: {join}"))),
+            },
+        }
+    }
+
+    /// A store for one instance: fresh state, memory cap, and the epoch settings that make
+    /// the guest yield to tokio at every tick.
+    /// The wall-clock deadline itself is the `timeout_at` around the guest's task.
+    fn new_store(&self) -> Store<GuestState> {
+        let mut store = Store::new(
+            self.pre.engine(),
+            GuestState::new(self.grant.clone(), self.max_memory_bytes),
+        );
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+}

@@ -1,0 +1,294 @@
+//! The configuration: which models to load, which routes to serve, and the limits of each.
+//!
+//! It is read from a TOML file (`edge-infer serve --config FILE`), or, with no file, built in
+//! code for the bundled examples. Every mistake is reported at start-up with the file and the
+//! field it concerns, before anything is loaded. Relative paths in a file are taken from the
+//! file's folder.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::backend::BackendKind;
+
+/// Paths that the host answers itself; no route may take them.
+const RESERVED_PATHS: [&str; 3] = ["/healthz", "/v2", "/metrics"];
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener and process-wide settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Models by name, loaded once at start-up and shared by every route granted them.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+    /// Guest routes, matched by path.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Listener and process-wide settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on; `--listen` overrides it.
+    pub listen: SocketAddr,
+    /// On SIGINT/SIGTERM, how long in-flight requests may run before the process exits.
+    pub shutdown_grace_ms: u64,
+    /// Keep compiled components in wasmtime's on-disk cache, so a restart skips compilation.
+    pub compilation_cache: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace_ms: 10_000,
+            compilation_cache: true,
+        }
+    }
+}
+
+/// One model.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The ONNX file.
+    pub file: PathBuf,
+    /// Which backend runs it.
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// Executor threads, each running one inference at a time. Default: one per core.
+    pub executors: Option<usize>,
+    /// Jobs that may wait for an executor before `compute` fails as overloaded.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+/// One guest route.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The path it serves, e.g. `/digits`; it also serves every path below (`/digits/...`).
+    pub path: String,
+    /// The guest component (`.wasm`).
+    pub component: PathBuf,
+    /// The models the guest may load by name.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Instances of this route that may run at once.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// Requests that may wait for an instance; beyond that the answer is 503.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    /// Linear memory one instance may use, in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// Deadline of one request, from arrival to the end of the guest's work, in ms.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Largest request body accepted, in bytes; larger gets 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Whether the guest may load models from raw bytes (`wasi:nn/graph.load`). Guests are
+    /// untrusted, so this is off unless granted.
+    #[serde(default)]
+    pub allow_model_load: bool,
+}
+
+fn default_queue_capacity() -> usize {
+    1024
+}
+fn default_max_concurrency() -> usize {
+    64
+}
+fn default_max_queue() -> usize {
+    256
+}
+fn default_memory_mib() -> u64 {
+    64
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_body_bytes() -> usize {
+    1 << 20
+}
+
+impl Config {
+    /// Reads, parses and checks a configuration file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Parses and checks a configuration, taking relative paths from `base`.
+    pub fn from_toml(text: &str, base: &Path) -> anyhow::Result<Config> {
+        let deserializer = toml::Deserializer::parse(text)?;
+        let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let field = e.path().to_string();
+            anyhow::anyhow!("field `{field}`: {}", e.into_inner().message())
+        })?;
+        for model in config.models.values_mut() {
+            model.file = base.join(&model.file);
+        }
+        for route in &mut config.routes {
+            route.component = base.join(&route.component);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The bundled examples: the digits classifier and the hello guest, from this build.
+    pub fn bundled() -> Config {
+        let guests = Path::new(env!("EDGE_INFER_GUEST_DIR"));
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let route = |path: &str, component: &str, models: &[&str]| RouteConfig {
+            path: path.into(),
+            component: guests.join(component),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            max_concurrency: default_max_concurrency(),
+            max_queue: default_max_queue(),
+            memory_mib: default_memory_mib(),
+            timeout_ms: default_timeout_ms(),
+            max_body_bytes: default_max_body_bytes(),
+            allow_model_load: false,
+        };
+        let digits = ModelConfig {
+            file: models.join("digits/digits.onnx"),
+            backend: BackendKind::Tract,
+            executors: None,
+            queue_capacity: default_queue_capacity(),
+        };
+        Config {
+            server: ServerConfig::default(),
+            models: BTreeMap::from([("digits".to_string(), digits)]),
+            routes: vec![
+                route("/digits", "digits.wasm", &["digits"]),
+                route("/hello", "hello.wasm", &[]),
+            ],
+        }
+    }
+
+    /// Checks what the types alone cannot: unique paths, known models, sane limits.
+    fn validate(&self) -> anyhow::Result<()> {
+        for (name, model) in &self.models {
+            let field = format!("models.{name}");
+            if model.executors == Some(0) {
+                bail!("field `{field}.executors`: must be at least 1");
+            }
+            if model.queue_capacity == 0 {
+                bail!("field `{field}.queue_capacity`: must be at least 1");
+            }
+        }
+        let mut paths = HashSet::new();
+        for (index, route) in self.routes.iter().enumerate() {
+            let field = format!("routes[{index}]");
+            let path = route.path.as_str();
+            if !path.starts_with('/') || path.len() < 2 || path.ends_with('/') {
+                bail!("field `{field}.path`: {path:?} must start with '/', name something, and not end with '/'");
+            }
+            if RESERVED_PATHS.iter().any(|reserved| path_matches(path, reserved)) {
+                bail!("field `{field}.path`: {path:?} is reserved for the host ({RESERVED_PATHS:?})");
+            }
+            if !paths.insert(path) {
+                bail!("field `{field}.path`: {path:?} is served by an earlier route");
+            }
+            for model in &route.models {
+                if !self.models.contains_key(model) {
+                    bail!("field `{field}.models`: no model named {model:?} in [models]");
+                }
+            }
+            for (name, value) in [
+                ("max_concurrency", route.max_concurrency as u64),
+                ("memory_mib", route.memory_mib),
+                ("timeout_ms", route.timeout_ms),
+            ] {
+                if value == 0 {
+                    bail!("field `{field}.{name}`: must be at least 1");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a request path falls under a route path: the path itself or anything below it.
+pub fn path_matches(request_path: &str, route_path: &str) -> bool {
+    request_path
+        .strip_prefix(route_path)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        Config::from_toml(text, Path::new("/etc/edge"))
+    }
+
+    fn error(text: &str) -> String {
+        format!("{:#}", parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn parses_a_full_config_with_defaults() {
+        let config = parse(
+            r#"
+            [server]
+            listen = "0.0.0.0:9000"
+            [models.digits]
+            file = "digits.onnx"
+            executors = 2
+            [[routes]]
+            path = "/digits"
+            component = "/opt/digits.wasm"
+            models = ["digits"]
+            timeout_ms = 500
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.server.listen.port(), 9000);
+        assert_eq!(config.models["digits"].file, Path::new("/etc/edge/digits.onnx"));
+        assert_eq!(config.models["digits"].executors, Some(2));
+        let route = &config.routes[0];
+        assert_eq!(route.component, Path::new("/opt/digits.wasm"));
+        assert_eq!((route.timeout_ms, route.max_concurrency, route.memory_mib), (500, 64, 64));
+        assert!(!route.allow_model_load);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad_type = error("[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\nmax_concurrency = \"lots\"");
+        assert!(bad_type.contains("routes[0].max_concurrency"), "{bad_type}");
+        let unknown = error("[models.m]\nfile = \"m.onnx\"\nexecuters = 2");
+        assert!(unknown.contains("executers"), "{unknown}");
+        let missing = error("[[routes]]\npath = \"/a\"");
+        assert!(missing.contains("component"), "{missing}");
+        let bad_model = error("[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\nmodels = [\"nope\"]");
+        assert!(bad_model.contains("routes[0].models") && bad_model.contains("nope"), "{bad_model}");
+        let reserved = error("[[routes]]\npath = \"/v2/x\"\ncomponent = \"a.wasm\"");
+        assert!(reserved.contains("routes[0].path") && reserved.contains("reserved"), "{reserved}");
+        let zero = error("[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\ntimeout_ms = 0");
+        assert!(zero.contains("routes[0].timeout_ms"), "{zero}");
+        let duplicate = error("[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\n[[routes]]\npath = \"/a\"\ncomponent = \"b.wasm\"");
+        assert!(duplicate.contains("routes[1].path"), "{duplicate}");
+    }
+
+    #[test]
+    fn paths_match_whole_segments() {
+        assert!(path_matches("/digits", "/digits"));
+        assert!(path_matches("/digits/batch", "/digits"));
+        assert!(!path_matches("/digitsx", "/digits"));
+        assert!(!path_matches("/dig", "/digits"));
+    }
+}

@@ -1,0 +1,82 @@
+//! The wasmtime engine: compilation settings, the pooling allocator and the epoch clock.
+//!
+//! One engine serves every route. Instances come from a pooling allocator sized from the
+//! routes' concurrency caps, so a fresh instance per request costs microseconds (slots are
+//! reused, memory is copy-on-write, and a little of each slot stays resident between uses).
+//! A background thread advances the engine's epoch every [`EPOCH_TICK`]; guests yield to
+//! tokio at each tick, which is how a guest stuck in a loop is cut off at its deadline.
+
+use std::thread;
+use std::time::Duration;
+
+use wasmtime::error::Context as _;
+use wasmtime::{Cache, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances: the granularity of guest time slices and deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Core instances, memories and tables one component may hold (a Rust guest uses a few
+/// core instances and one memory; interpreters such as Python use more).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+const MEMORIES_PER_COMPONENT: u32 = 4;
+const TABLES_PER_COMPONENT: u32 = 8;
+
+/// Bytes of each slot kept resident when it is reused, instead of being returned to the OS.
+const KEEP_RESIDENT_BYTES: usize = 1 << 20;
+
+/// What the engine must be sized for.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineLimits {
+    /// Component instances alive at once: the sum of the routes' concurrency caps.
+    pub instances: u32,
+    /// The largest linear memory any route allows, in bytes.
+    pub max_memory_bytes: usize,
+    /// Whether to use wasmtime's on-disk compilation cache.
+    pub compilation_cache: bool,
+}
+
+/// Makes the engine and starts its epoch clock.
+pub fn new_engine(limits: EngineLimits) -> anyhow::Result<Engine> {
+    let instances = limits.instances.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
+        .total_stacks(instances)
+        .max_memory_size(limits.max_memory_bytes)
+        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+        .table_keep_resident(KEEP_RESIDENT_BYTES)
+        .async_stack_keep_resident(KEEP_RESIDENT_BYTES);
+
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if limits.compilation_cache {
+        let cache = Cache::from_file(None).context("setting up wasmtime's compilation cache")?;
+        config.cache(Some(cache));
+    }
+    let engine = Engine::new(&config).context("creating the wasmtime engine")?;
+    start_epoch_clock(&engine)?;
+    Ok(engine)
+}
+
+/// Advances the engine's epoch every tick, for as long as the engine lives.
+fn start_epoch_clock(engine: &Engine) -> anyhow::Result<()> {
+    let engine = engine.weak();
+    thread::Builder::new()
+        .name("epoch-clock".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                thread::sleep(EPOCH_TICK);
+            }
+        })
+        .context("starting the epoch clock")?;
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! edge-infer: a WebAssembly edge inference runtime.
+//!
+//! An HTTP request flows one way through these modules:
+//! `server` (listener) → `router` (dispatch, limits) → `admission` (per-route cap and queue)
+//! → `component` (a fresh guest instance in its `sandbox`, on the `engine`'s pool) → `nn`
+//! (the guest's `wasi:nn` calls) → `scheduler` (per-model queue and executor threads) →
+//! `backend` (tract). `config`, `models` and `runtime` build the node at start-up; `tensor`
+//! and `response` hold the types shared along the way. Lower layers never import higher ones.
+
+pub mod admission;
+pub mod backend;
+pub mod cli;
+pub mod component;
+pub mod config;
+pub mod engine;
+pub mod models;
+pub mod nn;
+pub mod response;
+pub mod router;
+pub mod runtime;
+pub mod sandbox;
+pub mod scheduler;
+pub mod server;
+pub mod tensor;

@@ -1,0 +1,55 @@
+//! The models of a node: every configured model, loaded and optimized once at start-up, each
+//! behind its own scheduler, shared by every route and instance that is granted it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tracing::info;
+
+use crate::backend;
+use crate::config::ModelConfig;
+use crate::scheduler::{ModelScheduler, SchedulerLimits};
+
+/// All loaded models, by name.
+#[derive(Default)]
+pub struct Models {
+    by_name: HashMap<String, Arc<ModelScheduler>>,
+}
+
+impl Models {
+    /// Loads every configured model and starts its executors.
+    pub fn load<'a>(configs: impl IntoIterator<Item = (&'a String, &'a ModelConfig)>) -> anyhow::Result<Models> {
+        let mut by_name = HashMap::new();
+        for (name, config) in configs {
+            let started = Instant::now();
+            let backend = backend::load_file(config.backend, &config.file)
+                .with_context(|| format!("loading model {name:?} from {}", config.file.display()))?;
+            let limits = SchedulerLimits {
+                executors: config.executors.unwrap_or_else(default_executors),
+                queue_capacity: config.queue_capacity,
+            };
+            let scheduler = ModelScheduler::start(name, Arc::from(backend), limits)?;
+            info!(
+                model = %name,
+                backend = ?config.backend,
+                executors = limits.executors,
+                load_ms = started.elapsed().as_millis() as u64,
+                "model loaded"
+            );
+            by_name.insert(name.clone(), Arc::new(scheduler));
+        }
+        Ok(Models { by_name })
+    }
+
+    /// The model called `name`, if it is loaded.
+    pub fn get(&self, name: &str) -> Option<&Arc<ModelScheduler>> {
+        self.by_name.get(name)
+    }
+}
+
+/// One executor per core: tract runs one inference on one thread.
+pub fn default_executors() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,273 @@
+//! The `wasi:nn@0.2.0-rc-2024-10-28` host, written for edge-infer.
+//!
+//! - `load-by-name` hands out a model loaded at start-up; a route sees only the models its
+//!   config grants it (`not-found` otherwise), and nothing is read or compiled per request.
+//! - `compute` is an async host call: the tensors go to the model's scheduler and the guest's
+//!   task yields until the outputs come back, so inference never blocks the event loop.
+//! - `load` of raw model bytes is refused (`security`) unless the route allows it.
+//! - Bad tensors (name, type, shape, length) are `invalid-argument` errors, never a trap.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+use crate::backend::{self, BackendKind};
+use crate::scheduler::{ComputeError, ModelScheduler, SchedulerLimits};
+use crate::tensor::{ElementType, Tensor};
+
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "wit/deps/nn.wit",
+        world: "ml",
+        with: {
+            "wasi:nn/graph.graph": super::Graph,
+            "wasi:nn/tensor.tensor": crate::tensor::Tensor,
+            "wasi:nn/inference.graph-execution-context": super::ExecutionContext,
+            "wasi:nn/errors.error": super::NnError,
+        },
+        imports: {
+            "wasi:nn/graph.load": async | trappable,
+            "wasi:nn/inference.[method]graph-execution-context.compute": async | trappable,
+            default: trappable,
+        },
+    });
+}
+
+use generated::wasi::nn::errors::{self, ErrorCode};
+use generated::wasi::nn::graph::{self, ExecutionTarget, GraphBuilder, GraphEncoding};
+use generated::wasi::nn::inference::{self, NamedTensor};
+use generated::wasi::nn::tensor::{self, TensorType};
+
+/// What one route's guests may do with `wasi:nn`: shared by all of the route's instances.
+pub struct NnGrant {
+    /// The models the route may load by name.
+    pub models: HashMap<String, Arc<ModelScheduler>>,
+    /// Whether `load` of raw model bytes is allowed.
+    pub allow_model_load: bool,
+}
+
+/// A `graph` resource: a model the guest may run.
+pub struct Graph {
+    model: Arc<ModelScheduler>,
+}
+
+/// A `graph-execution-context` resource.
+pub struct ExecutionContext {
+    model: Arc<ModelScheduler>,
+}
+
+/// An `error` resource: a code and a message for the guest.
+pub struct NnError {
+    code: ErrorCode,
+    message: String,
+}
+
+/// The store state `wasi:nn` works on: the route's grant and the instance's resources.
+pub struct NnView<'a> {
+    pub grant: &'a NnGrant,
+    pub table: &'a mut ResourceTable,
+}
+
+/// Store data that can lend out an [`NnView`].
+pub trait HasNn: Send {
+    fn nn(&mut self) -> NnView<'_>;
+}
+
+struct NnData;
+
+impl HasData for NnData {
+    type Data<'a> = NnView<'a>;
+}
+
+/// Adds the `wasi:nn` interfaces to a linker.
+pub fn add_to_linker<T: HasNn + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    errors::add_to_linker::<T, NnData>(linker, T::nn)?;
+    tensor::add_to_linker::<T, NnData>(linker, T::nn)?;
+    graph::add_to_linker::<T, NnData>(linker, T::nn)?;
+    inference::add_to_linker::<T, NnData>(linker, T::nn)?;
+    Ok(())
+}
+
+/// The result of a `wasi:nn` call that may fail with an `error` resource.
+type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
+
+impl NnView<'_> {
+    fn fail<T>(&mut self, code: ErrorCode, message: impl Into<String>) -> NnResult<T> {
+        let error = self.table.push(NnError { code, message: message.into() })?;
+        Ok(Err(error))
+    }
+
+    fn graph(&mut self, model: Arc<ModelScheduler>) -> NnResult<Resource<Graph>> {
+        Ok(Ok(self.table.push(Graph { model })?))
+    }
+}
+
+impl graph::Host for NnView<'_> {
+    async fn load(
+        &mut self,
+        builders: Vec<GraphBuilder>,
+        encoding: GraphEncoding,
+        _target: ExecutionTarget,
+    ) -> NnResult<Resource<Graph>> {
+        if !self.grant.allow_model_load {
+            return self.fail(
+                ErrorCode::Security,
+                "loading a model from bytes is not allowed on this route (allow_model_load = false); use load-by-name",
+            );
+        }
+        if !matches!(encoding, GraphEncoding::Onnx | GraphEncoding::Autodetect) {
+            return self.fail(ErrorCode::InvalidEncoding, format!("{encoding:?} is not supported: only ONNX"));
+        }
+        let [bytes]: [Vec<u8>; 1] = match builders.try_into() {
+            Ok(one) => one,
+            Err(_) => return self.fail(ErrorCode::InvalidArgument, "an ONNX model is one builder"),
+        };
+        let loaded = tokio::task::spawn_blocking(move || {
+            let backend = backend::load_bytes(BackendKind::Tract, &bytes)?;
+            let limits = SchedulerLimits { executors: 1, queue_capacity: 16 };
+            ModelScheduler::start("guest-loaded", Arc::from(backend), limits)
+        })
+        .await?;
+        match loaded {
+            Ok(model) => self.graph(Arc::new(model)),
+            Err(e) => self.fail(ErrorCode::InvalidEncoding, format!("cannot load the model: {e:#}")),
+        }
+    }
+
+    fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
+        match self.grant.models.get(&name) {
+            Some(model) => self.graph(model.clone()),
+            None => self.fail(ErrorCode::NotFound, format!("no model {name:?} is granted to this route")),
+        }
+    }
+}
+
+impl graph::HostGraph for NnView<'_> {
+    fn init_execution_context(
+        &mut self,
+        graph: Resource<Graph>,
+    ) -> NnResult<Resource<ExecutionContext>> {
+        let model = self.table.get(&graph)?.model.clone();
+        Ok(Ok(self.table.push(ExecutionContext { model })?))
+    }
+
+    fn drop(&mut self, graph: Resource<Graph>) -> wasmtime::Result<()> {
+        self.table.delete(graph)?;
+        Ok(())
+    }
+}
+
+impl inference::Host for NnView<'_> {}
+
+impl inference::HostGraphExecutionContext for NnView<'_> {
+    async fn compute(
+        &mut self,
+        context: Resource<ExecutionContext>,
+        inputs: Vec<NamedTensor>,
+    ) -> NnResult<Vec<NamedTensor>> {
+        let model = self.table.get(&context)?.model.clone();
+        let mut named = Vec::with_capacity(inputs.len());
+        for (name, handle) in inputs {
+            // The guest handed these tensors over: take them out of the table, no copy.
+            let raw = self.table.delete(handle)?;
+            match Tensor::new(raw.element_type, raw.shape, raw.data) {
+                Ok(tensor) => named.push((name, tensor)),
+                Err(message) => return self.fail(ErrorCode::InvalidArgument, format!("input {name:?}: {message}")),
+            }
+        }
+        match model.compute(named).await {
+            Ok(outputs) => {
+                let mut handles = Vec::with_capacity(outputs.len());
+                for (name, tensor) in outputs {
+                    handles.push((name, self.table.push(tensor)?));
+                }
+                Ok(Ok(handles))
+            }
+            Err(error) => {
+                let code = match &error {
+                    ComputeError::InvalidInput(_) => ErrorCode::InvalidArgument,
+                    ComputeError::Overloaded(_) | ComputeError::Failed(_) => ErrorCode::RuntimeError,
+                };
+                self.fail(code, format!("model {:?}: {error}", model.name()))
+            }
+        }
+    }
+
+    fn drop(&mut self, context: Resource<ExecutionContext>) -> wasmtime::Result<()> {
+        self.table.delete(context)?;
+        Ok(())
+    }
+}
+
+impl tensor::Host for NnView<'_> {}
+
+impl tensor::HostTensor for NnView<'_> {
+    fn new(&mut self, dimensions: Vec<u32>, ty: TensorType, data: Vec<u8>) -> wasmtime::Result<Resource<Tensor>> {
+        // The constructor cannot fail in WIT: the tensor is checked when it is used.
+        let tensor = Tensor {
+            element_type: element_type(ty),
+            shape: dimensions.into_iter().map(|d| d as usize).collect(),
+            data,
+        };
+        Ok(self.table.push(tensor)?)
+    }
+
+    fn dimensions(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u32>> {
+        Ok(self.table.get(&tensor)?.shape.iter().map(|&d| d as u32).collect())
+    }
+
+    fn ty(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<TensorType> {
+        Ok(tensor_type(self.table.get(&tensor)?.element_type))
+    }
+
+    fn data(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&tensor)?.data.clone())
+    }
+
+    fn drop(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<()> {
+        self.table.delete(tensor)?;
+        Ok(())
+    }
+}
+
+impl errors::Host for NnView<'_> {}
+
+impl errors::HostError for NnView<'_> {
+    fn code(&mut self, error: Resource<NnError>) -> wasmtime::Result<ErrorCode> {
+        Ok(self.table.get(&error)?.code)
+    }
+
+    fn data(&mut self, error: Resource<NnError>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&error)?.message.clone())
+    }
+
+    fn drop(&mut self, error: Resource<NnError>) -> wasmtime::Result<()> {
+        self.table.delete(error)?;
+        Ok(())
+    }
+}
+
+fn element_type(ty: TensorType) -> ElementType {
+    match ty {
+        TensorType::Fp16 => ElementType::F16,
+        TensorType::Fp32 => ElementType::F32,
+        TensorType::Fp64 => ElementType::F64,
+        TensorType::Bf16 => ElementType::Bf16,
+        TensorType::U8 => ElementType::U8,
+        TensorType::I32 => ElementType::I32,
+        TensorType::I64 => ElementType::I64,
+    }
+}
+
+fn tensor_type(element_type: ElementType) -> TensorType {
+    match element_type {
+        ElementType::F16 => TensorType::Fp16,
+        ElementType::F32 => TensorType::Fp32,
+        ElementType::F64 => TensorType::Fp64,
+        ElementType::Bf16 => TensorType::Bf16,
+        ElementType::U8 => TensorType::U8,
+        ElementType::I32 => TensorType::I32,
+        ElementType::I64 => TensorType::I64,
+    }
+}

@@ -1,0 +1,102 @@
+//! A node, assembled from its configuration: the loaded models, the engine, and one
+//! [`Route`] per configured guest route. Built once at start-up; read-only afterwards.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tracing::info;
+
+use crate::admission::Admission;
+use crate::component::GuestComponent;
+use crate::config::{Config, RouteConfig, path_matches};
+use crate::engine::{EngineLimits, new_engine};
+use crate::models::Models;
+use crate::nn::NnGrant;
+
+/// Bytes in a MiB, for the `memory_mib` settings.
+const MIB: usize = 1 << 20;
+
+/// A guest route, ready to serve.
+pub struct Route {
+    /// The path it serves (and everything below it).
+    pub path: String,
+    /// Its concurrency cap and waiting queue.
+    pub admission: Admission,
+    /// Its pre-instantiated component.
+    pub guest: GuestComponent,
+    /// Deadline of one request, from arrival.
+    pub timeout: Duration,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+/// Everything a node serves. Models live as long as a route is granted them.
+pub struct Runtime {
+    routes: Vec<Route>,
+}
+
+impl Runtime {
+    /// Loads every model and component of `config`. Any failure names what failed to load.
+    pub async fn load(config: &Config) -> anyhow::Result<Runtime> {
+        let started = Instant::now();
+        let models = Models::load(&config.models)?;
+        let limits = EngineLimits {
+            instances: config.routes.iter().map(|r| r.max_concurrency as u32).sum(),
+            max_memory_bytes: config
+                .routes
+                .iter()
+                .map(|r| r.memory_mib as usize * MIB)
+                .max()
+                .unwrap_or(MIB),
+            compilation_cache: config.server.compilation_cache,
+        };
+        let engine = new_engine(limits)?;
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            routes.push(load_route(&engine, route, &models).await?);
+        }
+        info!(
+            routes = routes.len(),
+            load_ms = started.elapsed().as_millis() as u64,
+            "runtime loaded"
+        );
+        Ok(Runtime { routes })
+    }
+
+    /// The route serving `path`: the one with the longest matching path.
+    pub fn route_for(&self, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .filter(|route| path_matches(path, &route.path))
+            .max_by_key(|route| route.path.len())
+    }
+}
+
+async fn load_route(
+    engine: &wasmtime::Engine,
+    config: &RouteConfig,
+    models: &Models,
+) -> anyhow::Result<Route> {
+    let granted = config
+        .models
+        .iter()
+        .map(|name| {
+            let model = models.get(name).with_context(|| format!("model {name:?} is not loaded"))?;
+            Ok((name.clone(), model.clone()))
+        })
+        .collect::<anyhow::Result<HashMap<_, _>>>()?;
+    let grant = Arc::new(NnGrant { models: granted, allow_model_load: config.allow_model_load });
+    let guest = GuestComponent::load(engine, &config.component, grant, config.memory_mib as usize * MIB)
+        .await
+        .with_context(|| format!("route {}", config.path))?;
+    info!(route = %config.path, component = %config.component.display(), "route ready");
+    Ok(Route {
+        path: config.path.clone(),
+        admission: Admission::new(config.max_concurrency, config.max_queue),
+        guest,
+        timeout: Duration::from_millis(config.timeout_ms),
+        max_body_bytes: config.max_body_bytes,
+    })
+}

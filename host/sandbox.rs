@@ -1,0 +1,100 @@
+//! What a guest instance can reach: the per-request store state and the linker built on it.
+//!
+//! The sandbox is closed by default. A guest gets the `wasi:http/proxy` world and `wasi:nn`;
+//! the rest of WASI that Rust's std links in (`wasi:cli/environment`, `wasi:filesystem`, ...)
+//! is present but empty: no environment variables, no arguments, no preopened folders, no
+//! sockets, no name lookups. Outgoing HTTP requests are refused. Memory is capped per store.
+
+use std::sync::Arc;
+
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::nn::{self, HasNn, NnGrant, NnView};
+
+/// Everything one guest instance owns, for the length of one request.
+pub struct GuestState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: RefuseOutgoingHttp,
+    grant: Arc<NnGrant>,
+    /// Memory and table caps, enforced by wasmtime through `Store::limiter`.
+    pub limits: StoreLimits,
+}
+
+impl GuestState {
+    /// State for a fresh instance: the route's model grant and memory cap, nothing else.
+    pub fn new(grant: Arc<NnGrant>, max_memory_bytes: usize) -> GuestState {
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(max_memory_bytes)
+            .trap_on_grow_failure(true)
+            .build();
+        GuestState {
+            table: ResourceTable::new(),
+            wasi,
+            http: WasiHttpCtx::new(),
+            hooks: RefuseOutgoingHttp,
+            grant,
+            limits,
+        }
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+impl HasNn for GuestState {
+    fn nn(&mut self) -> NnView<'_> {
+        NnView { grant: &self.grant, table: &mut self.table }
+    }
+}
+
+/// The `wasi:http` hooks of a guest: every outgoing request is denied.
+struct RefuseOutgoingHttp;
+
+impl WasiHttpHooks for RefuseOutgoingHttp {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// The linker every route's component is instantiated with.
+pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    nn::add_to_linker(&mut linker)?;
+    Ok(linker)
+}

@@ -1,0 +1,219 @@
+//! Tensors as the host moves them between guests, schedulers and backends, and the
+//! signature a model declares for its inputs and outputs.
+//!
+//! A [`Tensor`] is plain data (element type, shape, little-endian bytes), independent of any
+//! backend, so `wasi:nn`, the scheduler and every backend agree on one representation.
+//! [`Signature::check_inputs`] is where a request's tensors are validated against a model,
+//! before they reach a queue.
+
+use std::fmt;
+
+/// The element types `wasi:nn` can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ElementType {
+    F16,
+    F32,
+    F64,
+    Bf16,
+    U8,
+    I32,
+    I64,
+}
+
+impl ElementType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            ElementType::U8 => 1,
+            ElementType::F16 | ElementType::Bf16 => 2,
+            ElementType::F32 | ElementType::I32 => 4,
+            ElementType::F64 | ElementType::I64 => 8,
+        }
+    }
+}
+
+impl fmt::Display for ElementType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            ElementType::F16 => "FP16",
+            ElementType::F32 => "FP32",
+            ElementType::F64 => "FP64",
+            ElementType::Bf16 => "BF16",
+            ElementType::U8 => "UINT8",
+            ElementType::I32 => "INT32",
+            ElementType::I64 => "INT64",
+        };
+        f.write_str(name)
+    }
+}
+
+/// A dense tensor: element type, shape and row-major little-endian bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub element_type: ElementType,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl Tensor {
+    /// Makes a tensor, checking that `data` holds exactly `shape`'s elements.
+    pub fn new(
+        element_type: ElementType,
+        shape: Vec<usize>,
+        data: Vec<u8>,
+    ) -> Result<Tensor, String> {
+        let expected = shape
+            .iter()
+            .try_fold(element_type.size(), |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| format!("tensor shape {shape:?} is too large"))?;
+        if data.len() != expected {
+            return Err(format!(
+                "tensor of shape {shape:?} and type {element_type} needs {expected} bytes, got {}",
+                data.len()
+            ));
+        }
+        Ok(Tensor { element_type, shape, data })
+    }
+}
+
+/// A tensor paired with the model input or output it belongs to.
+pub type NamedTensor = (String, Tensor);
+
+/// One dimension of a declared tensor shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dim {
+    /// The size is fixed by the model.
+    Fixed(usize),
+    /// Any size (a symbolic dimension, such as the batch axis).
+    Any,
+}
+
+/// What a model declares about one input or output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub element_type: ElementType,
+    pub shape: Vec<Dim>,
+}
+
+impl TensorSpec {
+    /// Whether `shape` fits this spec: same rank, fixed dimensions equal, none zero.
+    fn accepts_shape(&self, shape: &[usize]) -> bool {
+        shape.len() == self.shape.len()
+            && shape.iter().zip(&self.shape).all(|(&size, dim)| match dim {
+                Dim::Fixed(fixed) => size == *fixed,
+                Dim::Any => size > 0,
+            })
+    }
+
+    /// The shape written the way error messages and metadata show it (`-1` for any size).
+    pub fn shape_for_display(&self) -> Vec<i64> {
+        self.shape
+            .iter()
+            .map(|dim| match dim {
+                Dim::Fixed(size) => *size as i64,
+                Dim::Any => -1,
+            })
+            .collect()
+    }
+}
+
+/// The inputs and outputs of a model, in the model's order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Signature {
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+impl Signature {
+    /// Checks named tensors against the declared inputs and returns them in the model's input
+    /// order. Every input must be given exactly once, with the declared type and a fitting
+    /// shape; the error says which rule was broken.
+    pub fn check_inputs(&self, mut given: Vec<NamedTensor>) -> Result<Vec<Tensor>, String> {
+        if let Some((name, _)) = given.iter().find(|(name, _)| !self.inputs.iter().any(|spec| &spec.name == name)) {
+            let expected: Vec<&str> = self.inputs.iter().map(|spec| spec.name.as_str()).collect();
+            return Err(format!("unknown input {name:?}; the model's inputs are {expected:?}"));
+        }
+        let mut ordered = Vec::with_capacity(self.inputs.len());
+        for spec in &self.inputs {
+            let position = given
+                .iter()
+                .position(|(name, _)| name == &spec.name)
+                .ok_or_else(|| format!("missing input {:?}", spec.name))?;
+            let (_, tensor) = given.swap_remove(position);
+            if given.iter().any(|(name, _)| name == &spec.name) {
+                return Err(format!("input {:?} given more than once", spec.name));
+            }
+            if tensor.element_type != spec.element_type {
+                return Err(format!(
+                    "input {:?} must be {}, got {}",
+                    spec.name, spec.element_type, tensor.element_type
+                ));
+            }
+            if !spec.accepts_shape(&tensor.shape) {
+                return Err(format!(
+                    "input {:?} must have shape {:?} (-1: any size), got {:?}",
+                    spec.name,
+                    spec.shape_for_display(),
+                    tensor.shape
+                ));
+            }
+            ordered.push(tensor);
+        }
+        Ok(ordered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digits_signature() -> Signature {
+        let spec = |name: &str, width| TensorSpec {
+            name: name.into(),
+            element_type: ElementType::F32,
+            shape: vec![Dim::Any, Dim::Fixed(width)],
+        };
+        Signature { inputs: vec![spec("pixels", 64)], outputs: vec![spec("probabilities", 10)] }
+    }
+
+    fn zeros(element_type: ElementType, shape: Vec<usize>) -> Tensor {
+        let len = shape.iter().product::<usize>() * element_type.size();
+        Tensor::new(element_type, shape, vec![0; len]).unwrap()
+    }
+
+    #[test]
+    fn tensor_data_length_must_match_shape() {
+        assert!(Tensor::new(ElementType::F32, vec![2, 3], vec![0; 24]).is_ok());
+        let err = Tensor::new(ElementType::F32, vec![2, 3], vec![0; 23]).unwrap_err();
+        assert!(err.contains("needs 24 bytes, got 23"), "{err}");
+        assert!(Tensor::new(ElementType::F32, vec![usize::MAX, 2], vec![]).is_err());
+    }
+
+    #[test]
+    fn accepts_any_batch_size() {
+        let signature = digits_signature();
+        for batch in [1, 7, 300] {
+            let inputs = vec![("pixels".to_string(), zeros(ElementType::F32, vec![batch, 64]))];
+            assert_eq!(signature.check_inputs(inputs).unwrap()[0].shape, vec![batch, 64]);
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_name_type_shape_and_duplicates() {
+        let signature = digits_signature();
+        let check = |inputs: Vec<NamedTensor>| signature.check_inputs(inputs).unwrap_err();
+        let good = || zeros(ElementType::F32, vec![1, 64]);
+        assert!(check(vec![("image".into(), good())]).contains("unknown input \"image\""));
+        assert!(check(vec![]).contains("missing input \"pixels\""));
+        assert!(check(vec![("pixels".into(), good()), ("pixels".into(), good())]).contains("more than once"));
+        let wrong_type = zeros(ElementType::I32, vec![1, 64]);
+        assert!(check(vec![("pixels".into(), wrong_type)]).contains("must be FP32, got INT32"));
+        let wrong_width = zeros(ElementType::F32, vec![1, 63]);
+        assert!(check(vec![("pixels".into(), wrong_width)]).contains("shape [-1, 64]"));
+        let wrong_rank = zeros(ElementType::F32, vec![64]);
+        assert!(check(vec![("pixels".into(), wrong_rank)]).contains("got [64]"));
+        let empty_batch = zeros(ElementType::F32, vec![0, 64]);
+        assert!(check(vec![("pixels".into(), empty_batch)]).contains("got [0, 64]"));
+    }
+}

@@ -1,0 +1,187 @@
+//! Shared by the integration tests: start the real `edge-infer` binary on an ephemeral port
+//! with a config written for the test, talk to it over real HTTP, and stop it.
+
+#![allow(dead_code)] // each test binary uses its own subset of these helpers
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// How long a server may take to load its models and components.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A running `edge-infer serve`, killed when dropped.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    _config_dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts the server with `config` (TOML) and waits until it listens.
+    pub fn start(config: &str) -> Server {
+        Self::try_start(config).unwrap_or_else(|stderr| panic!("the server did not start:\n{stderr}"))
+    }
+
+    /// Starts the server with no config: the bundled examples.
+    pub fn start_bundled() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Self::spawn(&[], dir).unwrap_or_else(|stderr| panic!("the server did not start:\n{stderr}"))
+    }
+
+    /// Starts the server with `config`; on failure returns what it wrote to stderr.
+    pub fn try_start(config: &str) -> Result<Server, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge-infer.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::spawn(&["--config".as_ref(), path.as_os_str()], dir)
+    }
+
+    fn spawn(args: &[&std::ffi::OsStr], config_dir: tempfile::TempDir) -> Result<Server, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edge-infer"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting edge-infer");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = sender.send(line);
+        });
+        match receiver.recv_timeout(START_TIMEOUT) {
+            Ok(line) if line.contains("listening on ") => {
+                let base = line.trim().rsplit(' ').next().unwrap().to_string();
+                Ok(Server { child, base, _config_dir: config_dir })
+            }
+            _ => {
+                let _ = child.kill();
+                let output = child.wait_with_output().unwrap();
+                Err(String::from_utf8_lossy(&output.stderr).into_owned())
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(mut self, timeout: Duration) -> ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the server did not exit in {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A built guest component.
+pub fn guest(name: &str) -> PathBuf {
+    Path::new(env!("EDGE_INFER_GUEST_DIR")).join(format!("{name}.wasm"))
+}
+
+/// A file of the repo.
+pub fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The config most tests use: the digits model, the example guests and the test guest.
+pub fn test_config() -> String {
+    format!(
+        r#"
+[models.digits]
+file = "{digits}"
+executors = 2
+
+[models.digits-ungranted]
+file = "{digits}"
+executors = 1
+
+[[routes]]
+path = "/digits"
+component = "{digits_guest}"
+models = ["digits"]
+max_body_bytes = 65536
+
+[[routes]]
+path = "/hello"
+component = "{hello}"
+
+[[routes]]
+path = "/test"
+component = "{testing}"
+models = ["digits"]
+timeout_ms = 1000
+memory_mib = 16
+"#,
+        digits = repo_file("models/digits/digits.onnx").display(),
+        digits_guest = guest("digits").display(),
+        hello = guest("hello").display(),
+        testing = guest("testing").display(),
+    )
+}
+
+/// The held-out split the digits model was never trained on: images and labels.
+pub fn digits_test_split() -> (Vec<Vec<u8>>, Vec<usize>) {
+    let text = std::fs::read_to_string(repo_file("models/digits/test_split.json")).unwrap();
+    let split: Value = serde_json::from_str(&text).unwrap();
+    let pixels = serde_json::from_value(split["pixels"].clone()).unwrap();
+    let labels = serde_json::from_value(split["labels"].clone()).unwrap();
+    (pixels, labels)
+}
+
+/// An HTTP/1.1 client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// POSTs a JSON body and returns the status and the parsed JSON answer.
+pub async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let response = client.post(url).json(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// Classifies one image through `/digits` and returns the label.
+pub async fn classify(client: &reqwest::Client, server: &Server, image: &[u8]) -> usize {
+    let (status, body) = post_json(client, &server.url("/digits"), &serde_json::json!({ "pixels": image })).await;
+    assert_eq!(status, 200, "{body}");
+    body["label"].as_u64().unwrap() as usize
+}
+
+/// Asserts that a response is a JSON error with `status` and returns its message.
+pub async fn expect_error(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status().as_u16(), status);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(content_type.starts_with("application/json"), "{content_type}");
+    let body: Value = response.json().await.unwrap();
+    body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}")).to_string()
+}
