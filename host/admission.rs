@@ -62,7 +62,9 @@ struct QueuePlace<'a>(&'a AtomicUsize);
 impl<'a> QueuePlace<'a> {
     fn take(waiting: &'a AtomicUsize, max_queue: usize) -> Option<QueuePlace<'a>> {
         waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max_queue).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max_queue).then_some(n + 1)
+            })
             .ok()
             .map(|_| QueuePlace(waiting))
     }
@@ -93,7 +95,10 @@ mod tests {
         while admission.waiting() == 0 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(admission.admit(far).await.unwrap_err(), Rejection::QueueFull);
+        assert_eq!(
+            admission.admit(far).await.unwrap_err(),
+            Rejection::QueueFull
+        );
 
         drop(first);
         assert_eq!(queued.await.unwrap(), Ok(()));
@@ -103,9 +108,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiting_request_expires_at_its_deadline() {
         let admission = Admission::new(1, 4);
-        let _busy = admission.admit(Instant::now() + Duration::from_secs(60)).await.unwrap();
+        let _busy = admission
+            .admit(Instant::now() + Duration::from_secs(60))
+            .await
+            .unwrap();
         let soon = Instant::now() + Duration::from_millis(50);
-        assert_eq!(admission.admit(soon).await.unwrap_err(), Rejection::DeadlineExpired);
+        assert_eq!(
+            admission.admit(soon).await.unwrap_err(),
+            Rejection::DeadlineExpired
+        );
         assert_eq!(admission.waiting(), 0);
     }
 }

@@ -16,11 +16,17 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
     for watched in ["guest", "wit"] {
-        println!("cargo:rerun-if-changed={}", manifest_dir.join(watched).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            manifest_dir.join(watched).display()
+        );
     }
 
     // OUT_DIR is <target>/<profile>/build/<package>-<hash>/out.
-    let target_dir = out_dir.ancestors().nth(4).expect("OUT_DIR is inside the target folder");
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .expect("OUT_DIR is inside the target folder");
     let guest_target_dir = target_dir.join("wasm-guests");
     ensure_guest_target_installed();
     build_guests(&manifest_dir.join("guest/Cargo.toml"), &guest_target_dir);
@@ -38,7 +44,8 @@ fn ensure_guest_target_installed() {
         .ok()
         .filter(|out| out.status.success())
         .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    let installed = sysroot.is_some_and(|root| root.join("lib/rustlib").join(GUEST_TARGET).is_dir());
+    let installed =
+        sysroot.is_some_and(|root| root.join("lib/rustlib").join(GUEST_TARGET).is_dir());
     if installed {
         return;
     }
@@ -49,7 +56,9 @@ fn ensure_guest_target_installed() {
     }
     let status = rustup.status();
     if !status.is_ok_and(|s| s.success()) {
-        panic!("the {GUEST_TARGET} target is missing and `rustup target add {GUEST_TARGET}` failed: install it by hand");
+        panic!(
+            "the {GUEST_TARGET} target is missing and `rustup target add {GUEST_TARGET}` failed: install it by hand"
+        );
     }
 }
 
@@ -58,7 +67,14 @@ fn build_guests(manifest: &Path, target_dir: &Path) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command
-        .args(["build", "--release", "--locked", "--target", GUEST_TARGET, "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            GUEST_TARGET,
+            "--manifest-path",
+        ])
         .arg(manifest)
         .arg("--target-dir")
         .arg(target_dir);
@@ -66,12 +82,21 @@ fn build_guests(manifest: &Path, target_dir: &Path) {
     // (flags, wrappers such as clippy's, its target folder) so the guests build as if
     // from a plain shell. The jobserver is kept, so both builds share the same CPU budget.
     for (name, _) in env::vars() {
-        let inherited_by_build_scripts = name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_MAKEFLAGS";
+        let inherited_by_build_scripts =
+            name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_MAKEFLAGS";
         if inherited_by_build_scripts
             || matches!(
                 name.as_str(),
-                "RUSTFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "TARGET" | "HOST" | "OUT_DIR"
-                    | "OPT_LEVEL" | "PROFILE" | "DEBUG" | "NUM_JOBS"
+                "RUSTFLAGS"
+                    | "RUSTC_WRAPPER"
+                    | "RUSTC_WORKSPACE_WRAPPER"
+                    | "TARGET"
+                    | "HOST"
+                    | "OUT_DIR"
+                    | "OPT_LEVEL"
+                    | "PROFILE"
+                    | "DEBUG"
+                    | "NUM_JOBS"
             )
         {
             command.env_remove(name);
@@ -79,6 +104,9 @@ fn build_guests(manifest: &Path, target_dir: &Path) {
     }
     let status = command.status().expect("running cargo to build the guests");
     if !status.success() {
-        panic!("building the guests in {} failed (see the cargo output above)", manifest.display());
+        panic!(
+            "building the guests in {} failed (see the cargo output above)",
+            manifest.display()
+        );
     }
 }

@@ -76,7 +76,11 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, started: Instant) -> anyhow::Result<()> {
+fn serve(
+    listen: Option<SocketAddr>,
+    config_file: Option<PathBuf>,
+    started: Instant,
+) -> anyhow::Result<()> {
     let config = match &config_file {
         Some(path) => Config::from_file(path)?,
         None => Config::bundled(),
@@ -107,8 +111,9 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

@@ -9,13 +9,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
-use wasmtime::error::Context as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 use wasmtime::component::Component;
+use wasmtime::error::Context as _;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -71,7 +71,11 @@ impl GuestComponent {
             .with_context(|| format!("linking the component {}", file.display()))?;
         let pre = ProxyPre::new(instance_pre)
             .with_context(|| format!("{} is not a wasi:http/proxy component", file.display()))?;
-        let guest = GuestComponent { pre, grant, max_memory_bytes };
+        let guest = GuestComponent {
+            pre,
+            grant,
+            max_memory_bytes,
+        };
         let mut store = guest.new_store();
         guest
             .pre
@@ -117,13 +121,17 @@ impl GuestComponent {
 
         match receiver.await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err(GuestFailure::NoResponse(format!(": it answered with {code:?}"))),
+            Ok(Err(code)) => Err(GuestFailure::NoResponse(format!(
+                ": it answered with {code:?}"
+            ))),
             // The guest ended (or was stopped) without setting a response: ask its task why.
             Err(_) => match task.await {
                 Ok(Ok(Ok(()))) => Err(GuestFailure::NoResponse(String::new())),
                 Ok(Ok(Err(failure))) => Err(failure),
                 Ok(Err(_elapsed)) => Err(GuestFailure::DeadlineExceeded),
-                Err(join) => Err(GuestFailure::Trapped(format!("the guest task failed: {join}"))),
+                Err(join) => Err(GuestFailure::Trapped(format!(
+                    "the guest task failed: {join}"
+                ))),
             },
         }
     }

@@ -20,12 +20,15 @@ pub struct Models {
 
 impl Models {
     /// Loads every configured model and starts its executors.
-    pub fn load<'a>(configs: impl IntoIterator<Item = (&'a String, &'a ModelConfig)>) -> anyhow::Result<Models> {
+    pub fn load<'a>(
+        configs: impl IntoIterator<Item = (&'a String, &'a ModelConfig)>,
+    ) -> anyhow::Result<Models> {
         let mut by_name = HashMap::new();
         for (name, config) in configs {
             let started = Instant::now();
-            let backend = backend::load_file(config.backend, &config.file)
-                .with_context(|| format!("loading model {name:?} from {}", config.file.display()))?;
+            let backend = backend::load_file(config.backend, &config.file).with_context(|| {
+                format!("loading model {name:?} from {}", config.file.display())
+            })?;
             let limits = SchedulerLimits {
                 executors: config.executors.unwrap_or_else(default_executors),
                 queue_capacity: config.queue_capacity,

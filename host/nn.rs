@@ -94,7 +94,10 @@ type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
 
 impl NnView<'_> {
     fn fail<T>(&mut self, code: ErrorCode, message: impl Into<String>) -> NnResult<T> {
-        let error = self.table.push(NnError { code, message: message.into() })?;
+        let error = self.table.push(NnError {
+            code,
+            message: message.into(),
+        })?;
         Ok(Err(error))
     }
 
@@ -117,7 +120,10 @@ impl graph::Host for NnView<'_> {
             );
         }
         if !matches!(encoding, GraphEncoding::Onnx | GraphEncoding::Autodetect) {
-            return self.fail(ErrorCode::InvalidEncoding, format!("{encoding:?} is not supported: only ONNX"));
+            return self.fail(
+                ErrorCode::InvalidEncoding,
+                format!("{encoding:?} is not supported: only ONNX"),
+            );
         }
         let [bytes]: [Vec<u8>; 1] = match builders.try_into() {
             Ok(one) => one,
@@ -125,20 +131,29 @@ impl graph::Host for NnView<'_> {
         };
         let loaded = tokio::task::spawn_blocking(move || {
             let backend = backend::load_bytes(BackendKind::Tract, &bytes)?;
-            let limits = SchedulerLimits { executors: 1, queue_capacity: 16 };
+            let limits = SchedulerLimits {
+                executors: 1,
+                queue_capacity: 16,
+            };
             ModelScheduler::start("guest-loaded", Arc::from(backend), limits)
         })
         .await?;
         match loaded {
             Ok(model) => self.graph(Arc::new(model)),
-            Err(e) => self.fail(ErrorCode::InvalidEncoding, format!("cannot load the model: {e:#}")),
+            Err(e) => self.fail(
+                ErrorCode::InvalidEncoding,
+                format!("cannot load the model: {e:#}"),
+            ),
         }
     }
 
     fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
         match self.grant.models.get(&name) {
             Some(model) => self.graph(model.clone()),
-            None => self.fail(ErrorCode::NotFound, format!("no model {name:?} is granted to this route")),
+            None => self.fail(
+                ErrorCode::NotFound,
+                format!("no model {name:?} is granted to this route"),
+            ),
         }
     }
 }
@@ -173,7 +188,12 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             let raw = self.table.delete(handle)?;
             match Tensor::new(raw.element_type, raw.shape, raw.data) {
                 Ok(tensor) => named.push((name, tensor)),
-                Err(message) => return self.fail(ErrorCode::InvalidArgument, format!("input {name:?}: {message}")),
+                Err(message) => {
+                    return self.fail(
+                        ErrorCode::InvalidArgument,
+                        format!("input {name:?}: {message}"),
+                    );
+                }
             }
         }
         match model.compute(named).await {
@@ -187,7 +207,9 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             Err(error) => {
                 let code = match &error {
                     ComputeError::InvalidInput(_) => ErrorCode::InvalidArgument,
-                    ComputeError::Overloaded(_) | ComputeError::Failed(_) => ErrorCode::RuntimeError,
+                    ComputeError::Overloaded(_) | ComputeError::Failed(_) => {
+                        ErrorCode::RuntimeError
+                    }
                 };
                 self.fail(code, format!("model {:?}: {error}", model.name()))
             }
@@ -203,7 +225,12 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
 impl tensor::Host for NnView<'_> {}
 
 impl tensor::HostTensor for NnView<'_> {
-    fn new(&mut self, dimensions: Vec<u32>, ty: TensorType, data: Vec<u8>) -> wasmtime::Result<Resource<Tensor>> {
+    fn new(
+        &mut self,
+        dimensions: Vec<u32>,
+        ty: TensorType,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Resource<Tensor>> {
         // The constructor cannot fail in WIT: the tensor is checked when it is used.
         let tensor = Tensor {
             element_type: element_type(ty),
@@ -214,7 +241,13 @@ impl tensor::HostTensor for NnView<'_> {
     }
 
     fn dimensions(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u32>> {
-        Ok(self.table.get(&tensor)?.shape.iter().map(|&d| d as u32).collect())
+        Ok(self
+            .table
+            .get(&tensor)?
+            .shape
+            .iter()
+            .map(|&d| d as u32)
+            .collect())
     }
 
     fn ty(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<TensorType> {

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
-
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -61,18 +60,29 @@ async fn serve_guest(route: &Route, request: Request<Incoming>) -> Response<Body
     }
 
     let (parts, body) = request.into_parts();
-    let body = match tokio::time::timeout_at(deadline, Limited::new(body, route.max_body_bytes).collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
-        Ok(Err(e)) => return response::error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")),
-        Err(_) => return deadline_exceeded("the request body did not arrive in time"),
-    };
+    let body =
+        match tokio::time::timeout_at(deadline, Limited::new(body, route.max_body_bytes).collect())
+            .await
+        {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+            Ok(Err(e)) => {
+                return response::error(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body: {e}"),
+                );
+            }
+            Err(_) => return deadline_exceeded("the request body did not arrive in time"),
+        };
     let request = Request::from_parts(parts, Full::new(body));
 
     let permit = match route.admission.admit(deadline).await {
         Ok(permit) => permit,
         Err(Rejection::QueueFull) => {
-            return response::overloaded(format!("route {} is at capacity; retry shortly", route.path));
+            return response::overloaded(format!(
+                "route {} is at capacity; retry shortly",
+                route.path
+            ));
         }
         Err(Rejection::DeadlineExpired) => {
             return deadline_exceeded("the deadline passed while waiting for an instance");

@@ -83,14 +83,24 @@ async fn load_route(
         .models
         .iter()
         .map(|name| {
-            let model = models.get(name).with_context(|| format!("model {name:?} is not loaded"))?;
+            let model = models
+                .get(name)
+                .with_context(|| format!("model {name:?} is not loaded"))?;
             Ok((name.clone(), model.clone()))
         })
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
-    let grant = Arc::new(NnGrant { models: granted, allow_model_load: config.allow_model_load });
-    let guest = GuestComponent::load(engine, &config.component, grant, config.memory_mib as usize * MIB)
-        .await
-        .with_context(|| format!("route {}", config.path))?;
+    let grant = Arc::new(NnGrant {
+        models: granted,
+        allow_model_load: config.allow_model_load,
+    });
+    let guest = GuestComponent::load(
+        engine,
+        &config.component,
+        grant,
+        config.memory_mib as usize * MIB,
+    )
+    .await
+    .with_context(|| format!("route {}", config.path))?;
     info!(route = %config.path, component = %config.component.display(), "route ready");
     Ok(Route {
         path: config.path.clone(),

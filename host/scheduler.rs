@@ -77,7 +77,11 @@ impl ModelScheduler {
                 .spawn(move || executor.run())
                 .context("spawning an executor thread")?;
         }
-        Ok(ModelScheduler { name: name.to_string(), signature: backend.signature().clone(), queue })
+        Ok(ModelScheduler {
+            name: name.to_string(),
+            signature: backend.signature().clone(),
+            queue,
+        })
     }
 
     /// The model's name, as routes and guests refer to it.
@@ -91,21 +95,36 @@ impl ModelScheduler {
     }
 
     /// Runs the model on `inputs` and returns its named outputs.
-    pub async fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, ComputeError> {
-        let inputs = self.signature.check_inputs(inputs).map_err(ComputeError::InvalidInput)?;
+    pub async fn compute(
+        &self,
+        inputs: Vec<NamedTensor>,
+    ) -> Result<Vec<NamedTensor>, ComputeError> {
+        let inputs = self
+            .signature
+            .check_inputs(inputs)
+            .map_err(ComputeError::InvalidInput)?;
         let (reply, answer) = oneshot::channel();
         match self.queue.try_send(Job { inputs, reply }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(ComputeError::Overloaded(self.name.clone())),
             Err(TrySendError::Disconnected(_)) => {
-                return Err(ComputeError::Failed(format!("model {:?} has no executors", self.name)));
+                return Err(ComputeError::Failed(format!(
+                    "model {:?} has no executors",
+                    self.name
+                )));
             }
         }
         let outputs = answer
             .await
             .map_err(|_| ComputeError::Failed(format!("model {:?} dropped the job", self.name)))?
             .map_err(ComputeError::Failed)?;
-        Ok(self.signature.outputs.iter().map(|spec| spec.name.clone()).zip(outputs).collect())
+        Ok(self
+            .signature
+            .outputs
+            .iter()
+            .map(|spec| spec.name.clone())
+            .zip(outputs)
+            .collect())
     }
 }
 
@@ -129,7 +148,10 @@ impl Executor {
                 Err(_) => {
                     error!(model = %self.model, "the backend panicked; renewing the executor's session");
                     self.renew_session();
-                    Err(format!("model {:?} failed: the backend panicked", self.model))
+                    Err(format!(
+                        "model {:?} failed: the backend panicked",
+                        self.model
+                    ))
                 }
             };
             let _ = job.reply.send(outcome);

@@ -51,7 +51,10 @@ pub async fn serve(
             let runtime = runtime.clone();
             async move { Ok::<_, Infallible>(router::dispatch(runtime, request).await) }
         });
-        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service).into_owned());
+        let connection = connections.watch(
+            http.serve_connection(TokioIo::new(stream), service)
+                .into_owned(),
+        );
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!(%peer, "connection ended with an error: {e}");

@@ -72,7 +72,11 @@ impl Tensor {
                 data.len()
             ));
         }
-        Ok(Tensor { element_type, shape, data })
+        Ok(Tensor {
+            element_type,
+            shape,
+            data,
+        })
     }
 }
 
@@ -130,9 +134,14 @@ impl Signature {
     /// order. Every input must be given exactly once, with the declared type and a fitting
     /// shape; the error says which rule was broken.
     pub fn check_inputs(&self, mut given: Vec<NamedTensor>) -> Result<Vec<Tensor>, String> {
-        if let Some((name, _)) = given.iter().find(|(name, _)| !self.inputs.iter().any(|spec| &spec.name == name)) {
+        if let Some((name, _)) = given
+            .iter()
+            .find(|(name, _)| !self.inputs.iter().any(|spec| &spec.name == name))
+        {
             let expected: Vec<&str> = self.inputs.iter().map(|spec| spec.name.as_str()).collect();
-            return Err(format!("unknown input {name:?}; the model's inputs are {expected:?}"));
+            return Err(format!(
+                "unknown input {name:?}; the model's inputs are {expected:?}"
+            ));
         }
         let mut ordered = Vec::with_capacity(self.inputs.len());
         for spec in &self.inputs {
@@ -174,7 +183,10 @@ mod tests {
             element_type: ElementType::F32,
             shape: vec![Dim::Any, Dim::Fixed(width)],
         };
-        Signature { inputs: vec![spec("pixels", 64)], outputs: vec![spec("probabilities", 10)] }
+        Signature {
+            inputs: vec![spec("pixels", 64)],
+            outputs: vec![spec("probabilities", 10)],
+        }
     }
 
     fn zeros(element_type: ElementType, shape: Vec<usize>) -> Tensor {
@@ -194,8 +206,14 @@ mod tests {
     fn accepts_any_batch_size() {
         let signature = digits_signature();
         for batch in [1, 7, 300] {
-            let inputs = vec![("pixels".to_string(), zeros(ElementType::F32, vec![batch, 64]))];
-            assert_eq!(signature.check_inputs(inputs).unwrap()[0].shape, vec![batch, 64]);
+            let inputs = vec![(
+                "pixels".to_string(),
+                zeros(ElementType::F32, vec![batch, 64]),
+            )];
+            assert_eq!(
+                signature.check_inputs(inputs).unwrap()[0].shape,
+                vec![batch, 64]
+            );
         }
     }
 
@@ -206,7 +224,10 @@ mod tests {
         let good = || zeros(ElementType::F32, vec![1, 64]);
         assert!(check(vec![("image".into(), good())]).contains("unknown input \"image\""));
         assert!(check(vec![]).contains("missing input \"pixels\""));
-        assert!(check(vec![("pixels".into(), good()), ("pixels".into(), good())]).contains("more than once"));
+        assert!(
+            check(vec![("pixels".into(), good()), ("pixels".into(), good())])
+                .contains("more than once")
+        );
         let wrong_type = zeros(ElementType::I32, vec![1, 64]);
         assert!(check(vec![("pixels".into(), wrong_type)]).contains("must be FP32, got INT32"));
         let wrong_width = zeros(ElementType::F32, vec![1, 63]);

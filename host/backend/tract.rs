@@ -50,7 +50,9 @@ impl Backend for TractModel {
     }
 
     fn new_session(&self) -> anyhow::Result<Box<dyn Session>> {
-        Ok(Box::new(TractSession { state: TypedSimpleState::new(&self.plan)? }))
+        Ok(Box::new(TractSession {
+            state: TypedSimpleState::new(&self.plan)?,
+        }))
     }
 }
 
@@ -61,17 +63,20 @@ struct TractSession {
 
 impl Session for TractSession {
     fn run(&mut self, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Tensor>> {
-        let inputs = inputs.iter().map(to_tract).collect::<anyhow::Result<TVec<TValue>>>()?;
+        let inputs = inputs
+            .iter()
+            .map(to_tract)
+            .collect::<anyhow::Result<TVec<TValue>>>()?;
         let outputs = self.state.run(inputs)?;
-        outputs.iter().map(|value| from_tract(value)).collect()
+        outputs.iter().map(from_tract).collect()
     }
 }
 
 fn signature_of(model: &TypedModel) -> anyhow::Result<Signature> {
     let spec = |outlet: OutletId, name: String| -> anyhow::Result<TensorSpec> {
         let fact = model.outlet_fact(outlet)?;
-        let element_type = element_type(fact.datum_type)
-            .with_context(|| format!("tensor {name:?}"))?;
+        let element_type =
+            element_type(fact.datum_type).with_context(|| format!("tensor {name:?}"))?;
         let shape = fact
             .shape
             .iter()
@@ -80,7 +85,11 @@ fn signature_of(model: &TypedModel) -> anyhow::Result<Signature> {
                 None => Dim::Any,
             })
             .collect();
-        Ok(TensorSpec { name, element_type, shape })
+        Ok(TensorSpec {
+            name,
+            element_type,
+            shape,
+        })
     };
     let inputs = model
         .input_outlets()?
@@ -129,11 +138,18 @@ fn to_tract(tensor: &Tensor) -> anyhow::Result<TValue> {
     let datum_type = datum_type(tensor.element_type)?;
     // SAFETY: every element type reachable here is plain old data, for which any bit
     // pattern is a valid value, and `from_raw_dt` checks the byte length against the shape.
-    let value = unsafe { tract_onnx::prelude::Tensor::from_raw_dt(datum_type, &tensor.shape, &tensor.data)? };
+    let value = unsafe {
+        tract_onnx::prelude::Tensor::from_raw_dt(datum_type, &tensor.shape, &tensor.data)?
+    };
     Ok(value.into_tvalue())
 }
 
 fn from_tract(value: &TValue) -> anyhow::Result<Tensor> {
     let element_type = element_type(value.datum_type())?;
-    Tensor::new(element_type, value.shape().to_vec(), value.as_bytes().to_vec()).map_err(anyhow::Error::msg)
+    Tensor::new(
+        element_type,
+        value.shape().to_vec(),
+        value.as_bytes().to_vec(),
+    )
+    .map_err(anyhow::Error::msg)
 }

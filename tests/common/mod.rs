@@ -3,10 +3,10 @@
 
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,6 +17,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// A running `edge-infer serve`, killed when dropped.
 pub struct Server {
     child: Child,
+    /// Everything the server wrote to stderr so far (drained by a thread, so the server
+    /// never blocks on a full pipe).
+    stderr: Arc<Mutex<Vec<u8>>>,
     /// `http://127.0.0.1:PORT`
     pub base: String,
     _config_dir: tempfile::TempDir,
@@ -25,7 +28,8 @@ pub struct Server {
 impl Server {
     /// Starts the server with `config` (TOML) and waits until it listens.
     pub fn start(config: &str) -> Server {
-        Self::try_start(config).unwrap_or_else(|stderr| panic!("the server did not start:\n{stderr}"))
+        Self::try_start(config)
+            .unwrap_or_else(|stderr| panic!("the server did not start:\n{stderr}"))
     }
 
     /// Starts the server with no config: the bundled examples.
@@ -52,6 +56,15 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting edge-infer");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut stderr_pipe = child.stderr.take().unwrap();
+        let stderr_sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 8192];
+            while let Ok(n @ 1..) = stderr_pipe.read(&mut buffer) {
+                stderr_sink.lock().unwrap().extend_from_slice(&buffer[..n]);
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (sender, receiver) = mpsc::channel();
         std::thread::spawn(move || {
@@ -62,14 +75,26 @@ impl Server {
         match receiver.recv_timeout(START_TIMEOUT) {
             Ok(line) if line.contains("listening on ") => {
                 let base = line.trim().rsplit(' ').next().unwrap().to_string();
-                Ok(Server { child, base, _config_dir: config_dir })
+                Ok(Server {
+                    child,
+                    stderr,
+                    base,
+                    _config_dir: config_dir,
+                })
             }
             _ => {
                 let _ = child.kill();
-                let output = child.wait_with_output().unwrap();
-                Err(String::from_utf8_lossy(&output.stderr).into_owned())
+                let _ = child.wait();
+                // Give the draining thread a moment to read the last bytes.
+                std::thread::sleep(Duration::from_millis(100));
+                Err(String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned())
             }
         }
+    }
+
+    /// What the server has logged so far.
+    pub fn logs(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -78,7 +103,10 @@ impl Server {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -89,7 +117,10 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "the server did not exit in {timeout:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit in {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -159,7 +190,10 @@ pub fn digits_test_split() -> (Vec<Vec<u8>>, Vec<usize>) {
 
 /// An HTTP/1.1 client.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// POSTs a JSON body and returns the status and the parsed JSON answer.
@@ -172,7 +206,12 @@ pub async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> (u1
 
 /// Classifies one image through `/digits` and returns the label.
 pub async fn classify(client: &reqwest::Client, server: &Server, image: &[u8]) -> usize {
-    let (status, body) = post_json(client, &server.url("/digits"), &serde_json::json!({ "pixels": image })).await;
+    let (status, body) = post_json(
+        client,
+        &server.url("/digits"),
+        &serde_json::json!({ "pixels": image }),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     body["label"].as_u64().unwrap() as usize
 }
@@ -180,8 +219,17 @@ pub async fn classify(client: &reqwest::Client, server: &Server, image: &[u8]) -
 /// Asserts that a response is a JSON error with `status` and returns its message.
 pub async fn expect_error(response: reqwest::Response, status: u16) -> String {
     assert_eq!(response.status().as_u16(), status);
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(content_type.starts_with("application/json"), "{content_type}");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
     let body: Value = response.json().await.unwrap();
-    body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}")).to_string()
+    body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message in {body}"))
+        .to_string()
 }

@@ -6,12 +6,15 @@
 //! - [`read_body`]: the whole request body as bytes;
 //! - [`respond_json`] / [`respond_error`]: a JSON response with a status code, errors shaped
 //!   as `{"error": "..."}` like every other edge-infer error;
-//! - [`nn_error_status`]: the HTTP status that fits a `wasi:nn` error.
+//! - [`nn_error_status`] / [`nn_error_name`]: the HTTP status and the WIT name of a
+//!   `wasi:nn` error.
 
 use std::io::{Read, Write};
 
 use serde::Serialize;
-use wasip2::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
 
 /// `wasi:nn` bindings: `nn::graph`, `nn::tensor`, `nn::inference`, `nn::errors`.
 pub mod nn {
@@ -24,20 +27,25 @@ pub mod nn {
 
 /// Reads the whole request body.
 pub fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
-    let body = request.consume().map_err(|()| "request body already consumed".to_string())?;
+    let body = request
+        .consume()
+        .map_err(|()| "request body already consumed".to_string())?;
     let mut bytes = Vec::new();
     {
-        let mut stream = body.stream().map_err(|()| "request body stream unavailable".to_string())?;
-        stream.read_to_end(&mut bytes).map_err(|e| format!("reading the request body: {e}"))?;
+        let mut stream = body
+            .stream()
+            .map_err(|()| "request body stream unavailable".to_string())?;
+        stream
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("reading the request body: {e}"))?;
     }
     Ok(bytes)
 }
 
 /// Answers with `status` and `value` serialised as JSON.
 pub fn respond_json(out: ResponseOutparam, status: u16, value: &impl Serialize) {
-    let body = serde_json::to_vec(value).unwrap_or_else(|e| {
-        format!(r#"{{"error":"serialising the response: {e}"}}"#).into_bytes()
-    });
+    let body = serde_json::to_vec(value)
+        .unwrap_or_else(|e| format!(r#"{{"error":"serialising the response: {e}"}}"#).into_bytes());
     respond(out, status, "application/json", &body);
 }
 
@@ -59,7 +67,9 @@ pub fn respond(out: ResponseOutparam, status: u16, content_type: &str, body: &[u
     {
         let mut stream = outgoing.write().expect("a new body has a stream");
         // A failed write means the client went away: nothing is left to tell it.
-        let _ = stream.write_all(body).and_then(|()| Write::flush(&mut stream));
+        let _ = stream
+            .write_all(body)
+            .and_then(|()| Write::flush(&mut stream));
     }
     let _ = OutgoingBody::finish(outgoing, None);
 }
@@ -74,6 +84,22 @@ pub fn nn_error_status(code: nn::errors::ErrorCode) -> u16 {
         ErrorCode::Timeout => 504,
         ErrorCode::Security => 403,
         ErrorCode::RuntimeError | ErrorCode::UnsupportedOperation | ErrorCode::Unknown => 500,
+    }
+}
+
+/// The WIT name of a `wasi:nn` error code, e.g. `invalid-argument`.
+pub fn nn_error_name(code: nn::errors::ErrorCode) -> &'static str {
+    use nn::errors::ErrorCode;
+    match code {
+        ErrorCode::InvalidArgument => "invalid-argument",
+        ErrorCode::InvalidEncoding => "invalid-encoding",
+        ErrorCode::Timeout => "timeout",
+        ErrorCode::RuntimeError => "runtime-error",
+        ErrorCode::UnsupportedOperation => "unsupported-operation",
+        ErrorCode::TooLarge => "too-large",
+        ErrorCode::NotFound => "not-found",
+        ErrorCode::Security => "security",
+        ErrorCode::Unknown => "unknown",
     }
 }
 

@@ -12,7 +12,7 @@
 //! `wasi:nn` outcomes are answered as `{"ok": bool, "code": "...", "message": "..."}`.
 
 use edge_infer_guest::nn::{errors, graph, tensor};
-use edge_infer_guest::{respond_error, respond_json};
+use edge_infer_guest::{nn_error_name, respond_error, respond_json};
 use serde_json::{Value, json};
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
@@ -30,12 +30,18 @@ impl wasip2::exports::http::incoming_handler::Guest for Testing {
             "/oom" => exhaust_memory(),
             "/nn/load-raw" => {
                 let bytes = b"not really a model".to_vec();
-                let result = graph::load(&[bytes], graph::GraphEncoding::Onnx, graph::ExecutionTarget::Cpu);
+                let result = graph::load(
+                    &[bytes],
+                    graph::GraphEncoding::Onnx,
+                    graph::ExecutionTarget::Cpu,
+                );
                 respond_json(out, 200, &outcome(result.map(|_| ())));
             }
             "/nn/bad-input" => respond_json(out, 200, &bad_inputs()),
             other => match other.strip_prefix("/nn/load-by-name/") {
-                Some(name) => respond_json(out, 200, &outcome(graph::load_by_name(name).map(|_| ()))),
+                Some(name) => {
+                    respond_json(out, 200, &outcome(graph::load_by_name(name).map(|_| ())))
+                }
                 None => respond_error(out, 404, &format!("no test action {other}")),
             },
         }
@@ -79,7 +85,7 @@ fn outcome(result: Result<(), errors::Error>) -> Value {
         Ok(()) => json!({ "ok": true }),
         Err(error) => json!({
             "ok": false,
-            "code": format!("{:?}", error.code()),
+            "code": nn_error_name(error.code()),
             "message": error.data(),
         }),
     }
