@@ -3,16 +3,18 @@
 //!
 //! [`GuestComponent::handle`] runs one request to its deadline. The guest runs in a task of
 //! its own so it can keep streaming the body after it has sent the response head; the task
-//! owns the instance and the route's admission permit, and both go when it ends.
+//! owns the instance and the route's admission permit, and both go when it ends. If the
+//! caller goes away before the response head (the client disconnected), the task is aborted:
+//! the instance is dropped, and so is any inference it still had queued.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant as StdInstant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
-use tokio::time::Instant;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 use tracing::debug;
 use wasmtime::component::Component;
 use wasmtime::error::Context as _;
@@ -22,8 +24,11 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::admission::Permit;
 use crate::nn::NnGrant;
+use crate::request::RequestContext;
 use crate::sandbox::{self, GuestState};
+use crate::scheduler::ComputeError;
 
 /// Why a guest produced no response.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +39,9 @@ pub enum GuestFailure {
     /// No instance could be made (e.g. the instance pool is exhausted).
     #[error("no guest instance available: {0}")]
     NoInstance(String),
+    /// A model the guest called was overloaded.
+    #[error("{0}")]
+    ModelOverloaded(String),
     /// The guest trapped (panic, out of memory, ...).
     #[error("the guest trapped: {0}")]
     Trapped(String),
@@ -61,7 +69,7 @@ impl GuestComponent {
         grant: Arc<NnGrant>,
         max_memory_bytes: usize,
     ) -> anyhow::Result<GuestComponent> {
-        let started = StdInstant::now();
+        let started = Instant::now();
         let component = Component::from_file(engine, file)
             .with_context(|| format!("compiling the component {}", file.display()))?;
         let compiled = started.elapsed();
@@ -76,7 +84,11 @@ impl GuestComponent {
             grant,
             max_memory_bytes,
         };
-        let mut store = guest.new_store();
+        let probe = RequestContext {
+            deadline: Instant::now() + Duration::from_secs(10),
+            priority: Default::default(),
+        };
+        let mut store = guest.new_store(probe);
         guest
             .pre
             .instantiate_async(&mut store)
@@ -91,10 +103,11 @@ impl GuestComponent {
     pub async fn handle(
         &self,
         request: http::Request<Full<Bytes>>,
-        deadline: Instant,
-        permit: OwnedSemaphorePermit,
+        context: RequestContext,
+        permit: Permit,
     ) -> Result<http::Response<HyperOutgoingBody>, GuestFailure> {
-        let mut store = self.new_store();
+        let deadline = tokio::time::Instant::from_std(context.deadline);
+        let mut store = self.new_store(context);
         let (sender, receiver) = oneshot::channel();
         let http = store.data_mut();
         let request = http
@@ -116,11 +129,20 @@ impl GuestComponent {
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, outparam)
                 .await
-                .map_err(|e| GuestFailure::Trapped(format!("{e:#}")))
+                .map_err(|e| match e.downcast_ref::<ComputeError>() {
+                    Some(overloaded @ ComputeError::Overloaded(_)) => {
+                        GuestFailure::ModelOverloaded(overloaded.to_string())
+                    }
+                    _ => GuestFailure::Trapped(format!("{e:#}")),
+                })
         }));
+        let abort_if_abandoned = AbortOnDrop(Some(task.abort_handle()));
 
         match receiver.await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                abort_if_abandoned.disarm();
+                Ok(response)
+            }
             Ok(Err(code)) => Err(GuestFailure::NoResponse(format!(
                 ": it answered with {code:?}"
             ))),
@@ -139,14 +161,32 @@ impl GuestComponent {
     /// A store for one instance: fresh state, memory cap, and the epoch settings that make
     /// the guest yield to tokio at every tick.
     /// The wall-clock deadline itself is the `timeout_at` around the guest's task.
-    fn new_store(&self) -> Store<GuestState> {
+    fn new_store(&self, context: RequestContext) -> Store<GuestState> {
         let mut store = Store::new(
             self.pre.engine(),
-            GuestState::new(self.grant.clone(), self.max_memory_bytes),
+            GuestState::new(self.grant.clone(), self.max_memory_bytes, context),
         );
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
         store
+    }
+}
+
+/// Aborts the guest's task when dropped, unless disarmed: the response head was delivered,
+/// and the task now streams the body for as long as it needs.
+struct AbortOnDrop(Option<AbortHandle>);
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
     }
 }

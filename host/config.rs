@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::backend::BackendKind;
+use crate::scheduler::Batching;
 
 /// Paths that the host answers itself; no route may take them.
 const RESERVED_PATHS: [&str; 3] = ["/healthz", "/v2", "/metrics"];
@@ -65,9 +66,27 @@ pub struct ModelConfig {
     pub backend: BackendKind,
     /// Executor threads, each running one inference at a time. Default: one per core.
     pub executors: Option<usize>,
-    /// Jobs that may wait for an executor before `compute` fails as overloaded.
+    /// Jobs that may wait for an executor; beyond that, requests are refused (503).
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// Whether to batch requests: `auto` (measured at start-up), `on` or `off`.
+    #[serde(default)]
+    pub batching: Batching,
+    /// Most items (along the batch axis) in one run.
+    #[serde(default = "default_max_batch_size")]
+    pub max_batch_size: usize,
+    /// How long the batcher may hold the first request of a batch waiting for more, in µs.
+    #[serde(default)]
+    pub max_queue_delay_us: u64,
+    /// Result cache entries (0: no cache).
+    #[serde(default)]
+    pub cache_entries: usize,
+    /// How long a cached result is served, in ms.
+    #[serde(default = "default_cache_ttl_ms")]
+    pub cache_ttl_ms: u64,
+    /// When the queue is full, serve an expired cached result instead of refusing.
+    #[serde(default)]
+    pub serve_stale_on_overload: bool,
 }
 
 /// One guest route.
@@ -104,6 +123,12 @@ pub struct RouteConfig {
 
 fn default_queue_capacity() -> usize {
     1024
+}
+fn default_max_batch_size() -> usize {
+    32
+}
+fn default_cache_ttl_ms() -> u64 {
+    60_000
 }
 fn default_max_concurrency() -> usize {
     64
@@ -147,7 +172,7 @@ impl Config {
         Ok(config)
     }
 
-    /// The bundled examples: the digits classifier and the hello guest, from this build.
+    /// The bundled examples: digits, voice activity and hello, from this build.
     pub fn bundled() -> Config {
         let guests = Path::new(env!("EDGE_INFER_GUEST_DIR"));
         let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
@@ -162,18 +187,28 @@ impl Config {
             max_body_bytes: default_max_body_bytes(),
             allow_model_load: false,
         };
-        let digits = ModelConfig {
-            file: models.join("digits/digits.onnx"),
+        let model = |file: &str| ModelConfig {
+            file: models.join(file),
             backend: BackendKind::Tract,
             executors: None,
             queue_capacity: default_queue_capacity(),
+            batching: Batching::Auto,
+            max_batch_size: default_max_batch_size(),
+            max_queue_delay_us: 0,
+            cache_entries: 0,
+            cache_ttl_ms: default_cache_ttl_ms(),
+            serve_stale_on_overload: false,
         };
         Config {
             server: ServerConfig::default(),
-            models: BTreeMap::from([("digits".to_string(), digits)]),
+            models: BTreeMap::from([
+                ("digits".to_string(), model("digits/digits.onnx")),
+                ("vad".to_string(), model("vad/silero_vad_16k.onnx")),
+            ]),
             routes: vec![
                 route("/digits", "digits.wasm", &["digits"]),
                 route("/hello", "hello.wasm", &[]),
+                route("/vad", "vad.wasm", &["vad"]),
             ],
         }
     }
@@ -185,8 +220,13 @@ impl Config {
             if model.executors == Some(0) {
                 bail!("field `{field}.executors`: must be at least 1");
             }
-            if model.queue_capacity == 0 {
-                bail!("field `{field}.queue_capacity`: must be at least 1");
+            for (name, value) in [
+                ("queue_capacity", model.queue_capacity),
+                ("max_batch_size", model.max_batch_size),
+            ] {
+                if value == 0 {
+                    bail!("field `{field}.{name}`: must be at least 1");
+                }
             }
         }
         let mut paths = HashSet::new();

@@ -4,17 +4,22 @@
 //! `server` (listener) → `router` (dispatch, limits) → `admission` (per-route cap and queue)
 //! → `component` (a fresh guest instance in its `sandbox`, on the `engine`'s pool) → `nn`
 //! (the guest's `wasi:nn` calls) → `scheduler` (per-model queue and executor threads) →
-//! `backend` (tract). `config`, `models` and `runtime` build the node at start-up; `tensor`
-//! and `response` hold the types shared along the way. Lower layers never import higher ones.
+//! `backend` (tract), with the `scheduler` consulting the model's result `cache`. `config`,
+//! `models` and `runtime` build the node at start-up; `tensor`, `request` and `response`
+//! hold the types shared along the way, and `metrics` the Prometheus series every layer
+//! updates. Lower layers never import higher ones.
 
 pub mod admission;
 pub mod backend;
+pub mod cache;
 pub mod cli;
 pub mod component;
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod models;
 pub mod nn;
+pub mod request;
 pub mod response;
 pub mod router;
 pub mod runtime;

@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tracing::info;
 
 use crate::backend;
 use crate::config::ModelConfig;
-use crate::scheduler::{ModelScheduler, SchedulerLimits};
+use crate::scheduler::{CacheConfig, ModelScheduler, SchedulerConfig};
 
 /// All loaded models, by name.
 #[derive(Default)]
@@ -29,15 +29,13 @@ impl Models {
             let backend = backend::load_file(config.backend, &config.file).with_context(|| {
                 format!("loading model {name:?} from {}", config.file.display())
             })?;
-            let limits = SchedulerLimits {
-                executors: config.executors.unwrap_or_else(default_executors),
-                queue_capacity: config.queue_capacity,
-            };
-            let scheduler = ModelScheduler::start(name, Arc::from(backend), limits)?;
+            let scheduling = scheduler_config(config);
+            let scheduler = ModelScheduler::start(name, Arc::from(backend), &scheduling)?;
             info!(
                 model = %name,
                 backend = ?config.backend,
-                executors = limits.executors,
+                executors = scheduling.executors,
+                max_batch = scheduler.max_batch_items(),
                 load_ms = started.elapsed().as_millis() as u64,
                 "model loaded"
             );
@@ -49,6 +47,22 @@ impl Models {
     /// The model called `name`, if it is loaded.
     pub fn get(&self, name: &str) -> Option<&Arc<ModelScheduler>> {
         self.by_name.get(name)
+    }
+}
+
+/// The scheduling knobs of a model's config.
+fn scheduler_config(config: &ModelConfig) -> SchedulerConfig {
+    SchedulerConfig {
+        executors: config.executors.unwrap_or_else(default_executors),
+        queue_capacity: config.queue_capacity,
+        batching: config.batching,
+        max_batch_size: config.max_batch_size,
+        max_queue_delay: Duration::from_micros(config.max_queue_delay_us),
+        cache: (config.cache_entries > 0).then(|| CacheConfig {
+            entries: config.cache_entries,
+            time_to_live: Duration::from_millis(config.cache_ttl_ms),
+            serve_stale_on_overload: config.serve_stale_on_overload,
+        }),
     }
 }
 

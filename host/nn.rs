@@ -2,8 +2,11 @@
 //!
 //! - `load-by-name` hands out a model loaded at start-up; a route sees only the models its
 //!   config grants it (`not-found` otherwise), and nothing is read or compiled per request.
-//! - `compute` is an async host call: the tensors go to the model's scheduler and the guest's
-//!   task yields until the outputs come back, so inference never blocks the event loop.
+//! - `compute` is an async host call: the tensors go to the model's scheduler, with the
+//!   request's deadline and priority, and the guest's task yields until the outputs come
+//!   back, so inference never blocks the event loop. A full model queue ends the request
+//!   (a trap carrying [`ComputeError::Overloaded`], answered 503 by the host): there is no
+//!   `wasi:nn` error code for "busy", and the guest could not do better than the host.
 //! - `load` of raw model bytes is refused (`security`) unless the route allows it.
 //! - Bad tensors (name, type, shape, length) are `invalid-argument` errors, never a trap.
 
@@ -13,7 +16,8 @@ use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::backend::{self, BackendKind};
-use crate::scheduler::{ComputeError, ModelScheduler, SchedulerLimits};
+use crate::request::RequestContext;
+use crate::scheduler::{Batching, ComputeError, ModelScheduler, SchedulerConfig};
 use crate::tensor::{ElementType, Tensor};
 
 mod generated {
@@ -63,9 +67,11 @@ pub struct NnError {
     message: String,
 }
 
-/// The store state `wasi:nn` works on: the route's grant and the instance's resources.
+/// The store state `wasi:nn` works on: the route's grant, the request's deadline and
+/// priority, and the instance's resources.
 pub struct NnView<'a> {
     pub grant: &'a NnGrant,
+    pub context: RequestContext,
     pub table: &'a mut ResourceTable,
 }
 
@@ -131,11 +137,15 @@ impl graph::Host for NnView<'_> {
         };
         let loaded = tokio::task::spawn_blocking(move || {
             let backend = backend::load_bytes(BackendKind::Tract, &bytes)?;
-            let limits = SchedulerLimits {
+            let config = SchedulerConfig {
                 executors: 1,
                 queue_capacity: 16,
+                batching: Batching::Off,
+                max_batch_size: 1,
+                max_queue_delay: std::time::Duration::ZERO,
+                cache: None,
             };
-            ModelScheduler::start("guest-loaded", Arc::from(backend), limits)
+            ModelScheduler::start("guest-loaded", Arc::from(backend), &config)
         })
         .await?;
         match loaded {
@@ -196,7 +206,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 }
             }
         }
-        match model.compute(named).await {
+        match model.compute(named, self.context).await {
             Ok(outputs) => {
                 let mut handles = Vec::with_capacity(outputs.len());
                 for (name, tensor) in outputs {
@@ -204,9 +214,11 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 }
                 Ok(Ok(handles))
             }
+            Err(error @ ComputeError::Overloaded(_)) => Err(error.into()),
             Err(error) => {
                 let code = match &error {
                     ComputeError::InvalidInput(_) => ErrorCode::InvalidArgument,
+                    ComputeError::DeadlineExpired(_) => ErrorCode::Timeout,
                     ComputeError::Overloaded(_) | ComputeError::Failed(_) => {
                         ErrorCode::RuntimeError
                     }

@@ -16,17 +16,25 @@ const RETRY_AFTER_SECONDS: &str = "1";
 
 /// A JSON response.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let bytes = Bytes::from(value.to_string());
+    text(status, "application/json", value.to_string())
+}
+
+/// A response with a whole body of the given content type.
+pub fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let bytes: Bytes = body.into();
     let mut response = Response::new(
         Full::new(bytes)
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

@@ -1,34 +1,48 @@
-//! Request dispatch: health, then guest routes by path, else 404.
+//! Request dispatch: health and metrics, then guest routes by path, else 404.
 //!
-//! For a guest route, [`serve_guest`] applies the route's limits in order: the body size
-//! (413), the deadline (504), admission (503 + `Retry-After` when the queue is full), and
-//! then runs the guest on a fresh instance. Every failure is a JSON error; none of them
-//! affects other requests.
+//! For a guest route, [`serve_guest`] applies the route's limits in order: the deadline and
+//! priority headers (400 if malformed), the body size (413), admission (503 + `Retry-After`
+//! when the queue is full, 504 when the deadline passes in it), and then runs the guest on a
+//! fresh instance. Every failure is a JSON error; none of them affects other requests.
 
 use std::sync::Arc;
-use std::time::Instant as StdInstant;
+use std::time::Instant;
 
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
-use tokio::time::Instant;
 use tracing::{error, info};
 
 use crate::admission::Rejection;
 use crate::component::GuestFailure;
+use crate::metrics;
+use crate::request::RequestContext;
 use crate::response::{self, Body};
 use crate::runtime::{Route, Runtime};
 
 /// Answers one request.
 pub async fn dispatch(runtime: Arc<Runtime>, request: Request<Incoming>) -> Response<Body> {
-    let started = StdInstant::now();
+    let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let response = if path == "/healthz" {
         response::json(StatusCode::OK, &json!({ "status": "ok" }))
+    } else if path == "/metrics" {
+        runtime.refresh_gauges();
+        response::text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics::render(),
+        )
     } else if let Some(route) = runtime.route_for(&path) {
-        serve_guest(route, request).await
+        let response = serve_guest(route, request, started).await;
+        route
+            .metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        route.metrics.request(response.status().as_u16());
+        response
     } else {
         response::error(StatusCode::NOT_FOUND, format!("no route for {path}"))
     };
@@ -42,8 +56,16 @@ pub async fn dispatch(runtime: Arc<Runtime>, request: Request<Incoming>) -> Resp
     response
 }
 
-async fn serve_guest(route: &Route, request: Request<Incoming>) -> Response<Body> {
-    let deadline = Instant::now() + route.timeout;
+async fn serve_guest(
+    route: &Route,
+    request: Request<Incoming>,
+    arrival: Instant,
+) -> Response<Body> {
+    let context = match RequestContext::from_headers(request.headers(), arrival, route.timeout) {
+        Ok(context) => context,
+        Err(message) => return response::error(StatusCode::BAD_REQUEST, message),
+    };
+    let deadline = tokio::time::Instant::from_std(context.deadline);
     let too_large = || {
         response::error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -76,7 +98,7 @@ async fn serve_guest(route: &Route, request: Request<Incoming>) -> Response<Body
         };
     let request = Request::from_parts(parts, Full::new(body));
 
-    let permit = match route.admission.admit(deadline).await {
+    let permit = match route.admission.admit(&context).await {
         Ok(permit) => permit,
         Err(Rejection::QueueFull) => {
             return response::overloaded(format!(
@@ -89,7 +111,7 @@ async fn serve_guest(route: &Route, request: Request<Incoming>) -> Response<Body
         }
     };
 
-    match route.guest.handle(request, deadline, permit).await {
+    match route.guest.handle(request, context, permit).await {
         Ok(response) => response,
         Err(failure) => failure_response(route, failure),
     }
@@ -99,9 +121,14 @@ fn failure_response(route: &Route, failure: GuestFailure) -> Response<Body> {
     let message = failure.to_string();
     match failure {
         GuestFailure::DeadlineExceeded => deadline_exceeded(message),
-        GuestFailure::NoInstance(_) => response::overloaded(message),
+        GuestFailure::NoInstance(_) | GuestFailure::ModelOverloaded(_) => {
+            response::overloaded(message)
+        }
         GuestFailure::BadRequest(_) => response::error(StatusCode::BAD_REQUEST, message),
         GuestFailure::Trapped(_) | GuestFailure::NoResponse(_) => {
+            if matches!(failure, GuestFailure::Trapped(_)) {
+                route.metrics.traps.inc();
+            }
             error!(route = %route.path, "{message}");
             response::error(StatusCode::INTERNAL_SERVER_ERROR, first_line(&message))
         }

@@ -12,6 +12,7 @@ use crate::admission::Admission;
 use crate::component::GuestComponent;
 use crate::config::{Config, RouteConfig, path_matches};
 use crate::engine::{EngineLimits, new_engine};
+use crate::metrics::RouteMetrics;
 use crate::models::Models;
 use crate::nn::NnGrant;
 
@@ -30,6 +31,8 @@ pub struct Route {
     pub timeout: Duration,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Its labelled metric series.
+    pub metrics: RouteMetrics,
 }
 
 /// Everything a node serves. Models live as long as a route is granted them.
@@ -63,6 +66,24 @@ impl Runtime {
             "runtime loaded"
         );
         Ok(Runtime { routes })
+    }
+
+    /// Sets the gauges that are read off live state (instances in use, queue depths).
+    pub fn refresh_gauges(&self) {
+        for route in &self.routes {
+            route
+                .metrics
+                .instances_in_use
+                .set(route.admission.in_use() as i64);
+            route
+                .metrics
+                .instances_capacity
+                .set(route.admission.capacity() as i64);
+            route
+                .metrics
+                .queue_depth
+                .set(route.admission.waiting() as i64);
+        }
     }
 
     /// The route serving `path`: the one with the longest matching path.
@@ -108,5 +129,6 @@ async fn load_route(
         guest,
         timeout: Duration::from_millis(config.timeout_ms),
         max_body_bytes: config.max_body_bytes,
+        metrics: RouteMetrics::new(&config.path),
     })
 }

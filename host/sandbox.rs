@@ -13,6 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::nn::{self, HasNn, NnGrant, NnView};
+use crate::request::RequestContext;
 
 /// Everything one guest instance owns, for the length of one request.
 pub struct GuestState {
@@ -21,13 +22,19 @@ pub struct GuestState {
     http: WasiHttpCtx,
     hooks: RefuseOutgoingHttp,
     grant: Arc<NnGrant>,
+    context: RequestContext,
     /// Memory and table caps, enforced by wasmtime through `Store::limiter`.
     pub limits: StoreLimits,
 }
 
 impl GuestState {
-    /// State for a fresh instance: the route's model grant and memory cap, nothing else.
-    pub fn new(grant: Arc<NnGrant>, max_memory_bytes: usize) -> GuestState {
+    /// State for a fresh instance: the route's model grant and memory cap, and the
+    /// request's deadline and priority; nothing else.
+    pub fn new(
+        grant: Arc<NnGrant>,
+        max_memory_bytes: usize,
+        context: RequestContext,
+    ) -> GuestState {
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
@@ -43,6 +50,7 @@ impl GuestState {
             http: WasiHttpCtx::new(),
             hooks: RefuseOutgoingHttp,
             grant,
+            context,
             limits,
         }
     }
@@ -71,6 +79,7 @@ impl HasNn for GuestState {
     fn nn(&mut self) -> NnView<'_> {
         NnView {
             grant: &self.grant,
+            context: self.context,
             table: &mut self.table,
         }
     }

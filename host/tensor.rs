@@ -4,7 +4,8 @@
 //! A [`Tensor`] is plain data (element type, shape, little-endian bytes), independent of any
 //! backend, so `wasi:nn`, the scheduler and every backend agree on one representation.
 //! [`Signature::check_inputs`] is where a request's tensors are validated against a model,
-//! before they reach a queue.
+//! before they reach a queue; [`concat`] and [`split`] join requests into one batch along a
+//! model's batch axis and part the outputs again.
 
 use std::fmt;
 
@@ -98,6 +99,8 @@ pub struct TensorSpec {
     pub name: String,
     pub element_type: ElementType,
     pub shape: Vec<Dim>,
+    /// The axis that holds independent items (the batch axis), if the model has one.
+    pub batch_axis: Option<usize>,
 }
 
 impl TensorSpec {
@@ -130,6 +133,43 @@ pub struct Signature {
 }
 
 impl Signature {
+    /// Whether requests can be batched: every input and output has a batch axis.
+    pub fn batchable(&self) -> bool {
+        self.inputs
+            .iter()
+            .chain(&self.outputs)
+            .all(|spec| spec.batch_axis.is_some())
+    }
+
+    /// Items in a checked request (its size along the batch axis), 1 without a batch axis.
+    pub fn items(&self, inputs: &[Tensor]) -> usize {
+        match (
+            self.inputs.first().and_then(|spec| spec.batch_axis),
+            inputs.first(),
+        ) {
+            (Some(axis), Some(tensor)) => tensor.shape[axis],
+            _ => 1,
+        }
+    }
+
+    /// Whether two checked requests can share a batch: equal shapes but for the batch axis.
+    pub fn compatible(&self, a: &[Tensor], b: &[Tensor]) -> bool {
+        self.inputs
+            .iter()
+            .zip(a.iter().zip(b))
+            .all(|(spec, (a, b))| {
+                let other_dims = |t: &Tensor| {
+                    t.shape
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| Some(*i) != spec.batch_axis)
+                        .map(|(_, d)| *d)
+                        .collect::<Vec<_>>()
+                };
+                other_dims(a) == other_dims(b)
+            })
+    }
+
     /// Checks named tensors against the declared inputs and returns them in the model's input
     /// order. Every input must be given exactly once, with the declared type and a fitting
     /// shape; the error says which rule was broken.
@@ -173,6 +213,57 @@ impl Signature {
     }
 }
 
+/// Joins tensors of equal shape but for `axis` into one, in order.
+pub fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
+    let first = parts[0];
+    let mut shape = first.shape.clone();
+    shape[axis] = parts.iter().map(|t| t.shape[axis]).sum();
+    // Row-major: the data is `outer` blocks, each holding the axis's slices for one position
+    // of the dimensions before `axis`.
+    let outer: usize = first.shape[..axis].iter().product();
+    let mut data = Vec::with_capacity(parts.iter().map(|t| t.data.len()).sum());
+    for block in 0..outer {
+        for part in parts {
+            let block_len = part.data.len() / outer.max(1);
+            data.extend_from_slice(&part.data[block * block_len..(block + 1) * block_len]);
+        }
+    }
+    Tensor {
+        element_type: first.element_type,
+        shape,
+        data,
+    }
+}
+
+/// Parts a tensor along `axis` into pieces of the given sizes, in order.
+pub fn split(tensor: &Tensor, axis: usize, sizes: &[usize]) -> Vec<Tensor> {
+    let outer: usize = tensor.shape[..axis].iter().product();
+    let per_item = tensor.data.len() / outer.max(1) / tensor.shape[axis].max(1);
+    let mut pieces: Vec<Tensor> = sizes
+        .iter()
+        .map(|&size| {
+            let mut shape = tensor.shape.clone();
+            shape[axis] = size;
+            Tensor {
+                element_type: tensor.element_type,
+                shape,
+                data: Vec::with_capacity(outer * size * per_item),
+            }
+        })
+        .collect();
+    let block_len = tensor.data.len() / outer.max(1);
+    for block in tensor.data.chunks(block_len.max(1)).take(outer) {
+        let mut offset = 0;
+        for (piece, &size) in pieces.iter_mut().zip(sizes) {
+            piece
+                .data
+                .extend_from_slice(&block[offset..offset + size * per_item]);
+            offset += size * per_item;
+        }
+    }
+    pieces
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +273,7 @@ mod tests {
             name: name.into(),
             element_type: ElementType::F32,
             shape: vec![Dim::Any, Dim::Fixed(width)],
+            batch_axis: Some(0),
         };
         Signature {
             inputs: vec![spec("pixels", 64)],
@@ -236,5 +328,43 @@ mod tests {
         assert!(check(vec![("pixels".into(), wrong_rank)]).contains("got [64]"));
         let empty_batch = zeros(ElementType::F32, vec![0, 64]);
         assert!(check(vec![("pixels".into(), empty_batch)]).contains("got [0, 64]"));
+    }
+
+    fn counting(shape: Vec<usize>, start: u8) -> Tensor {
+        let len = shape.iter().product::<usize>();
+        Tensor::new(
+            ElementType::U8,
+            shape,
+            (0..len).map(|i| start + i as u8).collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn concat_then_split_round_trips_on_any_axis() {
+        // Like a recurrent state [layers=2, batch, width=3], batched along axis 1.
+        let a = counting(vec![2, 1, 3], 0);
+        let b = counting(vec![2, 2, 3], 100);
+        let joined = concat(&[&a, &b], 1);
+        assert_eq!(joined.shape, vec![2, 3, 3]);
+        // Layer 0 holds a's row then b's two rows, then layer 1 the same.
+        assert_eq!(&joined.data[..9], &[0, 1, 2, 100, 101, 102, 103, 104, 105]);
+        assert_eq!(split(&joined, 1, &[1, 2]), vec![a.clone(), b.clone()]);
+
+        let c = counting(vec![3, 1, 3], 100);
+        let rows = concat(&[&c, &a], 0);
+        assert_eq!(rows.shape, vec![5, 1, 3]);
+        assert_eq!(&rows.data[7..11], &[107, 108, 0, 1], "a's rows follow c's");
+        assert_eq!(split(&rows, 0, &[3, 2]), vec![c, a]);
+    }
+
+    #[test]
+    fn compatibility_ignores_only_the_batch_axis() {
+        let signature = digits_signature();
+        let one = vec![zeros(ElementType::F32, vec![1, 64])];
+        let five = vec![zeros(ElementType::F32, vec![5, 64])];
+        assert!(signature.compatible(&one, &five));
+        assert_eq!(signature.items(&five), 5);
+        assert!(signature.batchable());
     }
 }

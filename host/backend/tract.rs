@@ -2,7 +2,8 @@
 //!
 //! A model is parsed, typed and optimized once; the optimized plan is shared, and each
 //! executor runs it through its own `SimpleState`. Symbolic dimensions in the ONNX file (such
-//! as a `batch` axis) stay symbolic, so one plan serves every batch size.
+//! as a `batch` axis) stay symbolic, so one plan serves every batch size; the batch axis of
+//! each tensor is found from the symbol they share.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -73,8 +74,12 @@ impl Session for TractSession {
 }
 
 fn signature_of(model: &TypedModel) -> anyhow::Result<Signature> {
+    let batch = batch_symbol(model)?;
     let spec = |outlet: OutletId, name: String| -> anyhow::Result<TensorSpec> {
         let fact = model.outlet_fact(outlet)?;
+        let batch_axis = batch
+            .as_ref()
+            .and_then(|batch| fact.shape.iter().position(|dim| dim == batch));
         let element_type =
             element_type(fact.datum_type).with_context(|| format!("tensor {name:?}"))?;
         let shape = fact
@@ -89,6 +94,7 @@ fn signature_of(model: &TypedModel) -> anyhow::Result<Signature> {
             name,
             element_type,
             shape,
+            batch_axis,
         })
     };
     let inputs = model
@@ -108,6 +114,37 @@ fn signature_of(model: &TypedModel) -> anyhow::Result<Signature> {
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(Signature { inputs, outputs })
+}
+
+/// The model's batch dimension: a symbol of the first input that appears exactly once in
+/// every input and output (e.g. `batch` in `pixels [batch, 64]` and `state [2, batch, 128]`).
+fn batch_symbol(model: &TypedModel) -> anyhow::Result<Option<TDim>> {
+    let outlets: Vec<OutletId> = model
+        .input_outlets()?
+        .iter()
+        .chain(model.output_outlets()?)
+        .copied()
+        .collect();
+    let Some(&first) = outlets.first() else {
+        return Ok(None);
+    };
+    let facts = outlets
+        .iter()
+        .map(|&outlet| model.outlet_fact(outlet))
+        .collect::<TractResult<Vec<_>>>()?;
+    let candidates = model
+        .outlet_fact(first)?
+        .shape
+        .iter()
+        .filter(|dim| matches!(dim, TDim::Sym(_)));
+    Ok(candidates
+        .into_iter()
+        .find(|candidate| {
+            facts
+                .iter()
+                .all(|fact| fact.shape.iter().filter(|dim| dim == candidate).count() == 1)
+        })
+        .cloned())
 }
 
 fn element_type(datum_type: DatumType) -> anyhow::Result<ElementType> {

@@ -233,3 +233,42 @@ pub async fn expect_error(response: reqwest::Response, status: u16) -> String {
         .unwrap_or_else(|| panic!("no error message in {body}"))
         .to_string()
 }
+
+/// The server's `/metrics` text.
+pub async fn scrape(server: &Server) -> String {
+    client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one series in a `/metrics` text, e.g.
+/// `edge_infer_model_inferences_total{model="slow"}`; 0 if it is absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// Polls `/metrics` until `series` reaches `value`, for at most 20 s.
+pub async fn wait_for_metric(server: &Server, series: &str, value: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = scrape(server).await;
+        if metric(&text, series) == value {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} never reached {value}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -6,13 +6,17 @@
 //! - `/test/oom`: allocates until its memory limit stops it;
 //! - `/test/nn/load-by-name/NAME`: loads model NAME and answers the outcome;
 //! - `/test/nn/load-raw`: tries to load raw ONNX bytes (refused unless the route allows it);
-//! - `/test/nn/bad-input`: sends the `digits` model a tensor of the wrong shape, then one of
-//!   the wrong type, then one with the wrong name, and answers the three error codes.
+//! - `/test/nn/bad-input`: sends the `digits` model a tensor of the wrong shape, of the wrong
+//!   type, with the wrong name and with too few bytes, and answers the four error codes;
+//! - `/test/nn/slow/ROWS`: runs the `slow` model (tests/models/slow.onnx) on ROWS rows of
+//!   zeros and answers `{"rows": ROWS}`, or the `wasi:nn` error with its fitting status;
+//! - `/test/sleep/MS`: sleeps MS milliseconds (a host clock wait, not a busy loop), then
+//!   answers `{"slept_ms": MS}`.
 //!
 //! `wasi:nn` outcomes are answered as `{"ok": bool, "code": "...", "message": "..."}`.
 
 use edge_infer_guest::nn::{errors, graph, tensor};
-use edge_infer_guest::{nn_error_name, respond_error, respond_json};
+use edge_infer_guest::{nn_error_name, respond_error, respond_json, respond_nn_error};
 use serde_json::{Value, json};
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
@@ -38,12 +42,26 @@ impl wasip2::exports::http::incoming_handler::Guest for Testing {
                 respond_json(out, 200, &outcome(result.map(|_| ())));
             }
             "/nn/bad-input" => respond_json(out, 200, &bad_inputs()),
-            other => match other.strip_prefix("/nn/load-by-name/") {
-                Some(name) => {
-                    respond_json(out, 200, &outcome(graph::load_by_name(name).map(|_| ())))
+            other => {
+                if let Some(name) = other.strip_prefix("/nn/load-by-name/") {
+                    respond_json(out, 200, &outcome(graph::load_by_name(name).map(|_| ())));
+                } else if let Some(rows) =
+                    other.strip_prefix("/nn/slow/").and_then(|r| r.parse().ok())
+                {
+                    match run_slow(rows) {
+                        Ok(()) => respond_json(out, 200, &json!({ "rows": rows })),
+                        Err(error) => respond_nn_error(out, "slow model", &error),
+                    }
+                } else if let Some(millis) = other
+                    .strip_prefix("/sleep/")
+                    .and_then(|m| m.parse::<u64>().ok())
+                {
+                    wasip2::clocks::monotonic_clock::subscribe_duration(millis * 1_000_000).block();
+                    respond_json(out, 200, &json!({ "slept_ms": millis }));
+                } else {
+                    respond_error(out, 404, &format!("no test action {other}"));
                 }
-                None => respond_error(out, 404, &format!("no test action {other}")),
-            },
+            }
         }
     }
 }
@@ -61,6 +79,17 @@ fn exhaust_memory() -> ! {
         hoard.push(vec![1u8; 1 << 20]);
         std::hint::black_box(&hoard);
     }
+}
+
+/// Width of the `slow` model's rows.
+const SLOW_WIDTH: u32 = 256;
+
+fn run_slow(rows: u32) -> Result<(), errors::Error> {
+    let model = graph::load_by_name("slow")?;
+    let context = model.init_execution_context()?;
+    let zeros = vec![0u8; (rows * SLOW_WIDTH * 4) as usize];
+    let input = tensor::Tensor::new(&[rows, SLOW_WIDTH], tensor::TensorType::Fp32, &zeros);
+    context.compute(vec![("x".to_string(), input)]).map(|_| ())
 }
 
 fn bad_inputs() -> Value {

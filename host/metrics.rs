@@ -1,0 +1,257 @@
+//! Prometheus metrics for the whole process, served at `/metrics`.
+//!
+//! One registry holds every metric. Hot paths never look labels up: a model's scheduler and a
+//! route resolve their labelled series once ([`ModelMetrics`], [`RouteMetrics`]) and keep the
+//! handles. Names are prefixed `edge_infer_` and carry their unit.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, exponential_buckets,
+};
+
+/// Every metric of the process.
+struct Families {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    route_instances_in_use: IntGaugeVec,
+    route_instances_capacity: IntGaugeVec,
+    route_queue_depth: IntGaugeVec,
+    guest_traps: IntCounterVec,
+    model_requests: IntCounterVec,
+    model_executions: IntCounterVec,
+    model_inferences: IntCounterVec,
+    model_batch_size: HistogramVec,
+    model_queue_duration: HistogramVec,
+    model_compute_duration: HistogramVec,
+    model_pending: IntGaugeVec,
+    model_cache: IntCounterVec,
+}
+
+/// Latency buckets from 50 µs to about 26 s.
+fn seconds_buckets() -> Vec<f64> {
+    exponential_buckets(50e-6, 2.0, 20).expect("valid buckets")
+}
+
+static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
+    let registry = Registry::new();
+    let counter = |name: &str, help: &str, labels: &[&str]| {
+        let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+        registry
+            .register(Box::new(metric.clone()))
+            .expect("unique metric");
+        metric
+    };
+    let gauge = |name: &str, help: &str, labels: &[&str]| {
+        let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+        registry
+            .register(Box::new(metric.clone()))
+            .expect("unique metric");
+        metric
+    };
+    let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+        let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .expect("valid metric");
+        registry
+            .register(Box::new(metric.clone()))
+            .expect("unique metric");
+        metric
+    };
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
+    Families {
+        requests: counter(
+            "edge_infer_requests_total",
+            "HTTP requests by route and outcome (success, invalid, rejected, timeout, error)",
+            &["route", "outcome"],
+        ),
+        request_duration: histogram(
+            "edge_infer_request_duration_seconds",
+            "Time from request arrival to response head, by route",
+            &["route"],
+            seconds_buckets(),
+        ),
+        route_instances_in_use: gauge(
+            "edge_infer_route_instances_in_use",
+            "Guest instances running now",
+            &["route"],
+        ),
+        route_instances_capacity: gauge(
+            "edge_infer_route_instances_capacity",
+            "Guest instances the route may run at once (max_concurrency)",
+            &["route"],
+        ),
+        route_queue_depth: gauge(
+            "edge_infer_route_queue_depth",
+            "Requests waiting for an instance",
+            &["route"],
+        ),
+        guest_traps: counter(
+            "edge_infer_guest_traps_total",
+            "Guest instances that trapped",
+            &["route"],
+        ),
+        model_requests: counter(
+            "edge_infer_model_requests_total",
+            "Compute requests by model and outcome (success, cache_hit, stale_hit, rejected, expired, cancelled, invalid, error)",
+            &["model", "outcome"],
+        ),
+        model_executions: counter(
+            "edge_infer_model_executions_total",
+            "Model runs (a batch counts once)",
+            &["model"],
+        ),
+        model_inferences: counter(
+            "edge_infer_model_inferences_total",
+            "Items inferred (every item of a batch counts)",
+            &["model"],
+        ),
+        model_batch_size: histogram(
+            "edge_infer_model_batch_size",
+            "Items per model run",
+            &["model"],
+            exponential_buckets(1.0, 2.0, 11).expect("valid buckets"),
+        ),
+        model_queue_duration: histogram(
+            "edge_infer_model_queue_duration_seconds",
+            "Time a compute request waited in the model's queue",
+            &["model"],
+            seconds_buckets(),
+        ),
+        model_compute_duration: histogram(
+            "edge_infer_model_compute_duration_seconds",
+            "Time of one model run (one batch)",
+            &["model"],
+            seconds_buckets(),
+        ),
+        model_pending: gauge(
+            "edge_infer_model_pending_requests",
+            "Compute requests waiting in the model's queue",
+            &["model"],
+        ),
+        model_cache: counter(
+            "edge_infer_model_cache_lookups_total",
+            "Result cache lookups by model and result (hit, miss)",
+            &["model", "result"],
+        ),
+        registry,
+    }
+});
+
+/// The current value of every metric, in Prometheus text format.
+pub fn render() -> String {
+    let mut text = Vec::new();
+    TextEncoder::new()
+        .encode(&FAMILIES.registry.gather(), &mut text)
+        .expect("text encoding cannot fail");
+    String::from_utf8(text).expect("the text format is UTF-8")
+}
+
+/// How a compute request to a model ended.
+#[derive(Clone, Copy, Debug)]
+pub enum ModelOutcome {
+    Success,
+    CacheHit,
+    StaleHit,
+    Rejected,
+    Expired,
+    Cancelled,
+    Invalid,
+    Error,
+}
+
+/// One model's series.
+#[derive(Clone)]
+pub struct ModelMetrics {
+    outcomes: [IntCounter; 8],
+    pub executions: IntCounter,
+    pub inferences: IntCounter,
+    pub batch_size: prometheus::Histogram,
+    pub queue_duration: prometheus::Histogram,
+    pub compute_duration: prometheus::Histogram,
+    pub pending: IntGauge,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+}
+
+impl ModelMetrics {
+    pub fn new(model: &str) -> ModelMetrics {
+        let f = &*FAMILIES;
+        let outcome = |name| f.model_requests.with_label_values(&[model, name]);
+        ModelMetrics {
+            outcomes: [
+                outcome("success"),
+                outcome("cache_hit"),
+                outcome("stale_hit"),
+                outcome("rejected"),
+                outcome("expired"),
+                outcome("cancelled"),
+                outcome("invalid"),
+                outcome("error"),
+            ],
+            executions: f.model_executions.with_label_values(&[model]),
+            inferences: f.model_inferences.with_label_values(&[model]),
+            batch_size: f.model_batch_size.with_label_values(&[model]),
+            queue_duration: f.model_queue_duration.with_label_values(&[model]),
+            compute_duration: f.model_compute_duration.with_label_values(&[model]),
+            pending: f.model_pending.with_label_values(&[model]),
+            cache_hits: f.model_cache.with_label_values(&[model, "hit"]),
+            cache_misses: f.model_cache.with_label_values(&[model, "miss"]),
+        }
+    }
+
+    /// Counts one compute request's outcome.
+    pub fn outcome(&self, outcome: ModelOutcome) {
+        self.outcomes[outcome as usize].inc();
+    }
+}
+
+/// How an HTTP request to a route ended, from its status.
+fn request_outcome(status: u16) -> &'static str {
+    match status {
+        503 => "rejected",
+        504 => "timeout",
+        400..=499 => "invalid",
+        500..=599 => "error",
+        _ => "success",
+    }
+}
+
+/// One route's series.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    route: String,
+    pub duration: prometheus::Histogram,
+    pub traps: IntCounter,
+    pub instances_in_use: IntGauge,
+    pub instances_capacity: IntGauge,
+    pub queue_depth: IntGauge,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> RouteMetrics {
+        let f = &*FAMILIES;
+        RouteMetrics {
+            route: route.to_string(),
+            duration: f.request_duration.with_label_values(&[route]),
+            traps: f.guest_traps.with_label_values(&[route]),
+            instances_in_use: f.route_instances_in_use.with_label_values(&[route]),
+            instances_capacity: f.route_instances_capacity.with_label_values(&[route]),
+            queue_depth: f.route_queue_depth.with_label_values(&[route]),
+        }
+    }
+
+    /// Counts a finished request by its status.
+    pub fn request(&self, status: u16) {
+        FAMILIES
+            .requests
+            .with_label_values(&[&self.route, request_outcome(status)])
+            .inc();
+    }
+}
