@@ -47,17 +47,8 @@ pub struct Permit {
 impl Admission {
     /// At most `capacity` admitted at once, at most `max_queue` waiting.
     pub fn new(capacity: usize, max_queue: usize) -> Admission {
-        let state = SlotState {
-            free: capacity,
-            waiting: Default::default(),
-        };
-        Admission {
-            slots: Arc::new(Slots {
-                state: Mutex::new(state),
-            }),
-            capacity,
-            max_queue,
-        }
+        let state = SlotState { free: capacity, waiting: Default::default() };
+        Admission { slots: Arc::new(Slots { state: Mutex::new(state) }), capacity, max_queue }
     }
 
     /// Admits a request now, or queues it until a slot frees up or its deadline passes.
@@ -66,9 +57,7 @@ impl Admission {
             let mut state = self.slots.state.lock().unwrap();
             if state.free > 0 {
                 state.free -= 1;
-                return Ok(Permit {
-                    slots: Some(self.slots.clone()),
-                });
+                return Ok(Permit { slots: Some(self.slots.clone()) });
             }
             if state.queued() >= self.max_queue {
                 state.forget_departed();
@@ -127,9 +116,7 @@ impl Drop for Permit {
         let mut state = slots.state.lock().unwrap();
         // Hand the slot to the first waiter still waiting, highest priority first.
         while let Some(waiter) = state.waiting.iter_mut().find_map(VecDeque::pop_front) {
-            match waiter.send(Permit {
-                slots: Some(slots.clone()),
-            }) {
+            match waiter.send(Permit { slots: Some(slots.clone()) }) {
                 Ok(()) => return,
                 // That waiter left: take the permit back without running this drop again.
                 Err(mut unsent) => unsent.slots = None,
@@ -146,10 +133,7 @@ mod tests {
     use super::*;
 
     fn context(priority: Priority, timeout: Duration) -> RequestContext {
-        RequestContext {
-            deadline: Instant::now() + timeout,
-            priority,
-        }
+        RequestContext::new(Instant::now() + timeout, priority)
     }
 
     #[tokio::test]
@@ -161,15 +145,13 @@ mod tests {
 
         let queued = tokio::spawn({
             let admission = admission.clone();
+            let long = long.clone();
             async move { admission.admit(&long).await.map(drop) }
         });
         while admission.waiting() == 0 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(
-            admission.admit(&long).await.err(),
-            Some(Rejection::QueueFull)
-        );
+        assert_eq!(admission.admit(&long).await.err(), Some(Rejection::QueueFull));
 
         drop(first);
         assert_eq!(queued.await.unwrap(), Ok(()));
@@ -179,38 +161,24 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_request_expires_at_its_deadline_and_frees_its_place() {
         let admission = Admission::new(1, 1);
-        let _busy = admission
-            .admit(&context(Priority::Normal, Duration::from_secs(60)))
-            .await
-            .unwrap();
+        let _busy = admission.admit(&context(Priority::Normal, Duration::from_secs(60))).await.unwrap();
         let short = context(Priority::Normal, Duration::from_millis(20));
-        assert_eq!(
-            admission.admit(&short).await.err(),
-            Some(Rejection::DeadlineExpired)
-        );
+        assert_eq!(admission.admit(&short).await.err(), Some(Rejection::DeadlineExpired));
         assert_eq!(admission.waiting(), 0);
     }
 
     #[tokio::test]
     async fn higher_priorities_are_admitted_first() {
         let admission = Arc::new(Admission::new(1, 10));
-        let busy = admission
-            .admit(&context(Priority::Normal, Duration::from_secs(60)))
-            .await
-            .unwrap();
+        let busy = admission.admit(&context(Priority::Normal, Duration::from_secs(60))).await.unwrap();
         let (order_sender, mut order) = tokio::sync::mpsc::unbounded_channel();
         let mut tasks = Vec::new();
-        for (name, priority) in [
-            ("low", Priority::Low),
-            ("normal", Priority::Normal),
-            ("high", Priority::High),
-        ] {
+        for (name, priority) in
+            [("low", Priority::Low), ("normal", Priority::Normal), ("high", Priority::High)]
+        {
             let (waiter, order_sender) = (admission.clone(), order_sender.clone());
             tasks.push(tokio::spawn(async move {
-                let permit = waiter
-                    .admit(&context(priority, Duration::from_secs(60)))
-                    .await
-                    .unwrap();
+                let permit = waiter.admit(&context(priority, Duration::from_secs(60))).await.unwrap();
                 order_sender.send(name).unwrap();
                 drop(permit);
             }));

@@ -16,17 +16,11 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
     for watched in ["guest", "wit"] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            manifest_dir.join(watched).display()
-        );
+        println!("cargo:rerun-if-changed={}", manifest_dir.join(watched).display());
     }
 
     // OUT_DIR is <target>/<profile>/build/<package>-<hash>/out.
-    let target_dir = out_dir
-        .ancestors()
-        .nth(4)
-        .expect("OUT_DIR is inside the target folder");
+    let target_dir = out_dir.ancestors().nth(4).expect("OUT_DIR is inside the target folder");
     let guest_target_dir = target_dir.join("wasm-guests");
     ensure_guest_target_installed();
     build_guests(&manifest_dir.join("guest/Cargo.toml"), &guest_target_dir);
@@ -44,8 +38,7 @@ fn ensure_guest_target_installed() {
         .ok()
         .filter(|out| out.status.success())
         .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    let installed =
-        sysroot.is_some_and(|root| root.join("lib/rustlib").join(GUEST_TARGET).is_dir());
+    let installed = sysroot.is_some_and(|root| root.join("lib/rustlib").join(GUEST_TARGET).is_dir());
     if installed {
         return;
     }
@@ -67,14 +60,7 @@ fn build_guests(manifest: &Path, target_dir: &Path) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            GUEST_TARGET,
-            "--manifest-path",
-        ])
+        .args(["build", "--release", "--locked", "--target", GUEST_TARGET, "--manifest-path"])
         .arg(manifest)
         .arg("--target-dir")
         .arg(target_dir);
@@ -104,9 +90,6 @@ fn build_guests(manifest: &Path, target_dir: &Path) {
     }
     let status = command.status().expect("running cargo to build the guests");
     if !status.success() {
-        panic!(
-            "building the guests in {} failed (see the cargo output above)",
-            manifest.display()
-        );
+        panic!("building the guests in {} failed (see the cargo output above)", manifest.display());
     }
 }

@@ -15,12 +15,7 @@ pub type CacheKey = Vec<u8>;
 
 /// The key for checked inputs (in the model's input order).
 pub fn key(inputs: &[Tensor]) -> CacheKey {
-    let mut key = Vec::with_capacity(
-        inputs
-            .iter()
-            .map(|t| t.data.len() + 8 * t.shape.len() + 2)
-            .sum(),
-    );
+    let mut key = Vec::with_capacity(inputs.iter().map(|t| t.data.len() + 8 * t.shape.len() + 2).sum());
     for tensor in inputs {
         key.push(tensor.element_type as u8);
         key.push(tensor.shape.len() as u8);
@@ -54,11 +49,7 @@ struct Entry {
 
 impl ResultCache {
     pub fn new(capacity: usize, time_to_live: Duration) -> ResultCache {
-        ResultCache {
-            capacity,
-            time_to_live,
-            state: Mutex::new(State::default()),
-        }
+        ResultCache { capacity, time_to_live, state: Mutex::new(State::default()) }
     }
 
     /// The outputs for `key`, if cached within the time to live.
@@ -73,12 +64,7 @@ impl ResultCache {
 
     /// The outputs for `key`, however old.
     pub fn get_stale(&self, key: &CacheKey) -> Option<Vec<Tensor>> {
-        self.state
-            .lock()
-            .unwrap()
-            .entries
-            .get(key)
-            .map(|entry| entry.outputs.clone())
+        self.state.lock().unwrap().entries.get(key).map(|entry| entry.outputs.clone())
     }
 
     /// Stores the outputs for `key`, evicting the oldest entries beyond the capacity.
@@ -91,22 +77,14 @@ impl ResultCache {
             let Some((oldest, when)) = state.order.pop_front() else {
                 break;
             };
-            if state
-                .entries
-                .get(&oldest)
-                .is_some_and(|entry| entry.inserted == when)
-            {
+            if state.entries.get(&oldest).is_some_and(|entry| entry.inserted == when) {
                 state.entries.remove(&oldest);
             }
         }
         // Keep the order list from growing without bound when keys are re-inserted often.
         if state.order.len() > 2 * self.capacity.max(1) {
             let State { entries, order } = &mut *state;
-            order.retain(|(key, when)| {
-                entries
-                    .get(key)
-                    .is_some_and(|entry| entry.inserted == *when)
-            });
+            order.retain(|(key, when)| entries.get(key).is_some_and(|entry| entry.inserted == *when));
         }
     }
 }
@@ -135,11 +113,7 @@ mod tests {
             cache.insert(b.clone(), vec![tensor(21)]);
         }
         assert_eq!(cache.get_fresh(&b), Some(vec![tensor(21)]));
-        assert_eq!(
-            cache.get_fresh(&c),
-            Some(vec![tensor(30)]),
-            "re-inserting b does not evict c"
-        );
+        assert_eq!(cache.get_fresh(&c), Some(vec![tensor(30)]), "re-inserting b does not evict c");
     }
 
     #[test]

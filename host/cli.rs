@@ -14,7 +14,8 @@ use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
-use crate::runtime::Runtime;
+use crate::loadgen::{self, Load, Report};
+use crate::runtime::{Node, Runtime};
 use crate::server;
 
 /// A WebAssembly edge inference runtime.
@@ -39,6 +40,33 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Load-test an HTTP endpoint (closed loop: each client sends its next request when the
+    /// previous one is answered) and print throughput and latency percentiles.
+    Bench {
+        /// The endpoint, e.g. http://127.0.0.1:8080/digits
+        url: http::Uri,
+        /// Clients at each step, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+        concurrency: Vec<usize>,
+        /// Measured seconds per step.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Unmeasured seconds before each step.
+        #[arg(long, default_value_t = 1.0)]
+        warm_up: f64,
+        /// Request body, read from this file; with a body the method defaults to POST.
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// HTTP method [default: POST with a body, else GET].
+        #[arg(long)]
+        method: Option<http::Method>,
+        /// Content-Type of the body.
+        #[arg(long)]
+        content_type: Option<String>,
+        /// HTTP/2 with prior knowledge instead of HTTP/1.1.
+        #[arg(long)]
+        http2: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -54,6 +82,27 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     let outcome = match cli.command {
         Command::Serve { listen, config } => serve(listen, config, started),
+        Command::Bench { url, concurrency, duration, warm_up, body, method, content_type, http2 } => {
+            let body = match &body {
+                Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display())),
+                None => Ok(Vec::new()),
+            };
+            body.and_then(|body| {
+                let method =
+                    method.unwrap_or(if body.is_empty() { http::Method::GET } else { http::Method::POST });
+                let load = Load {
+                    url,
+                    method,
+                    body: body.into(),
+                    content_type,
+                    concurrency: 1,
+                    warm_up: Duration::from_secs_f64(warm_up),
+                    duration: Duration::from_secs_f64(duration),
+                    http2,
+                };
+                bench(load, &concurrency)
+            })
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,11 +125,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn serve(
-    listen: Option<SocketAddr>,
-    config_file: Option<PathBuf>,
-    started: Instant,
-) -> anyhow::Result<()> {
+fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, started: Instant) -> anyhow::Result<()> {
     let config = match &config_file {
         Some(path) => Config::from_file(path)?,
         None => Config::bundled(),
@@ -92,18 +137,31 @@ fn serve(
         .build()
         .context("starting the tokio runtime")?;
     tokio.block_on(async {
-        let runtime = Arc::new(Runtime::load(&config).await?);
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("listening on {listen}"))?;
+        // Listen first, so health probes are answered (live, not ready) while loading.
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
         let address = listener.local_addr()?;
-        info!(%address, ready_ms = started.elapsed().as_millis() as u64, "serving");
-        // The one line on stdout: scripts and tests read the address from it.
+        let node = Arc::new(Node::default());
+        let server = tokio::spawn(server::serve(listener, node.clone(), shutdown_signal(), grace));
+        node.loaded(Runtime::load(&config).await?);
+        info!(%address, ready_ms = started.elapsed().as_millis() as u64, "ready");
+        // The one line on stdout, once ready: scripts and tests read the address from it.
         println!("edge-infer listening on http://{address}");
         std::io::stdout().flush()?;
-        server::serve(listener, runtime, shutdown_signal(), grace).await;
+        server.await?;
         Ok(())
     })
+}
+
+/// Runs one load step per concurrency level and prints a row for each.
+fn bench(load: Load, steps: &[usize]) -> anyhow::Result<()> {
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    println!("{} {} ({})", load.method, load.url, if load.http2 { "HTTP/2" } else { "HTTP/1.1" });
+    println!("{}", Report::HEADER);
+    for &concurrency in steps {
+        let report = tokio.block_on(loadgen::run(&Load { concurrency, ..load.clone() }))?;
+        println!("{}", report.row());
+    }
+    Ok(())
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
@@ -111,9 +169,8 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing the SIGTERM handler");
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

@@ -25,6 +25,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::admission::Permit;
+use crate::guest_log::{GuestStderr, LogBudget};
 use crate::nn::NnGrant;
 use crate::request::RequestContext;
 use crate::sandbox::{self, GuestState};
@@ -58,6 +59,7 @@ pub struct GuestComponent {
     pre: ProxyPre<GuestState>,
     grant: Arc<NnGrant>,
     max_memory_bytes: usize,
+    log_budget: Arc<LogBudget>,
 }
 
 impl GuestComponent {
@@ -68,6 +70,7 @@ impl GuestComponent {
         file: &Path,
         grant: Arc<NnGrant>,
         max_memory_bytes: usize,
+        log_budget: Arc<LogBudget>,
     ) -> anyhow::Result<GuestComponent> {
         let started = Instant::now();
         let component = Component::from_file(engine, file)
@@ -79,15 +82,8 @@ impl GuestComponent {
             .with_context(|| format!("linking the component {}", file.display()))?;
         let pre = ProxyPre::new(instance_pre)
             .with_context(|| format!("{} is not a wasi:http/proxy component", file.display()))?;
-        let guest = GuestComponent {
-            pre,
-            grant,
-            max_memory_bytes,
-        };
-        let probe = RequestContext {
-            deadline: Instant::now() + Duration::from_secs(10),
-            priority: Default::default(),
-        };
+        let guest = GuestComponent { pre, grant, max_memory_bytes, log_budget };
+        let probe = RequestContext::new(Instant::now() + Duration::from_secs(10), Default::default());
         let mut store = guest.new_store(probe);
         guest
             .pre
@@ -125,16 +121,14 @@ impl GuestComponent {
                 .instantiate_async(&mut store)
                 .await
                 .map_err(|e| GuestFailure::NoInstance(format!("{e:#}")))?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, request, outparam)
-                .await
-                .map_err(|e| match e.downcast_ref::<ComputeError>() {
+            proxy.wasi_http_incoming_handler().call_handle(&mut store, request, outparam).await.map_err(|e| {
+                match e.downcast_ref::<ComputeError>() {
                     Some(overloaded @ ComputeError::Overloaded(_)) => {
                         GuestFailure::ModelOverloaded(overloaded.to_string())
                     }
                     _ => GuestFailure::Trapped(format!("{e:#}")),
-                })
+                }
+            })
         }));
         let abort_if_abandoned = AbortOnDrop(Some(task.abort_handle()));
 
@@ -143,17 +137,13 @@ impl GuestComponent {
                 abort_if_abandoned.disarm();
                 Ok(response)
             }
-            Ok(Err(code)) => Err(GuestFailure::NoResponse(format!(
-                ": it answered with {code:?}"
-            ))),
+            Ok(Err(code)) => Err(GuestFailure::NoResponse(format!(": it answered with {code:?}"))),
             // The guest ended (or was stopped) without setting a response: ask its task why.
             Err(_) => match task.await {
                 Ok(Ok(Ok(()))) => Err(GuestFailure::NoResponse(String::new())),
                 Ok(Ok(Err(failure))) => Err(failure),
                 Ok(Err(_elapsed)) => Err(GuestFailure::DeadlineExceeded),
-                Err(join) => Err(GuestFailure::Trapped(format!(
-                    "the guest task failed: {join}"
-                ))),
+                Err(join) => Err(GuestFailure::Trapped(format!("the guest task failed: {join}"))),
             },
         }
     }
@@ -164,7 +154,12 @@ impl GuestComponent {
     fn new_store(&self, context: RequestContext) -> Store<GuestState> {
         let mut store = Store::new(
             self.pre.engine(),
-            GuestState::new(self.grant.clone(), self.max_memory_bytes, context),
+            GuestState::new(
+                self.grant.clone(),
+                self.max_memory_bytes,
+                context.clone(),
+                GuestStderr::new(self.log_budget.clone(), context.id.clone()),
+            ),
         );
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);

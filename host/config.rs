@@ -220,10 +220,9 @@ impl Config {
             if model.executors == Some(0) {
                 bail!("field `{field}.executors`: must be at least 1");
             }
-            for (name, value) in [
-                ("queue_capacity", model.queue_capacity),
-                ("max_batch_size", model.max_batch_size),
-            ] {
+            for (name, value) in
+                [("queue_capacity", model.queue_capacity), ("max_batch_size", model.max_batch_size)]
+            {
                 if value == 0 {
                     bail!("field `{field}.{name}`: must be at least 1");
                 }
@@ -238,13 +237,8 @@ impl Config {
                     "field `{field}.path`: {path:?} must start with '/', name something, and not end with '/'"
                 );
             }
-            if RESERVED_PATHS
-                .iter()
-                .any(|reserved| path_matches(path, reserved))
-            {
-                bail!(
-                    "field `{field}.path`: {path:?} is reserved for the host ({RESERVED_PATHS:?})"
-                );
+            if RESERVED_PATHS.iter().any(|reserved| path_matches(path, reserved)) {
+                bail!("field `{field}.path`: {path:?} is reserved for the host ({RESERVED_PATHS:?})");
             }
             if !paths.insert(path) {
                 bail!("field `{field}.path`: {path:?} is served by an earlier route");
@@ -270,9 +264,7 @@ impl Config {
 
 /// Whether a request path falls under a route path: the path itself or anything below it.
 pub fn path_matches(request_path: &str, route_path: &str) -> bool {
-    request_path
-        .strip_prefix(route_path)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    request_path.strip_prefix(route_path).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -305,40 +297,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.server.listen.port(), 9000);
-        assert_eq!(
-            config.models["digits"].file,
-            Path::new("/etc/edge/digits.onnx")
-        );
+        assert_eq!(config.models["digits"].file, Path::new("/etc/edge/digits.onnx"));
         assert_eq!(config.models["digits"].executors, Some(2));
         let route = &config.routes[0];
         assert_eq!(route.component, Path::new("/opt/digits.wasm"));
-        assert_eq!(
-            (route.timeout_ms, route.max_concurrency, route.memory_mib),
-            (500, 64, 64)
-        );
+        assert_eq!((route.timeout_ms, route.max_concurrency, route.memory_mib), (500, 64, 64));
         assert!(!route.allow_model_load);
     }
 
     #[test]
     fn errors_name_the_field() {
-        let bad_type =
-            error("[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\nmax_concurrency = \"lots\"");
+        let bad_type = error("[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\nmax_concurrency = \"lots\"");
         assert!(bad_type.contains("routes[0].max_concurrency"), "{bad_type}");
         let unknown = error("[models.m]\nfile = \"m.onnx\"\nexecuters = 2");
         assert!(unknown.contains("executers"), "{unknown}");
         let missing = error("[[routes]]\npath = \"/a\"");
         assert!(missing.contains("component"), "{missing}");
-        let bad_model =
-            error("[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\nmodels = [\"nope\"]");
-        assert!(
-            bad_model.contains("routes[0].models") && bad_model.contains("nope"),
-            "{bad_model}"
-        );
+        let bad_model = error("[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\nmodels = [\"nope\"]");
+        assert!(bad_model.contains("routes[0].models") && bad_model.contains("nope"), "{bad_model}");
         let reserved = error("[[routes]]\npath = \"/v2/x\"\ncomponent = \"a.wasm\"");
-        assert!(
-            reserved.contains("routes[0].path") && reserved.contains("reserved"),
-            "{reserved}"
-        );
+        assert!(reserved.contains("routes[0].path") && reserved.contains("reserved"), "{reserved}");
         let zero = error("[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\ntimeout_ms = 0");
         assert!(zero.contains("routes[0].timeout_ms"), "{zero}");
         let duplicate = error(

@@ -53,9 +53,7 @@ pub fn new_engine(limits: EngineLimits) -> anyhow::Result<Engine> {
         .async_stack_keep_resident(KEEP_RESIDENT_BYTES);
 
     let mut config = Config::new();
-    config
-        .epoch_interruption(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     if limits.compilation_cache {
         let cache = Cache::from_file(None).context("setting up wasmtime's compilation cache")?;
         config.cache(Some(cache));

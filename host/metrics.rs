@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder, exponential_buckets,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder, exponential_buckets,
 };
 
 /// Every metric of the process.
@@ -20,6 +20,7 @@ struct Families {
     route_instances_capacity: IntGaugeVec,
     route_queue_depth: IntGaugeVec,
     guest_traps: IntCounterVec,
+    guest_log_dropped: IntCounterVec,
     model_requests: IntCounterVec,
     model_executions: IntCounterVec,
     model_inferences: IntCounterVec,
@@ -27,6 +28,7 @@ struct Families {
     model_queue_duration: HistogramVec,
     model_compute_duration: HistogramVec,
     model_pending: IntGaugeVec,
+    model_max_batch: IntGaugeVec,
     model_cache: IntCounterVec,
 }
 
@@ -39,31 +41,23 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
     let registry = Registry::new();
     let counter = |name: &str, help: &str, labels: &[&str]| {
         let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-        registry
-            .register(Box::new(metric.clone()))
-            .expect("unique metric");
+        registry.register(Box::new(metric.clone())).expect("unique metric");
         metric
     };
     let gauge = |name: &str, help: &str, labels: &[&str]| {
         let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-        registry
-            .register(Box::new(metric.clone()))
-            .expect("unique metric");
+        registry.register(Box::new(metric.clone())).expect("unique metric");
         metric
     };
     let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-        let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-            .expect("valid metric");
-        registry
-            .register(Box::new(metric.clone()))
-            .expect("unique metric");
+        let metric =
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+        registry.register(Box::new(metric.clone())).expect("unique metric");
         metric
     };
     #[cfg(target_os = "linux")]
     registry
-        .register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))
+        .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
         .expect("unique metric");
     Families {
         requests: counter(
@@ -92,9 +86,10 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             "Requests waiting for an instance",
             &["route"],
         ),
-        guest_traps: counter(
-            "edge_infer_guest_traps_total",
-            "Guest instances that trapped",
+        guest_traps: counter("edge_infer_guest_traps_total", "Guest instances that trapped", &["route"]),
+        guest_log_dropped: counter(
+            "edge_infer_guest_log_lines_dropped_total",
+            "Guest stderr lines not logged (over the per-request or per-route limit)",
             &["route"],
         ),
         model_requests: counter(
@@ -135,6 +130,11 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             "Compute requests waiting in the model's queue",
             &["model"],
         ),
+        model_max_batch: gauge(
+            "edge_infer_model_max_batch_size",
+            "Most items the batcher puts in one run, as configured or chosen at start-up (1: no batching)",
+            &["model"],
+        ),
         model_cache: counter(
             "edge_infer_model_cache_lookups_total",
             "Result cache lookups by model and result (hit, miss)",
@@ -147,9 +147,7 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
 /// The current value of every metric, in Prometheus text format.
 pub fn render() -> String {
     let mut text = Vec::new();
-    TextEncoder::new()
-        .encode(&FAMILIES.registry.gather(), &mut text)
-        .expect("text encoding cannot fail");
+    TextEncoder::new().encode(&FAMILIES.registry.gather(), &mut text).expect("text encoding cannot fail");
     String::from_utf8(text).expect("the text format is UTF-8")
 }
 
@@ -176,6 +174,7 @@ pub struct ModelMetrics {
     pub queue_duration: prometheus::Histogram,
     pub compute_duration: prometheus::Histogram,
     pub pending: IntGauge,
+    pub max_batch_size: IntGauge,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
 }
@@ -201,6 +200,7 @@ impl ModelMetrics {
             queue_duration: f.model_queue_duration.with_label_values(&[model]),
             compute_duration: f.model_compute_duration.with_label_values(&[model]),
             pending: f.model_pending.with_label_values(&[model]),
+            max_batch_size: f.model_max_batch.with_label_values(&[model]),
             cache_hits: f.model_cache.with_label_values(&[model, "hit"]),
             cache_misses: f.model_cache.with_label_values(&[model, "miss"]),
         }
@@ -229,6 +229,7 @@ pub struct RouteMetrics {
     route: String,
     pub duration: prometheus::Histogram,
     pub traps: IntCounter,
+    pub log_lines_dropped: IntCounter,
     pub instances_in_use: IntGauge,
     pub instances_capacity: IntGauge,
     pub queue_depth: IntGauge,
@@ -241,6 +242,7 @@ impl RouteMetrics {
             route: route.to_string(),
             duration: f.request_duration.with_label_values(&[route]),
             traps: f.guest_traps.with_label_values(&[route]),
+            log_lines_dropped: f.guest_log_dropped.with_label_values(&[route]),
             instances_in_use: f.route_instances_in_use.with_label_values(&[route]),
             instances_capacity: f.route_instances_capacity.with_label_values(&[route]),
             queue_depth: f.route_queue_depth.with_label_values(&[route]),
@@ -249,9 +251,6 @@ impl RouteMetrics {
 
     /// Counts a finished request by its status.
     pub fn request(&self, status: u16) {
-        FAMILIES
-            .requests
-            .with_label_values(&[&self.route, request_outcome(status)])
-            .inc();
+        FAMILIES.requests.with_label_values(&[&self.route, request_outcome(status)]).inc();
     }
 }

@@ -26,9 +26,8 @@ impl Models {
         let mut by_name = HashMap::new();
         for (name, config) in configs {
             let started = Instant::now();
-            let backend = backend::load_file(config.backend, &config.file).with_context(|| {
-                format!("loading model {name:?} from {}", config.file.display())
-            })?;
+            let backend = backend::load_file(config.backend, &config.file)
+                .with_context(|| format!("loading model {name:?} from {}", config.file.display()))?;
             let scheduling = scheduler_config(config);
             let scheduler = ModelScheduler::start(name, Arc::from(backend), &scheduling)?;
             info!(

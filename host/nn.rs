@@ -67,11 +67,11 @@ pub struct NnError {
     message: String,
 }
 
-/// The store state `wasi:nn` works on: the route's grant, the request's deadline and
-/// priority, and the instance's resources.
+/// The store state `wasi:nn` works on: the route's grant, the request's context, and the
+/// instance's resources.
 pub struct NnView<'a> {
     pub grant: &'a NnGrant,
-    pub context: RequestContext,
+    pub context: &'a RequestContext,
     pub table: &'a mut ResourceTable,
 }
 
@@ -100,10 +100,7 @@ type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
 
 impl NnView<'_> {
     fn fail<T>(&mut self, code: ErrorCode, message: impl Into<String>) -> NnResult<T> {
-        let error = self.table.push(NnError {
-            code,
-            message: message.into(),
-        })?;
+        let error = self.table.push(NnError { code, message: message.into() })?;
         Ok(Err(error))
     }
 
@@ -126,10 +123,8 @@ impl graph::Host for NnView<'_> {
             );
         }
         if !matches!(encoding, GraphEncoding::Onnx | GraphEncoding::Autodetect) {
-            return self.fail(
-                ErrorCode::InvalidEncoding,
-                format!("{encoding:?} is not supported: only ONNX"),
-            );
+            return self
+                .fail(ErrorCode::InvalidEncoding, format!("{encoding:?} is not supported: only ONNX"));
         }
         let [bytes]: [Vec<u8>; 1] = match builders.try_into() {
             Ok(one) => one,
@@ -150,29 +145,20 @@ impl graph::Host for NnView<'_> {
         .await?;
         match loaded {
             Ok(model) => self.graph(Arc::new(model)),
-            Err(e) => self.fail(
-                ErrorCode::InvalidEncoding,
-                format!("cannot load the model: {e:#}"),
-            ),
+            Err(e) => self.fail(ErrorCode::InvalidEncoding, format!("cannot load the model: {e:#}")),
         }
     }
 
     fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
         match self.grant.models.get(&name) {
             Some(model) => self.graph(model.clone()),
-            None => self.fail(
-                ErrorCode::NotFound,
-                format!("no model {name:?} is granted to this route"),
-            ),
+            None => self.fail(ErrorCode::NotFound, format!("no model {name:?} is granted to this route")),
         }
     }
 }
 
 impl graph::HostGraph for NnView<'_> {
-    fn init_execution_context(
-        &mut self,
-        graph: Resource<Graph>,
-    ) -> NnResult<Resource<ExecutionContext>> {
+    fn init_execution_context(&mut self, graph: Resource<Graph>) -> NnResult<Resource<ExecutionContext>> {
         let model = self.table.get(&graph)?.model.clone();
         Ok(Ok(self.table.push(ExecutionContext { model })?))
     }
@@ -199,14 +185,12 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             match Tensor::new(raw.element_type, raw.shape, raw.data) {
                 Ok(tensor) => named.push((name, tensor)),
                 Err(message) => {
-                    return self.fail(
-                        ErrorCode::InvalidArgument,
-                        format!("input {name:?}: {message}"),
-                    );
+                    return self.fail(ErrorCode::InvalidArgument, format!("input {name:?}: {message}"));
                 }
             }
         }
-        match model.compute(named, self.context).await {
+        let context = self.context.clone();
+        match model.compute(named, &context).await {
             Ok(outputs) => {
                 let mut handles = Vec::with_capacity(outputs.len());
                 for (name, tensor) in outputs {
@@ -219,9 +203,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 let code = match &error {
                     ComputeError::InvalidInput(_) => ErrorCode::InvalidArgument,
                     ComputeError::DeadlineExpired(_) => ErrorCode::Timeout,
-                    ComputeError::Overloaded(_) | ComputeError::Failed(_) => {
-                        ErrorCode::RuntimeError
-                    }
+                    ComputeError::Overloaded(_) | ComputeError::Failed(_) => ErrorCode::RuntimeError,
                 };
                 self.fail(code, format!("model {:?}: {error}", model.name()))
             }
@@ -253,13 +235,7 @@ impl tensor::HostTensor for NnView<'_> {
     }
 
     fn dimensions(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u32>> {
-        Ok(self
-            .table
-            .get(&tensor)?
-            .shape
-            .iter()
-            .map(|&d| d as u32)
-            .collect())
+        Ok(self.table.get(&tensor)?.shape.iter().map(|&d| d as u32).collect())
     }
 
     fn ty(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<TensorType> {

@@ -1,11 +1,18 @@
-//! What the host knows about one request beyond its HTTP content: its deadline and priority,
-//! from the route's limits and the `x-edge-deadline-ms` / `x-edge-priority` headers. They
-//! travel with the request down to the model's queue.
+//! What the host knows about one request beyond its HTTP content: its id, deadline and
+//! priority, from the route's limits and the `x-request-id`, `x-edge-deadline-ms` and
+//! `x-edge-priority` headers. They travel with the request down to the model's queue, and
+//! [`RequestStats`] collects on the way what the access log reports.
 
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 
+/// Header carrying the request's id, accepted from the client and echoed in the response.
+pub const ID_HEADER: &str = "x-request-id";
+/// Longest client-given request id accepted; longer ones are replaced.
+const MAX_ID_LENGTH: usize = 128;
 /// Header giving the request's deadline, in milliseconds from arrival.
 pub const DEADLINE_HEADER: &str = "x-edge-deadline-ms";
 /// Header giving the request's priority: `high`, `normal` or `low`.
@@ -25,14 +32,40 @@ impl Priority {
     pub const LEVELS: usize = 3;
 }
 
-/// A request's deadline and priority.
-#[derive(Clone, Copy, Debug)]
+/// A request's id, deadline, priority, and what it has used so far.
+#[derive(Clone, Debug)]
 pub struct RequestContext {
+    pub id: Arc<str>,
     pub deadline: Instant,
     pub priority: Priority,
+    pub stats: Arc<Mutex<RequestStats>>,
+}
+
+/// What a request used, for the access log.
+#[derive(Clone, Debug, Default)]
+pub struct RequestStats {
+    /// Models it ran (once per compute call).
+    pub models: Vec<String>,
+    /// Time its compute calls waited in model queues.
+    pub model_queue: Duration,
+    /// Time the model runs serving it took.
+    pub model_compute: Duration,
 }
 
 impl RequestContext {
+    /// A context with a fresh id.
+    pub fn new(deadline: Instant, priority: Priority) -> RequestContext {
+        RequestContext { id: new_id().into(), deadline, priority, stats: Default::default() }
+    }
+
+    /// Notes one compute call on `model`.
+    pub fn record_model(&self, model: &str, queued: Duration, computed: Duration) {
+        let mut stats = self.stats.lock().unwrap();
+        stats.models.push(model.to_string());
+        stats.model_queue += queued;
+        stats.model_compute += computed;
+    }
+
     /// Reads the deadline and priority headers. The deadline is the earlier of the header's
     /// and `route_timeout` from `arrival`. A malformed header is an error naming it.
     pub fn from_headers(
@@ -50,9 +83,7 @@ impl RequestContext {
             None => route_timeout,
             Some(text) => {
                 let millis: u64 = text.trim().parse().map_err(|_| {
-                    format!(
-                        "{DEADLINE_HEADER} must be a whole number of milliseconds, got {text:?}"
-                    )
+                    format!("{DEADLINE_HEADER} must be a whole number of milliseconds, got {text:?}")
                 })?;
                 route_timeout.min(Duration::from_millis(millis))
             }
@@ -63,16 +94,28 @@ impl RequestContext {
             Some(p) if p == "normal" => Priority::Normal,
             Some(p) if p == "low" => Priority::Low,
             Some(p) => {
-                return Err(format!(
-                    "{PRIORITY_HEADER} must be high, normal or low, got {p:?}"
-                ));
+                return Err(format!("{PRIORITY_HEADER} must be high, normal or low, got {p:?}"));
             }
         };
-        Ok(RequestContext {
-            deadline: arrival + timeout,
-            priority,
-        })
+        let given_id = header(ID_HEADER)?.filter(|id| {
+            !id.is_empty() && id.len() <= MAX_ID_LENGTH && id.bytes().all(|b| b.is_ascii_graphic())
+        });
+        let mut context = RequestContext::new(arrival + timeout, priority);
+        if let Some(id) = given_id {
+            context.id = id.into();
+        }
+        Ok(context)
     }
+}
+
+/// A new request id: unique in this process, and unlikely to repeat across restarts.
+fn new_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static PROCESS: std::sync::LazyLock<u32> = std::sync::LazyLock::new(|| {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        (now.as_nanos() as u32) ^ std::process::id().rotate_left(16)
+    });
+    format!("{:08x}-{:x}", *PROCESS, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 #[cfg(test)]
@@ -94,25 +137,22 @@ mod tests {
         assert!(short.deadline <= now + Duration::from_millis(60));
         let long = context(&[(DEADLINE_HEADER, "999999")]).unwrap();
         assert!(long.deadline <= Instant::now() + Duration::from_secs(10));
-        assert!(
-            context(&[(DEADLINE_HEADER, "soon")])
-                .unwrap_err()
-                .contains(DEADLINE_HEADER)
-        );
+        assert!(context(&[(DEADLINE_HEADER, "soon")]).unwrap_err().contains(DEADLINE_HEADER));
     }
 
     #[test]
     fn priorities_parse_and_order() {
         assert_eq!(context(&[]).unwrap().priority, Priority::Normal);
-        assert_eq!(
-            context(&[(PRIORITY_HEADER, "HIGH")]).unwrap().priority,
-            Priority::High
-        );
-        assert!(
-            context(&[(PRIORITY_HEADER, "urgent")])
-                .unwrap_err()
-                .contains("high, normal or low")
-        );
+        assert_eq!(context(&[(PRIORITY_HEADER, "HIGH")]).unwrap().priority, Priority::High);
+        assert!(context(&[(PRIORITY_HEADER, "urgent")]).unwrap_err().contains("high, normal or low"));
         assert!(Priority::High < Priority::Normal && Priority::Normal < Priority::Low);
+    }
+
+    #[test]
+    fn request_ids_are_taken_from_the_client_or_made_unique() {
+        assert_eq!(&*context(&[(ID_HEADER, "abc-123")]).unwrap().id, "abc-123");
+        let (a, b) = (context(&[]).unwrap().id, context(&[]).unwrap().id);
+        assert_ne!(a, b);
+        assert_ne!(&*context(&[(ID_HEADER, "has space")]).unwrap().id, "has space");
     }
 }

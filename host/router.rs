@@ -1,14 +1,17 @@
-//! Request dispatch: health and metrics, then guest routes by path, else 404.
+//! Request dispatch: health and metrics, guest routes by path, the Open Inference Protocol
+//! under `/v2`, else 404. Every response carries `x-request-id`, and every request gets one
+//! access-log line.
 //!
-//! For a guest route, [`serve_guest`] applies the route's limits in order: the deadline and
-//! priority headers (400 if malformed), the body size (413), admission (503 + `Retry-After`
-//! when the queue is full, 504 when the deadline passes in it), and then runs the guest on a
-//! fresh instance. Every failure is a JSON error; none of them affects other requests.
+//! For a guest route, [`serve_guest`] applies the route's limits in order: the body size
+//! (413), admission (503 + `Retry-After` when the queue is full, 504 when the deadline passes
+//! in it), and then runs the guest on a fresh instance. Malformed deadline or priority
+//! headers are a 400. Every failure is a JSON error; none of them affects other requests.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response, StatusCode, header};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
@@ -17,119 +20,149 @@ use tracing::{error, info};
 use crate::admission::Rejection;
 use crate::component::GuestFailure;
 use crate::metrics;
-use crate::request::RequestContext;
+use crate::oip::{self, Endpoint};
+use crate::request::{ID_HEADER, RequestContext};
 use crate::response::{self, Body};
-use crate::runtime::{Route, Runtime};
+use crate::runtime::{Node, Route, Runtime};
 
 /// Answers one request.
-pub async fn dispatch(runtime: Arc<Runtime>, request: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
+pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
+    let arrival = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let response = if path == "/healthz" {
-        response::json(StatusCode::OK, &json!({ "status": "ok" }))
-    } else if path == "/metrics" {
-        runtime.refresh_gauges();
-        response::text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics::render(),
-        )
-    } else if let Some(route) = runtime.route_for(&path) {
-        let response = serve_guest(route, request, started).await;
-        route
-            .metrics
-            .duration
-            .observe(started.elapsed().as_secs_f64());
-        route.metrics.request(response.status().as_u16());
-        response
-    } else {
-        response::error(StatusCode::NOT_FOUND, format!("no route for {path}"))
+    let runtime = node.runtime();
+    let route = runtime.and_then(|runtime| runtime.route_for(&path));
+    let timeout = route.map_or(oip::DEFAULT_TIMEOUT, |route| route.timeout);
+    let context = RequestContext::from_headers(request.headers(), arrival, timeout);
+    let (mut response, metrics) = match (&context, runtime) {
+        (Err(message), _) => (response::error(StatusCode::BAD_REQUEST, message.clone()), None),
+        _ if path == "/healthz" || path == "/v2/health/live" => {
+            (response::json(StatusCode::OK, &json!({ "live": true })), None)
+        }
+        _ if path == "/v2/health/ready" => {
+            let ready = node.is_ready();
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            (response::json(status, &json!({ "ready": ready })), None)
+        }
+        (_, None) => (response::overloaded("the node is still loading its models and components"), None),
+        (_, Some(runtime)) if path == "/metrics" => {
+            runtime.refresh_gauges();
+            (response::text(StatusCode::OK, "text/plain; version=0.0.4", metrics::render()), None)
+        }
+        (Ok(context), Some(runtime)) => match (route, Endpoint::parse(&path)) {
+            (Some(route), _) => (serve_guest(route, request, context).await, Some(&route.metrics)),
+            (None, Some(endpoint)) => {
+                (serve_oip(runtime, endpoint, request, context).await, Some(&runtime.oip_metrics))
+            }
+            (None, None) => (response::error(StatusCode::NOT_FOUND, format!("no route for {path}")), None),
+        },
     };
+    let status = response.status().as_u16();
+    if let Some(metrics) = metrics {
+        metrics.duration.observe(arrival.elapsed().as_secs_f64());
+        metrics.request(status);
+    }
+    let id = context.as_ref().map_or_else(|_| Arc::from("-"), |c| c.id.clone());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(ID_HEADER, value);
+    }
+    let stats = context.map(|c| c.stats.lock().unwrap().clone()).unwrap_or_default();
     info!(
+        request_id = %id,
         %method,
         %path,
-        status = response.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
+        route = route.map_or("-", |route| route.path.as_str()),
+        status,
+        total_us = arrival.elapsed().as_micros() as u64,
+        models = %stats.models.join(","),
+        model_queue_us = stats.model_queue.as_micros() as u64,
+        model_compute_us = stats.model_compute.as_micros() as u64,
         "request"
     );
     response
 }
 
-async fn serve_guest(
-    route: &Route,
-    request: Request<Incoming>,
-    arrival: Instant,
-) -> Response<Body> {
-    let context = match RequestContext::from_headers(request.headers(), arrival, route.timeout) {
-        Ok(context) => context,
-        Err(message) => return response::error(StatusCode::BAD_REQUEST, message),
-    };
-    let deadline = tokio::time::Instant::from_std(context.deadline);
-    let too_large = || {
-        response::error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body over {} bytes", route.max_body_bytes),
-        )
-    };
-    let declared_length = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared_length.is_some_and(|length| length > route.max_body_bytes as u64) {
-        return too_large();
-    }
-
+async fn serve_guest(route: &Route, request: Request<Incoming>, context: &RequestContext) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let body =
-        match tokio::time::timeout_at(deadline, Limited::new(body, route.max_body_bytes).collect())
-            .await
-        {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
-            Ok(Err(e)) => {
-                return response::error(
-                    StatusCode::BAD_REQUEST,
-                    format!("reading the request body: {e}"),
-                );
-            }
-            Err(_) => return deadline_exceeded("the request body did not arrive in time"),
-        };
+    let body = match read_body(&parts.headers, body, route.max_body_bytes, context).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let request = Request::from_parts(parts, Full::new(body));
 
-    let permit = match route.admission.admit(&context).await {
+    let permit = match route.admission.admit(context).await {
         Ok(permit) => permit,
         Err(Rejection::QueueFull) => {
-            return response::overloaded(format!(
-                "route {} is at capacity; retry shortly",
-                route.path
-            ));
+            return response::overloaded(format!("route {} is at capacity; retry shortly", route.path));
         }
         Err(Rejection::DeadlineExpired) => {
             return deadline_exceeded("the deadline passed while waiting for an instance");
         }
     };
 
-    match route.guest.handle(request, context, permit).await {
+    match route.guest.handle(request, context.clone(), permit).await {
         Ok(response) => response,
-        Err(failure) => failure_response(route, failure),
+        Err(failure) => failure_response(route, failure, &context.id),
     }
 }
 
-fn failure_response(route: &Route, failure: GuestFailure) -> Response<Body> {
+async fn serve_oip(
+    runtime: &Runtime,
+    endpoint: Endpoint<'_>,
+    request: Request<Incoming>,
+    context: &RequestContext,
+) -> Response<Body> {
+    let models = runtime.models();
+    match endpoint {
+        Endpoint::Server => oip::server_metadata(),
+        Endpoint::Metadata(model) => oip::model_metadata(models, model),
+        Endpoint::Ready(model) => oip::model_ready(models, model),
+        Endpoint::Infer(model) => {
+            let (parts, body) = request.into_parts();
+            let body = match read_body(&parts.headers, body, oip::MAX_BODY_BYTES, context).await {
+                Ok(body) => body,
+                Err(response) => return response,
+            };
+            let header_length = parts.headers.get("inference-header-content-length");
+            oip::infer(models, model, &parts.method, header_length, body, context).await
+        }
+    }
+}
+
+/// Reads a whole request body of at most `limit` bytes before the request's deadline.
+async fn read_body(
+    headers: &http::HeaderMap,
+    body: Incoming,
+    limit: usize,
+    context: &RequestContext,
+) -> Result<Bytes, Response<Body>> {
+    let too_large =
+        || response::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {limit} bytes"));
+    let declared_length =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let deadline = tokio::time::Instant::from_std(context.deadline);
+    match tokio::time::timeout_at(deadline, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(response::error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
+        Err(_) => Err(deadline_exceeded("the request body did not arrive in time")),
+    }
+}
+
+fn failure_response(route: &Route, failure: GuestFailure, request_id: &str) -> Response<Body> {
     let message = failure.to_string();
     match failure {
         GuestFailure::DeadlineExceeded => deadline_exceeded(message),
-        GuestFailure::NoInstance(_) | GuestFailure::ModelOverloaded(_) => {
-            response::overloaded(message)
-        }
+        GuestFailure::NoInstance(_) | GuestFailure::ModelOverloaded(_) => response::overloaded(message),
         GuestFailure::BadRequest(_) => response::error(StatusCode::BAD_REQUEST, message),
         GuestFailure::Trapped(_) | GuestFailure::NoResponse(_) => {
             if matches!(failure, GuestFailure::Trapped(_)) {
                 route.metrics.traps.inc();
             }
-            error!(route = %route.path, "{message}");
+            error!(route = %route.path, %request_id, "{message}");
             response::error(StatusCode::INTERNAL_SERVER_ERROR, first_line(&message))
         }
     }

@@ -1,8 +1,11 @@
 //! A node, assembled from its configuration: the loaded models, the engine, and one
 //! [`Route`] per configured guest route. Built once at start-up; read-only afterwards.
+//! [`Node`] is what the server holds: the runtime once it has loaded, and whether the node
+//! is ready (loaded and not shutting down).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,6 +15,7 @@ use crate::admission::Admission;
 use crate::component::GuestComponent;
 use crate::config::{Config, RouteConfig, path_matches};
 use crate::engine::{EngineLimits, new_engine};
+use crate::guest_log::LogBudget;
 use crate::metrics::RouteMetrics;
 use crate::models::Models;
 use crate::nn::NnGrant;
@@ -35,9 +39,41 @@ pub struct Route {
     pub metrics: RouteMetrics,
 }
 
-/// Everything a node serves. Models live as long as a route is granted them.
+/// Everything a node serves.
 pub struct Runtime {
     routes: Vec<Route>,
+    models: Models,
+    /// The series of the Open Inference Protocol endpoints.
+    pub oip_metrics: RouteMetrics,
+}
+
+/// The server's view of the node: loading, serving, or draining.
+#[derive(Default)]
+pub struct Node {
+    runtime: OnceLock<Runtime>,
+    draining: AtomicBool,
+}
+
+impl Node {
+    /// The runtime, once loaded.
+    pub fn runtime(&self) -> Option<&Runtime> {
+        self.runtime.get()
+    }
+
+    /// Marks the node loaded: from now on it serves.
+    pub fn loaded(&self, runtime: Runtime) {
+        let _ = self.runtime.set(runtime);
+    }
+
+    /// Marks the node as shutting down: it finishes what it has but is no longer ready.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether load balancers should send it requests.
+    pub fn is_ready(&self) -> bool {
+        self.runtime.get().is_some() && !self.draining.load(Ordering::Relaxed)
+    }
 }
 
 impl Runtime {
@@ -47,12 +83,7 @@ impl Runtime {
         let models = Models::load(&config.models)?;
         let limits = EngineLimits {
             instances: config.routes.iter().map(|r| r.max_concurrency as u32).sum(),
-            max_memory_bytes: config
-                .routes
-                .iter()
-                .map(|r| r.memory_mib as usize * MIB)
-                .max()
-                .unwrap_or(MIB),
+            max_memory_bytes: config.routes.iter().map(|r| r.memory_mib as usize * MIB).max().unwrap_or(MIB),
             compilation_cache: config.server.compilation_cache,
         };
         let engine = new_engine(limits)?;
@@ -60,30 +91,22 @@ impl Runtime {
         for route in &config.routes {
             routes.push(load_route(&engine, route, &models).await?);
         }
-        info!(
-            routes = routes.len(),
-            load_ms = started.elapsed().as_millis() as u64,
-            "runtime loaded"
-        );
-        Ok(Runtime { routes })
+        info!(routes = routes.len(), load_ms = started.elapsed().as_millis() as u64, "runtime loaded");
+        Ok(Runtime { routes, models, oip_metrics: RouteMetrics::new("/v2") })
     }
 
     /// Sets the gauges that are read off live state (instances in use, queue depths).
     pub fn refresh_gauges(&self) {
         for route in &self.routes {
-            route
-                .metrics
-                .instances_in_use
-                .set(route.admission.in_use() as i64);
-            route
-                .metrics
-                .instances_capacity
-                .set(route.admission.capacity() as i64);
-            route
-                .metrics
-                .queue_depth
-                .set(route.admission.waiting() as i64);
+            route.metrics.instances_in_use.set(route.admission.in_use() as i64);
+            route.metrics.instances_capacity.set(route.admission.capacity() as i64);
+            route.metrics.queue_depth.set(route.admission.waiting() as i64);
         }
+    }
+
+    /// The loaded models.
+    pub fn models(&self) -> &Models {
+        &self.models
     }
 
     /// The route serving `path`: the one with the longest matching path.
@@ -104,24 +127,17 @@ async fn load_route(
         .models
         .iter()
         .map(|name| {
-            let model = models
-                .get(name)
-                .with_context(|| format!("model {name:?} is not loaded"))?;
+            let model = models.get(name).with_context(|| format!("model {name:?} is not loaded"))?;
             Ok((name.clone(), model.clone()))
         })
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
-    let grant = Arc::new(NnGrant {
-        models: granted,
-        allow_model_load: config.allow_model_load,
-    });
-    let guest = GuestComponent::load(
-        engine,
-        &config.component,
-        grant,
-        config.memory_mib as usize * MIB,
-    )
-    .await
-    .with_context(|| format!("route {}", config.path))?;
+    let grant = Arc::new(NnGrant { models: granted, allow_model_load: config.allow_model_load });
+    let metrics = RouteMetrics::new(&config.path);
+    let log_budget = Arc::new(LogBudget::new(&config.path, metrics.log_lines_dropped.clone()));
+    let memory = config.memory_mib as usize * MIB;
+    let guest = GuestComponent::load(engine, &config.component, grant, memory, log_budget)
+        .await
+        .with_context(|| format!("route {}", config.path))?;
     info!(route = %config.path, component = %config.component.display(), "route ready");
     Ok(Route {
         path: config.path.clone(),
@@ -129,6 +145,6 @@ async fn load_route(
         guest,
         timeout: Duration::from_millis(config.timeout_ms),
         max_body_bytes: config.max_body_bytes,
-        metrics: RouteMetrics::new(&config.path),
+        metrics,
     })
 }

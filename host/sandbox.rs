@@ -4,6 +4,7 @@
 //! the rest of WASI that Rust's std links in (`wasi:cli/environment`, `wasi:filesystem`, ...)
 //! is present but empty: no environment variables, no arguments, no preopened folders, no
 //! sockets, no name lookups. Outgoing HTTP requests are refused. Memory is capped per store.
+//! Stderr goes to the host's log, tagged and rate-limited (see `guest_log`).
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use crate::guest_log::GuestStderr;
 use crate::nn::{self, HasNn, NnGrant, NnView};
 use crate::request::RequestContext;
 
@@ -34,16 +36,16 @@ impl GuestState {
         grant: Arc<NnGrant>,
         max_memory_bytes: usize,
         context: RequestContext,
+        stderr: GuestStderr,
     ) -> GuestState {
         let wasi = WasiCtx::builder()
+            .stderr(stderr)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(max_memory_bytes)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits =
+            StoreLimitsBuilder::new().memory_size(max_memory_bytes).trap_on_grow_failure(true).build();
         GuestState {
             table: ResourceTable::new(),
             wasi,
@@ -58,30 +60,19 @@ impl GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
 impl WasiHttpView for GuestState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 
 impl HasNn for GuestState {
     fn nn(&mut self) -> NnView<'_> {
-        NnView {
-            grant: &self.grant,
-            context: self.context,
-            table: &mut self.table,
-        }
+        NnView { grant: &self.grant, context: &self.context, table: &mut self.table }
     }
 }
 

@@ -83,7 +83,14 @@ pub enum ComputeError {
 }
 
 /// How a queued job ended, as its caller hears it.
-type JobResult = Result<Vec<Tensor>, JobError>;
+type JobResult = Result<Ran, JobError>;
+
+/// A job's outputs, with when its run started and how long it took.
+struct Ran {
+    outputs: Vec<Tensor>,
+    started: Instant,
+    took: Duration,
+}
 
 enum JobError {
     Expired,
@@ -138,40 +145,29 @@ impl ModelScheduler {
         let signature = backend.signature().clone();
         let mut sessions = (0..config.executors.max(1))
             .map(|index| {
-                backend
-                    .new_session()
-                    .with_context(|| format!("starting executor {index} of model {name:?}"))
+                backend.new_session().with_context(|| format!("starting executor {index} of model {name:?}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let max_batch_items = batch_limit(name, &signature, config, sessions[0].as_mut());
         let shared = Arc::new(Shared {
             name: name.to_string(),
             signature,
-            queue: Mutex::new(Queue {
-                lanes: Default::default(),
-                forming: false,
-                closed: false,
-            }),
+            queue: Mutex::new(Queue { lanes: Default::default(), forming: false, closed: false }),
             changed: Condvar::new(),
             capacity: config.queue_capacity,
             max_batch_items,
             max_queue_delay: config.max_queue_delay,
             metrics: ModelMetrics::new(name),
         });
+        shared.metrics.max_batch_size.set(max_batch_items as i64);
         for (index, session) in sessions.into_iter().enumerate() {
-            let executor = Executor {
-                shared: shared.clone(),
-                backend: backend.clone(),
-                session,
-            };
+            let executor = Executor { shared: shared.clone(), backend: backend.clone(), session };
             thread::Builder::new()
                 .name(format!("exec-{name}-{index}"))
                 .spawn(move || executor.run())
                 .context("spawning an executor thread")?;
         }
-        let cache = config
-            .cache
-            .map(|c| (ResultCache::new(c.entries, c.time_to_live), c));
+        let cache = config.cache.map(|c| (ResultCache::new(c.entries, c.time_to_live), c));
         Ok(ModelScheduler { shared, cache })
     }
 
@@ -190,12 +186,13 @@ impl ModelScheduler {
         self.shared.max_batch_items
     }
 
-    /// Runs the model on `inputs` and returns its named outputs. Dropping the returned future
-    /// withdraws the request: if it is still queued, it never runs.
+    /// Runs the model on `inputs` and returns its named outputs; the time spent queued and
+    /// computing is noted in the request's stats. Dropping the returned future withdraws the
+    /// request: if it is still queued, it never runs.
     pub async fn compute(
         &self,
         inputs: Vec<NamedTensor>,
-        context: RequestContext,
+        context: &RequestContext,
     ) -> Result<Vec<NamedTensor>, ComputeError> {
         let metrics = &self.shared.metrics;
         let inputs = self.signature().check_inputs(inputs).map_err(|e| {
@@ -207,6 +204,7 @@ impl ModelScheduler {
             if let Some(outputs) = cache.get_fresh(key) {
                 metrics.cache_hits.inc();
                 metrics.outcome(ModelOutcome::CacheHit);
+                context.record_model(self.name(), Duration::ZERO, Duration::ZERO);
                 return Ok(self.named(outputs));
             }
             metrics.cache_misses.inc();
@@ -214,13 +212,8 @@ impl ModelScheduler {
 
         let (reply, answer) = oneshot::channel();
         let items = self.signature().items(&inputs);
-        let job = Job {
-            inputs,
-            items,
-            context,
-            enqueued: Instant::now(),
-            reply,
-        };
+        let enqueued = Instant::now();
+        let job = Job { inputs, items, context: context.clone(), enqueued, reply };
         if !self.shared.push(job) {
             if let (Some((cache, config)), Some(key)) = (&self.cache, &cache_key)
                 && config.serve_stale_on_overload
@@ -233,16 +226,16 @@ impl ModelScheduler {
             return Err(ComputeError::Overloaded(self.name().to_string()));
         }
         let outputs = match answer.await {
-            Ok(Ok(outputs)) => outputs,
+            Ok(Ok(ran)) => {
+                context.record_model(self.name(), ran.started - enqueued, ran.took);
+                ran.outputs
+            }
             Ok(Err(JobError::Expired)) => {
                 return Err(ComputeError::DeadlineExpired(self.name().to_string()));
             }
             Ok(Err(JobError::Failed(message))) => return Err(ComputeError::Failed(message)),
             Err(_) => {
-                return Err(ComputeError::Failed(format!(
-                    "model {:?} dropped the job",
-                    self.name()
-                )));
+                return Err(ComputeError::Failed(format!("model {:?} dropped the job", self.name())));
             }
         };
         if let (Some((cache, _)), Some(key)) = (&self.cache, cache_key) {
@@ -252,12 +245,7 @@ impl ModelScheduler {
     }
 
     fn named(&self, outputs: Vec<Tensor>) -> Vec<NamedTensor> {
-        self.signature()
-            .outputs
-            .iter()
-            .map(|spec| spec.name.clone())
-            .zip(outputs)
-            .collect()
+        self.signature().outputs.iter().map(|spec| spec.name.clone()).zip(outputs).collect()
     }
 }
 
@@ -355,8 +343,7 @@ impl Shared {
                     self.metrics.outcome(ModelOutcome::Expired);
                     // retain_mut only lends the job: swap the reply out to answer it.
                     let (placeholder, _) = oneshot::channel();
-                    let _ =
-                        std::mem::replace(&mut job.reply, placeholder).send(Err(JobError::Expired));
+                    let _ = std::mem::replace(&mut job.reply, placeholder).send(Err(JobError::Expired));
                     false
                 } else {
                     true
@@ -390,9 +377,7 @@ impl Executor {
         let metrics = &self.shared.metrics;
         let started = Instant::now();
         for job in &batch {
-            metrics
-                .queue_duration
-                .observe((started - job.enqueued).as_secs_f64());
+            metrics.queue_duration.observe((started - job.enqueued).as_secs_f64());
         }
         let sizes: Vec<usize> = batch.iter().map(|job| job.items).collect();
         let inputs = if batch.len() == 1 {
@@ -405,18 +390,14 @@ impl Executor {
                 .enumerate()
                 .map(|(i, spec)| {
                     let parts: Vec<&Tensor> = batch.iter().map(|job| &job.inputs[i]).collect();
-                    tensor::concat(
-                        &parts,
-                        spec.batch_axis.expect("batched models have batch axes"),
-                    )
+                    tensor::concat(&parts, spec.batch_axis.expect("batched models have batch axes"))
                 })
                 .collect()
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| self.session.run(inputs)));
+        let took = started.elapsed();
         let total: usize = sizes.iter().sum();
-        metrics
-            .compute_duration
-            .observe(started.elapsed().as_secs_f64());
+        metrics.compute_duration.observe(took.as_secs_f64());
         metrics.executions.inc();
         metrics.inferences.inc_by(total as u64);
         metrics.batch_size.observe(total as f64);
@@ -428,34 +409,26 @@ impl Executor {
             Err(_) => {
                 error!(model = %self.shared.name, "the backend panicked; renewing the executor's session");
                 self.renew_session();
-                return self.fail(
-                    batch,
-                    format!("model {:?} failed: the backend panicked", self.shared.name),
-                );
+                return self
+                    .fail(batch, format!("model {:?} failed: the backend panicked", self.shared.name));
             }
         };
         if batch.len() == 1 {
             metrics.outcome(ModelOutcome::Success);
-            let _ = batch.pop().expect("one job").reply.send(Ok(outputs));
+            let _ = batch.pop().expect("one job").reply.send(Ok(Ran { outputs, started, took }));
             return;
         }
-        let mut per_job: Vec<Vec<Tensor>> = batch
-            .iter()
-            .map(|_| Vec::with_capacity(outputs.len()))
-            .collect();
+        let mut per_job: Vec<Vec<Tensor>> = batch.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
         for (output, spec) in outputs.iter().zip(&self.shared.signature.outputs) {
-            let pieces = tensor::split(
-                output,
-                spec.batch_axis.expect("batched models have batch axes"),
-                &sizes,
-            );
+            let pieces =
+                tensor::split(output, spec.batch_axis.expect("batched models have batch axes"), &sizes);
             for (job_outputs, piece) in per_job.iter_mut().zip(pieces) {
                 job_outputs.push(piece);
             }
         }
         for (job, outputs) in batch.into_iter().zip(per_job) {
             metrics.outcome(ModelOutcome::Success);
-            let _ = job.reply.send(Ok(outputs));
+            let _ = job.reply.send(Ok(Ran { outputs, started, took }));
         }
     }
 
@@ -493,18 +466,13 @@ fn batch_limit(
         return config.max_batch_size;
     }
     let batch = config.max_batch_size.min(64);
-    let (Some(single), Some(batched)) = (
-        time_per_item(signature, session, 1),
-        time_per_item(signature, session, batch),
-    ) else {
+    let (Some(single), Some(batched)) =
+        (time_per_item(signature, session, 1), time_per_item(signature, session, batch))
+    else {
         info!(model = %name, "batching: off (the model cannot be measured with zero inputs; set batching = \"on\" to force it)");
         return 1;
     };
-    let chosen = if batched <= single * BATCHING_GAIN_REQUIRED {
-        config.max_batch_size
-    } else {
-        1
-    };
+    let chosen = if batched <= single * BATCHING_GAIN_REQUIRED { config.max_batch_size } else { 1 };
     info!(
         model = %name,
         single_us = format!("{:.1}", single * 1e6),

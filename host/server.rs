@@ -18,15 +18,15 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::router;
-use crate::runtime::Runtime;
+use crate::runtime::Node;
 
 /// How long to pause accepting after an accept error (e.g. out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// Serves `runtime` on `listener` until `shutdown` completes, then drains for up to `grace`.
+/// Serves `node` on `listener` until `shutdown` completes, then drains for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
-    runtime: Arc<Runtime>,
+    node: Arc<Node>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
@@ -46,15 +46,12 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let runtime = runtime.clone();
+        let node = node.clone();
         let service = service_fn(move |request| {
-            let runtime = runtime.clone();
-            async move { Ok::<_, Infallible>(router::dispatch(runtime, request).await) }
+            let node = node.clone();
+            async move { Ok::<_, Infallible>(router::dispatch(node, request).await) }
         });
-        let connection = connections.watch(
-            http.serve_connection(TokioIo::new(stream), service)
-                .into_owned(),
-        );
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service).into_owned());
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!(%peer, "connection ended with an error: {e}");
@@ -63,6 +60,7 @@ pub async fn serve(
     }
 
     drop(listener);
+    node.start_draining();
     info!("shutting down: finishing in-flight requests");
     tokio::select! {
         () = connections.shutdown() => info!("all connections closed"),

@@ -58,11 +58,7 @@ pub struct Tensor {
 
 impl Tensor {
     /// Makes a tensor, checking that `data` holds exactly `shape`'s elements.
-    pub fn new(
-        element_type: ElementType,
-        shape: Vec<usize>,
-        data: Vec<u8>,
-    ) -> Result<Tensor, String> {
+    pub fn new(element_type: ElementType, shape: Vec<usize>, data: Vec<u8>) -> Result<Tensor, String> {
         let expected = shape
             .iter()
             .try_fold(element_type.size(), |acc, &d| acc.checked_mul(d))
@@ -73,11 +69,7 @@ impl Tensor {
                 data.len()
             ));
         }
-        Ok(Tensor {
-            element_type,
-            shape,
-            data,
-        })
+        Ok(Tensor { element_type, shape, data })
     }
 }
 
@@ -135,18 +127,12 @@ pub struct Signature {
 impl Signature {
     /// Whether requests can be batched: every input and output has a batch axis.
     pub fn batchable(&self) -> bool {
-        self.inputs
-            .iter()
-            .chain(&self.outputs)
-            .all(|spec| spec.batch_axis.is_some())
+        self.inputs.iter().chain(&self.outputs).all(|spec| spec.batch_axis.is_some())
     }
 
     /// Items in a checked request (its size along the batch axis), 1 without a batch axis.
     pub fn items(&self, inputs: &[Tensor]) -> usize {
-        match (
-            self.inputs.first().and_then(|spec| spec.batch_axis),
-            inputs.first(),
-        ) {
+        match (self.inputs.first().and_then(|spec| spec.batch_axis), inputs.first()) {
             (Some(axis), Some(tensor)) => tensor.shape[axis],
             _ => 1,
         }
@@ -154,34 +140,28 @@ impl Signature {
 
     /// Whether two checked requests can share a batch: equal shapes but for the batch axis.
     pub fn compatible(&self, a: &[Tensor], b: &[Tensor]) -> bool {
-        self.inputs
-            .iter()
-            .zip(a.iter().zip(b))
-            .all(|(spec, (a, b))| {
-                let other_dims = |t: &Tensor| {
-                    t.shape
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| Some(*i) != spec.batch_axis)
-                        .map(|(_, d)| *d)
-                        .collect::<Vec<_>>()
-                };
-                other_dims(a) == other_dims(b)
-            })
+        self.inputs.iter().zip(a.iter().zip(b)).all(|(spec, (a, b))| {
+            let other_dims = |t: &Tensor| {
+                t.shape
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| Some(*i) != spec.batch_axis)
+                    .map(|(_, d)| *d)
+                    .collect::<Vec<_>>()
+            };
+            other_dims(a) == other_dims(b)
+        })
     }
 
     /// Checks named tensors against the declared inputs and returns them in the model's input
     /// order. Every input must be given exactly once, with the declared type and a fitting
     /// shape; the error says which rule was broken.
     pub fn check_inputs(&self, mut given: Vec<NamedTensor>) -> Result<Vec<Tensor>, String> {
-        if let Some((name, _)) = given
-            .iter()
-            .find(|(name, _)| !self.inputs.iter().any(|spec| &spec.name == name))
+        if let Some((name, _)) =
+            given.iter().find(|(name, _)| !self.inputs.iter().any(|spec| &spec.name == name))
         {
             let expected: Vec<&str> = self.inputs.iter().map(|spec| spec.name.as_str()).collect();
-            return Err(format!(
-                "unknown input {name:?}; the model's inputs are {expected:?}"
-            ));
+            return Err(format!("unknown input {name:?}; the model's inputs are {expected:?}"));
         }
         let mut ordered = Vec::with_capacity(self.inputs.len());
         for spec in &self.inputs {
@@ -228,11 +208,7 @@ pub fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
             data.extend_from_slice(&part.data[block * block_len..(block + 1) * block_len]);
         }
     }
-    Tensor {
-        element_type: first.element_type,
-        shape,
-        data,
-    }
+    Tensor { element_type: first.element_type, shape, data }
 }
 
 /// Parts a tensor along `axis` into pieces of the given sizes, in order.
@@ -255,9 +231,7 @@ pub fn split(tensor: &Tensor, axis: usize, sizes: &[usize]) -> Vec<Tensor> {
     for block in tensor.data.chunks(block_len.max(1)).take(outer) {
         let mut offset = 0;
         for (piece, &size) in pieces.iter_mut().zip(sizes) {
-            piece
-                .data
-                .extend_from_slice(&block[offset..offset + size * per_item]);
+            piece.data.extend_from_slice(&block[offset..offset + size * per_item]);
             offset += size * per_item;
         }
     }
@@ -275,10 +249,7 @@ mod tests {
             shape: vec![Dim::Any, Dim::Fixed(width)],
             batch_axis: Some(0),
         };
-        Signature {
-            inputs: vec![spec("pixels", 64)],
-            outputs: vec![spec("probabilities", 10)],
-        }
+        Signature { inputs: vec![spec("pixels", 64)], outputs: vec![spec("probabilities", 10)] }
     }
 
     fn zeros(element_type: ElementType, shape: Vec<usize>) -> Tensor {
@@ -298,14 +269,8 @@ mod tests {
     fn accepts_any_batch_size() {
         let signature = digits_signature();
         for batch in [1, 7, 300] {
-            let inputs = vec![(
-                "pixels".to_string(),
-                zeros(ElementType::F32, vec![batch, 64]),
-            )];
-            assert_eq!(
-                signature.check_inputs(inputs).unwrap()[0].shape,
-                vec![batch, 64]
-            );
+            let inputs = vec![("pixels".to_string(), zeros(ElementType::F32, vec![batch, 64]))];
+            assert_eq!(signature.check_inputs(inputs).unwrap()[0].shape, vec![batch, 64]);
         }
     }
 
@@ -316,10 +281,7 @@ mod tests {
         let good = || zeros(ElementType::F32, vec![1, 64]);
         assert!(check(vec![("image".into(), good())]).contains("unknown input \"image\""));
         assert!(check(vec![]).contains("missing input \"pixels\""));
-        assert!(
-            check(vec![("pixels".into(), good()), ("pixels".into(), good())])
-                .contains("more than once")
-        );
+        assert!(check(vec![("pixels".into(), good()), ("pixels".into(), good())]).contains("more than once"));
         let wrong_type = zeros(ElementType::I32, vec![1, 64]);
         assert!(check(vec![("pixels".into(), wrong_type)]).contains("must be FP32, got INT32"));
         let wrong_width = zeros(ElementType::F32, vec![1, 63]);
@@ -332,12 +294,7 @@ mod tests {
 
     fn counting(shape: Vec<usize>, start: u8) -> Tensor {
         let len = shape.iter().product::<usize>();
-        Tensor::new(
-            ElementType::U8,
-            shape,
-            (0..len).map(|i| start + i as u8).collect(),
-        )
-        .unwrap()
+        Tensor::new(ElementType::U8, shape, (0..len).map(|i| start + i as u8).collect()).unwrap()
     }
 
     #[test]

@@ -24,11 +24,7 @@ async fn classifies_the_held_out_split_one_image_per_request() {
         predicted.push(classify(&client, &server, image).await);
     }
     let accuracy = accuracy(&predicted, &labels);
-    assert!(
-        accuracy >= MIN_ACCURACY,
-        "accuracy {accuracy} on {} images",
-        labels.len()
-    );
+    assert!(accuracy >= MIN_ACCURACY, "accuracy {accuracy} on {} images", labels.len());
 }
 
 #[tokio::test]
@@ -38,28 +34,20 @@ async fn batched_bodies_give_the_same_answers_as_single_ones() {
     let (images, labels) = digits_test_split();
     let mut predicted = Vec::new();
     for chunk in images.chunks(50) {
-        let (status, body) =
-            post_json(&client, &server.url("/digits"), &json!({ "images": chunk })).await;
+        let (status, body) = post_json(&client, &server.url("/digits"), &json!({ "images": chunk })).await;
         assert_eq!(status, 200, "{body}");
         let answers = body.as_array().expect("a list of predictions");
         assert_eq!(answers.len(), chunk.len());
         for (image, answer) in chunk.iter().zip(answers) {
             let label = answer["label"].as_u64().unwrap() as usize;
-            let probabilities: Vec<f64> =
-                serde_json::from_value(answer["probabilities"].clone()).unwrap();
+            let probabilities: Vec<f64> = serde_json::from_value(answer["probabilities"].clone()).unwrap();
             assert_eq!(probabilities.len(), 10);
             assert!((probabilities.iter().sum::<f64>() - 1.0).abs() < 1e-4);
-            let argmax = (0..10)
-                .max_by(|&a, &b| probabilities[a].total_cmp(&probabilities[b]))
-                .unwrap();
+            let argmax = (0..10).max_by(|&a, &b| probabilities[a].total_cmp(&probabilities[b])).unwrap();
             assert_eq!(label, argmax);
             predicted.push(label);
             if predicted.len() % 60 == 1 {
-                assert_eq!(
-                    classify(&client, &server, image).await,
-                    label,
-                    "batched and single disagree"
-                );
+                assert_eq!(classify(&client, &server, image).await, label, "batched and single disagree");
             }
         }
     }
@@ -71,16 +59,8 @@ async fn batched_bodies_give_the_same_answers_as_single_ones() {
 async fn the_same_request_works_over_http2() {
     let server = Server::start(&test_config());
     let (images, labels) = digits_test_split();
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    let response = h2
-        .post(server.url("/digits"))
-        .json(&json!({ "pixels": images[0] }))
-        .send()
-        .await
-        .unwrap();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let response = h2.post(server.url("/digits")).json(&json!({ "pixels": images[0] })).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();

@@ -22,40 +22,17 @@ async fn malformed_digits_requests_get_400_with_a_reason() {
         ("malformed JSON", "{\"pixels\": [1, 2,".to_string()),
         ("expected a JSON object", "[1, 2, 3]".to_string()),
         ("expected exactly one of", "{\"pixel\": []}".to_string()),
-        (
-            "must hold 64 numbers, got 63",
-            json!({ "pixels": vec![0; 63] }).to_string(),
-        ),
-        (
-            "must hold 64 numbers, got 65",
-            json!({ "pixels": vec![0; 65] }).to_string(),
-        ),
-        (
-            "is not a number",
-            json!({ "pixels": with_last(json!("one")) }).to_string(),
-        ),
-        (
-            "outside 0..16",
-            json!({ "pixels": with_last(json!(17)) }).to_string(),
-        ),
-        (
-            "images[1] must hold 64 numbers",
-            json!({ "images": [vec![0; 64], vec![0; 3]] }).to_string(),
-        ),
+        ("must hold 64 numbers, got 63", json!({ "pixels": vec![0; 63] }).to_string()),
+        ("must hold 64 numbers, got 65", json!({ "pixels": vec![0; 65] }).to_string()),
+        ("is not a number", json!({ "pixels": with_last(json!("one")) }).to_string()),
+        ("outside 0..16", json!({ "pixels": with_last(json!(17)) }).to_string()),
+        ("images[1] must hold 64 numbers", json!({ "images": [vec![0; 64], vec![0; 3]] }).to_string()),
         ("must hold 1 to", json!({ "images": [] }).to_string()),
     ];
     for (expected, body) in cases {
-        let response = client
-            .post(server.url("/digits"))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
+        let response = client.post(server.url("/digits")).body(body.clone()).send().await.unwrap();
         let message = expect_error(response, 400).await;
-        assert!(
-            message.contains(expected),
-            "for {body}: {message:?} lacks {expected:?}"
-        );
+        assert!(message.contains(expected), "for {body}: {message:?} lacks {expected:?}");
         still_serves(&server).await;
     }
 }
@@ -71,12 +48,7 @@ fn with_last(last: serde_json::Value) -> Vec<serde_json::Value> {
 async fn unknown_routes_get_404() {
     let server = Server::start(&test_config());
     for path in ["/nope", "/digitsx", "/"] {
-        let response = client()
-            .post(server.url(path))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let response = client().post(server.url(path)).body("{}").send().await.unwrap();
         let message = expect_error(response, 404).await;
         assert!(message.contains(path), "{message}");
         still_serves(&server).await;
@@ -87,12 +59,7 @@ async fn unknown_routes_get_404() {
 async fn oversized_bodies_get_413() {
     let server = Server::start(&test_config());
     let oversized = vec![b' '; 65537];
-    let response = client()
-        .post(server.url("/digits"))
-        .body(oversized.clone())
-        .send()
-        .await
-        .unwrap();
+    let response = client().post(server.url("/digits")).body(oversized.clone()).send().await.unwrap();
     assert!(expect_error(response, 413).await.contains("65536 bytes"));
     still_serves(&server).await;
 
@@ -107,8 +74,7 @@ async fn chunked_post(server: &Server, path: &str, body: &[u8]) -> String {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let address = server.base.trim_start_matches("http://");
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
-    let head =
-        format!("POST {path} HTTP/1.1\r\nhost: {address}\r\ntransfer-encoding: chunked\r\n\r\n");
+    let head = format!("POST {path} HTTP/1.1\r\nhost: {address}\r\ntransfer-encoding: chunked\r\n\r\n");
     socket.write_all(head.as_bytes()).await.unwrap();
     for chunk in body.chunks(8192) {
         let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
@@ -118,10 +84,7 @@ async fn chunked_post(server: &Server, path: &str, body: &[u8]) -> String {
     }
     let _ = socket.write_all(b"0\r\n\r\n").await;
     let mut status_line = String::new();
-    BufReader::new(socket)
-        .read_line(&mut status_line)
-        .await
-        .unwrap();
+    BufReader::new(socket).read_line(&mut status_line).await.unwrap();
     status_line
 }
 
@@ -133,10 +96,7 @@ async fn a_guest_stuck_in_a_loop_gets_504_at_its_deadline() {
     let message = expect_error(response, 504).await;
     assert!(message.contains("deadline"), "{message}");
     let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(1000),
-        "answered before the 1 s deadline: {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(1000), "answered before the 1 s deadline: {elapsed:?}");
     still_serves(&server).await;
 }
 
@@ -149,10 +109,7 @@ async fn a_trapping_guest_gets_500_and_the_next_request_is_served() {
         still_serves(&server).await;
     }
     let logs = server.logs();
-    assert!(
-        logs.contains("route=/test") && logs.contains("trap"),
-        "the trap is logged: {logs}"
-    );
+    assert!(logs.contains("route=/test") && logs.contains("trap"), "the trap is logged: {logs}");
 }
 
 #[tokio::test]

@@ -29,12 +29,7 @@ async fn loading_raw_model_bytes_is_refused_by_default() {
     let server = Server::start(&test_config());
     let outcome = get_json(&server, "/test/nn/load-raw").await;
     assert_eq!(outcome["code"], "security", "{outcome}");
-    assert!(
-        outcome["message"]
-            .as_str()
-            .unwrap()
-            .contains("allow_model_load")
-    );
+    assert!(outcome["message"].as_str().unwrap().contains("allow_model_load"));
 }
 
 #[tokio::test]
@@ -50,9 +45,6 @@ async fn bad_tensors_are_invalid_argument_errors() {
     for (case, message) in expectations {
         let outcome = &outcomes[case];
         assert_eq!(outcome["code"], "invalid-argument", "{case}: {outcome}");
-        assert!(
-            outcome["message"].as_str().unwrap().contains(message),
-            "{case}: {outcome}"
-        );
+        assert!(outcome["message"].as_str().unwrap().contains(message), "{case}: {outcome}");
     }
 }

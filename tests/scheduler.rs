@@ -1,7 +1,7 @@
 //! The inference scheduler under real load: batching that never mixes requests up, queue
 //! deadlines, priorities, cancellation, the result cache, and graceful degradation.
 //!
-//! The `slow` model (tests/models/slow.onnx) keeps its single executor busy for a while on
+//! The `slow` model (tests/models/slow.onnx, made by make_slow.py beside it) keeps its single executor busy for a while on
 //! a large request, so that later requests are certainly queued behind it.
 
 mod common;
@@ -54,19 +54,18 @@ const SLOW_PENDING: &str = r#"edge_infer_model_pending_requests{model="slow"}"#;
 
 /// Starts a request that occupies the slow model's executor, and returns once it runs.
 async fn occupy_slow_executor(server: &Server) -> tokio::task::JoinHandle<u16> {
-    let url = server.url(&format!("/test/nn/slow/{BUSY_ROWS}"));
-    let busy =
-        tokio::spawn(async move { client().get(url).send().await.unwrap().status().as_u16() });
+    let url = server.url(&slow_path(BUSY_ROWS));
+    let busy = tokio::spawn(async move { client().get(url).send().await.unwrap().status().as_u16() });
     // It runs once it has left the queue and the route shows it in flight.
-    wait_for_metric(
-        server,
-        r#"edge_infer_route_instances_in_use{route="/test"}"#,
-        1.0,
-    )
-    .await;
+    wait_for_metric(server, r#"edge_infer_route_instances_in_use{route="/test"}"#, 1.0).await;
     wait_for_metric(server, SLOW_PENDING, 0.0).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     busy
+}
+
+/// The test guest's path that runs the slow model on `rows` rows.
+fn slow_path(rows: u32) -> String {
+    format!("/test/nn/zeros/slow/x/{rows}x256")
 }
 
 fn slow_request(
@@ -74,7 +73,7 @@ fn slow_request(
     rows: u32,
     headers: &[(&'static str, &'static str)],
 ) -> reqwest::RequestBuilder {
-    let mut request = client().get(server.url(&format!("/test/nn/slow/{rows}")));
+    let mut request = client().get(server.url(&slow_path(rows)));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -83,11 +82,8 @@ fn slow_request(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batched_results_equal_unbatched_ones_and_never_mix_requests() {
-    let batched = Server::start(&config(
-        "",
-        "batching = \"on\"\nmax_queue_delay_us = 3000\nexecutors = 1",
-        "",
-    ));
+    let batched =
+        Server::start(&config("", "batching = \"on\"\nmax_queue_delay_us = 3000\nexecutors = 1", ""));
     let unbatched = Server::start(&config("", "batching = \"off\"", ""));
     let (images, _) = digits_test_split();
     // A mix of one-image and several-image bodies, every one different.
@@ -127,32 +123,17 @@ async fn batched_results_equal_unbatched_ones_and_never_mix_requests() {
         assert_eq!(a.len(), b.len(), "for {body}");
         for (a, b) in a.iter().zip(&b) {
             assert_eq!(a["label"], b["label"], "for {body}");
-            let (pa, pb) = (
-                a["probabilities"].as_array().unwrap(),
-                b["probabilities"].as_array().unwrap(),
-            );
+            let (pa, pb) = (a["probabilities"].as_array().unwrap(), b["probabilities"].as_array().unwrap());
             for (x, y) in pa.iter().zip(pb) {
-                assert!(
-                    (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-5,
-                    "for {body}: {a} vs {b}"
-                );
+                assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-5, "for {body}: {a} vs {b}");
             }
         }
     }
     let text = scrape(&batched).await;
-    let runs = metric(
-        &text,
-        r#"edge_infer_model_executions_total{model="digits"}"#,
-    );
-    let items = metric(
-        &text,
-        r#"edge_infer_model_inferences_total{model="digits"}"#,
-    );
+    let runs = metric(&text, r#"edge_infer_model_executions_total{model="digits"}"#);
+    let items = metric(&text, r#"edge_infer_model_inferences_total{model="digits"}"#);
     assert_eq!(items, 240.0, "every image inferred exactly once");
-    assert!(
-        runs < items / 2.0,
-        "requests were batched: {runs} runs for {items} items"
-    );
+    assert!(runs < items / 2.0, "requests were batched: {runs} runs for {items} items");
 }
 
 #[tokio::test]
@@ -160,10 +141,7 @@ async fn a_request_whose_deadline_passes_in_the_queue_gets_504_and_never_runs() 
     let server = Server::start(&config("", "", ""));
     let busy = occupy_slow_executor(&server).await;
     let started = Instant::now();
-    let response = slow_request(&server, 7, &[("x-edge-deadline-ms", "200")])
-        .send()
-        .await
-        .unwrap();
+    let response = slow_request(&server, 7, &[("x-edge-deadline-ms", "200")]).send().await.unwrap();
     expect_error(response, 504).await;
     assert!(
         started.elapsed() < Duration::from_millis(900),
@@ -171,11 +149,7 @@ async fn a_request_whose_deadline_passes_in_the_queue_gets_504_and_never_runs() 
     );
     assert_eq!(busy.await.unwrap(), 200);
     let text = scrape(&server).await;
-    assert_eq!(
-        metric(&text, SLOW_INFERENCES),
-        f64::from(BUSY_ROWS),
-        "the expired request never ran"
-    );
+    assert_eq!(metric(&text, SLOW_INFERENCES), f64::from(BUSY_ROWS), "the expired request never ran");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -183,10 +157,7 @@ async fn high_priority_requests_finish_before_normal_ones_queued_earlier() {
     let server = Server::start(&config("", "", ""));
     let busy = occupy_slow_executor(&server).await;
     let mut requests = Vec::new();
-    for (index, priority) in ["normal", "normal", "normal", "high", "high", "high"]
-        .into_iter()
-        .enumerate()
-    {
+    for (index, priority) in ["normal", "normal", "normal", "high", "high", "high"].into_iter().enumerate() {
         let request = slow_request(&server, 20, &[("x-edge-priority", priority)]);
         requests.push((
             priority,
@@ -205,48 +176,28 @@ async fn high_priority_requests_finish_before_normal_ones_queued_earlier() {
     }
     finished.sort();
     let order: Vec<&str> = finished.iter().map(|(_, priority)| *priority).collect();
-    assert_eq!(
-        order,
-        ["high", "high", "high", "normal", "normal", "normal"]
-    );
+    assert_eq!(order, ["high", "high", "high", "normal", "normal", "normal"]);
 }
 
 #[tokio::test]
 async fn a_dropped_clients_queued_request_never_reaches_the_model() {
     let server = Server::start(&config("", "", ""));
     let busy = occupy_slow_executor(&server).await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let dropped = impatient.get(server.url("/test/nn/slow/9")).send().await;
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(200)).build().unwrap();
+    let dropped = impatient.get(server.url(&slow_path(9))).send().await;
     assert!(dropped.unwrap_err().is_timeout());
     assert_eq!(busy.await.unwrap(), 200);
     // Let the executor look at the queue once more, then check what ran.
     let after = slow_request(&server, 1, &[]).send().await.unwrap();
     assert_eq!(after.status(), 200);
     let text = scrape(&server).await;
-    assert_eq!(
-        metric(&text, SLOW_INFERENCES),
-        f64::from(BUSY_ROWS + 1),
-        "the dropped request never ran"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            r#"edge_infer_model_requests_total{model="slow",outcome="cancelled"}"#
-        ),
-        1.0
-    );
+    assert_eq!(metric(&text, SLOW_INFERENCES), f64::from(BUSY_ROWS + 1), "the dropped request never ran");
+    assert_eq!(metric(&text, r#"edge_infer_model_requests_total{model="slow",outcome="cancelled"}"#), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overload_at_ten_times_capacity_degrades_gracefully() {
-    let server = Server::start(&config(
-        "queue_capacity = 4",
-        "",
-        "max_concurrency = 4\nmax_queue = 4",
-    ));
+    let server = Server::start(&config("queue_capacity = 4", "", "max_concurrency = 4\nmax_queue = 4"));
     let rss = |text: &str| metric(text, "process_resident_memory_bytes");
     let before = rss(&scrape(&server).await);
     // Capacity is 4 running + 4 queued at the route; send ten times that at once.
@@ -260,10 +211,7 @@ async fn overload_at_ten_times_capacity_degrades_gracefully() {
     for request in requests {
         let response = request.await.unwrap();
         let status = response.status().as_u16();
-        assert!(
-            matches!(status, 200 | 503 | 504),
-            "unexpected status {status}"
-        );
+        assert!(matches!(status, 200 | 503 | 504), "unexpected status {status}");
         if status == 503 {
             assert_eq!(response.headers()["retry-after"], "1");
         }
@@ -272,22 +220,11 @@ async fn overload_at_ten_times_capacity_degrades_gracefully() {
     assert!(counts.get(&200).is_some_and(|&n| n > 0), "{counts:?}");
     assert!(counts.get(&503).is_some_and(|&n| n > 0), "{counts:?}");
     let after = rss(&scrape(&server).await);
-    assert!(
-        after < before + 256.0 * 1024.0 * 1024.0,
-        "memory grew from {before} to {after}"
-    );
+    assert!(after < before + 256.0 * 1024.0 * 1024.0, "memory grew from {before} to {after}");
     // And the server answers normally afterwards.
     let (images, labels) = digits_test_split();
-    let (status, body) = post_json(
-        &client(),
-        &server.url("/digits"),
-        &json!({ "pixels": images[0] }),
-    )
-    .await;
-    assert_eq!(
-        (status, body["label"].as_u64()),
-        (200, Some(labels[0] as u64))
-    );
+    let (status, body) = post_json(&client(), &server.url("/digits"), &json!({ "pixels": images[0] })).await;
+    assert_eq!((status, body["label"].as_u64()), (200, Some(labels[0] as u64)));
 }
 
 #[tokio::test]
@@ -302,38 +239,16 @@ async fn a_cache_hit_skips_the_model() {
     let other = post_json(&client(), &url, &json!({ "pixels": images[6] })).await;
     assert_eq!(other.0, 200);
     let text = scrape(&server).await;
-    assert_eq!(
-        metric(
-            &text,
-            r#"edge_infer_model_inferences_total{model="digits"}"#
-        ),
-        2.0
-    );
-    assert_eq!(
-        metric(
-            &text,
-            r#"edge_infer_model_cache_lookups_total{model="digits",result="hit"}"#
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &text,
-            r#"edge_infer_model_cache_lookups_total{model="digits",result="miss"}"#
-        ),
-        2.0
-    );
+    assert_eq!(metric(&text, r#"edge_infer_model_inferences_total{model="digits"}"#), 2.0);
+    assert_eq!(metric(&text, r#"edge_infer_model_cache_lookups_total{model="digits",result="hit"}"#), 1.0);
+    assert_eq!(metric(&text, r#"edge_infer_model_cache_lookups_total{model="digits",result="miss"}"#), 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn under_overload_a_stale_cached_result_is_served_instead_of_503() {
-    let slow =
-        "queue_capacity = 1\ncache_entries = 16\ncache_ttl_ms = 1\nserve_stale_on_overload = true";
+    let slow = "queue_capacity = 1\ncache_entries = 16\ncache_ttl_ms = 1\nserve_stale_on_overload = true";
     let server = Server::start(&config(slow, "", ""));
-    assert_eq!(
-        slow_request(&server, 3, &[]).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(slow_request(&server, 3, &[]).send().await.unwrap().status(), 200);
     let busy = occupy_slow_executor(&server).await;
     let filler = tokio::spawn(slow_request(&server, 4, &[]).send());
     wait_for_metric(&server, SLOW_PENDING, 1.0).await;
@@ -347,18 +262,6 @@ async fn under_overload_a_stale_cached_result_is_served_instead_of_503() {
     assert_eq!(busy.await.unwrap(), 200);
     assert_eq!(filler.await.unwrap().unwrap().status(), 200);
     let text = scrape(&server).await;
-    assert_eq!(
-        metric(
-            &text,
-            r#"edge_infer_model_requests_total{model="slow",outcome="stale_hit"}"#
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &text,
-            r#"edge_infer_model_requests_total{model="slow",outcome="rejected"}"#
-        ),
-        1.0
-    );
+    assert_eq!(metric(&text, r#"edge_infer_model_requests_total{model="slow",outcome="stale_hit"}"#), 1.0);
+    assert_eq!(metric(&text, r#"edge_infer_model_requests_total{model="slow",outcome="rejected"}"#), 1.0);
 }

@@ -13,14 +13,9 @@ fn a_bad_config_fails_start_up_naming_the_field() {
         "[[routes]]\npath = \"/hello\"\ncomponent = \"{}\"\nmax_concurrency = \"many\"\n",
         guest("hello").display()
     );
-    let stderr = Server::try_start(&config)
-        .err()
-        .expect("start-up must fail");
+    let stderr = Server::try_start(&config).err().expect("start-up must fail");
     assert!(stderr.contains("routes[0].max_concurrency"), "{stderr}");
-    assert!(
-        stderr.contains("edge-infer.toml"),
-        "the message names the file: {stderr}"
-    );
+    assert!(stderr.contains("edge-infer.toml"), "the message names the file: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -30,13 +25,9 @@ fn a_missing_component_or_model_fails_start_up_naming_the_file() {
         .err()
         .expect("start-up must fail");
     assert!(stderr.contains("missing.wasm"), "{stderr}");
-    let stderr = Server::try_start("[models.m]\nfile = \"missing.onnx\"\n")
-        .err()
-        .expect("start-up must fail");
-    assert!(
-        stderr.contains("missing.onnx") && stderr.contains("\"m\""),
-        "{stderr}"
-    );
+    let stderr =
+        Server::try_start("[models.m]\nfile = \"missing.onnx\"\n").err().expect("start-up must fail");
+    assert!(stderr.contains("missing.onnx") && stderr.contains("\"m\""), "{stderr}");
 }
 
 #[tokio::test]
@@ -67,14 +58,9 @@ async fn sigterm_lets_in_flight_requests_finish() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.terminate();
     // The spinning request still gets its answer (504 at its 1 s deadline)...
-    let response = in_flight
-        .await
-        .unwrap()
-        .expect("the in-flight request was answered");
+    let response = in_flight.await.unwrap().expect("the in-flight request was answered");
     assert_eq!(response.status(), 504);
     // ...and the process then exits cleanly.
-    let status = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(15)))
-        .await
-        .unwrap();
+    let status = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(15))).await.unwrap();
     assert!(status.success(), "{status}");
 }

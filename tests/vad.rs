@@ -10,15 +10,11 @@ use serde_json::{Value, json};
 const TOLERANCE: f64 = 1e-4;
 
 fn reference() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(repo_file("models/vad/reference.json")).unwrap())
-        .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(repo_file("models/vad/reference.json")).unwrap()).unwrap()
 }
 
 fn assert_close(answer: &Value, expected: &Value) {
-    let (got, want) = (
-        answer["probabilities"].as_array().unwrap(),
-        expected.as_array().unwrap(),
-    );
+    let (got, want) = (answer["probabilities"].as_array().unwrap(), expected.as_array().unwrap());
     assert_eq!(got.len(), want.len());
     for (window, (g, w)) in got.iter().zip(want).enumerate() {
         let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
@@ -30,12 +26,7 @@ fn assert_close(answer: &Value, expected: &Value) {
 async fn finds_speech_in_pcm_like_onnxruntime_does() {
     let server = Server::start_bundled();
     let pcm = std::fs::read(repo_file("models/vad/speech_16k.raw")).unwrap();
-    let response = client()
-        .post(server.url("/vad"))
-        .body(pcm)
-        .send()
-        .await
-        .unwrap();
+    let response = client().post(server.url("/vad")).body(pcm).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let answer: Value = response.json().await.unwrap();
     assert_close(&answer, &reference()["speech"]);
@@ -45,12 +36,8 @@ async fn finds_speech_in_pcm_like_onnxruntime_does() {
 #[tokio::test]
 async fn silence_as_json_samples_is_not_speech() {
     let server = Server::start_bundled();
-    let (status, answer) = post_json(
-        &client(),
-        &server.url("/vad"),
-        &json!({ "samples": vec![0.0; 16000] }),
-    )
-    .await;
+    let (status, answer) =
+        post_json(&client(), &server.url("/vad"), &json!({ "samples": vec![0.0; 16000] })).await;
     assert_eq!(status, 200, "{answer}");
     assert_close(&answer, &reference()["silence"]);
     assert_eq!(answer["speech"], false);
@@ -59,16 +46,10 @@ async fn silence_as_json_samples_is_not_speech() {
 #[tokio::test]
 async fn bad_audio_gets_400() {
     let server = Server::start_bundled();
-    for (body, expected) in [
-        (vec![0u8; 100], "at least 512 samples"),
-        (vec![0u8; 1025], "even number of bytes"),
-    ] {
-        let response = client()
-            .post(server.url("/vad"))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+    for (body, expected) in
+        [(vec![0u8; 100], "at least 512 samples"), (vec![0u8; 1025], "even number of bytes")]
+    {
+        let response = client().post(server.url("/vad")).body(body).send().await.unwrap();
         assert!(expect_error(response, 400).await.contains(expected));
     }
     let response = client()

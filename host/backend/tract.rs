@@ -51,9 +51,7 @@ impl Backend for TractModel {
     }
 
     fn new_session(&self) -> anyhow::Result<Box<dyn Session>> {
-        Ok(Box::new(TractSession {
-            state: TypedSimpleState::new(&self.plan)?,
-        }))
+        Ok(Box::new(TractSession { state: TypedSimpleState::new(&self.plan)? }))
     }
 }
 
@@ -64,10 +62,7 @@ struct TractSession {
 
 impl Session for TractSession {
     fn run(&mut self, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Tensor>> {
-        let inputs = inputs
-            .iter()
-            .map(to_tract)
-            .collect::<anyhow::Result<TVec<TValue>>>()?;
+        let inputs = inputs.iter().map(to_tract).collect::<anyhow::Result<TVec<TValue>>>()?;
         let outputs = self.state.run(inputs)?;
         outputs.iter().map(from_tract).collect()
     }
@@ -77,11 +72,8 @@ fn signature_of(model: &TypedModel) -> anyhow::Result<Signature> {
     let batch = batch_symbol(model)?;
     let spec = |outlet: OutletId, name: String| -> anyhow::Result<TensorSpec> {
         let fact = model.outlet_fact(outlet)?;
-        let batch_axis = batch
-            .as_ref()
-            .and_then(|batch| fact.shape.iter().position(|dim| dim == batch));
-        let element_type =
-            element_type(fact.datum_type).with_context(|| format!("tensor {name:?}"))?;
+        let batch_axis = batch.as_ref().and_then(|batch| fact.shape.iter().position(|dim| dim == batch));
+        let element_type = element_type(fact.datum_type).with_context(|| format!("tensor {name:?}"))?;
         let shape = fact
             .shape
             .iter()
@@ -90,12 +82,7 @@ fn signature_of(model: &TypedModel) -> anyhow::Result<Signature> {
                 None => Dim::Any,
             })
             .collect();
-        Ok(TensorSpec {
-            name,
-            element_type,
-            shape,
-            batch_axis,
-        })
+        Ok(TensorSpec { name, element_type, shape, batch_axis })
     };
     let inputs = model
         .input_outlets()?
@@ -119,30 +106,17 @@ fn signature_of(model: &TypedModel) -> anyhow::Result<Signature> {
 /// The model's batch dimension: a symbol of the first input that appears exactly once in
 /// every input and output (e.g. `batch` in `pixels [batch, 64]` and `state [2, batch, 128]`).
 fn batch_symbol(model: &TypedModel) -> anyhow::Result<Option<TDim>> {
-    let outlets: Vec<OutletId> = model
-        .input_outlets()?
-        .iter()
-        .chain(model.output_outlets()?)
-        .copied()
-        .collect();
+    let outlets: Vec<OutletId> =
+        model.input_outlets()?.iter().chain(model.output_outlets()?).copied().collect();
     let Some(&first) = outlets.first() else {
         return Ok(None);
     };
-    let facts = outlets
-        .iter()
-        .map(|&outlet| model.outlet_fact(outlet))
-        .collect::<TractResult<Vec<_>>>()?;
-    let candidates = model
-        .outlet_fact(first)?
-        .shape
-        .iter()
-        .filter(|dim| matches!(dim, TDim::Sym(_)));
+    let facts = outlets.iter().map(|&outlet| model.outlet_fact(outlet)).collect::<TractResult<Vec<_>>>()?;
+    let candidates = model.outlet_fact(first)?.shape.iter().filter(|dim| matches!(dim, TDim::Sym(_)));
     Ok(candidates
         .into_iter()
         .find(|candidate| {
-            facts
-                .iter()
-                .all(|fact| fact.shape.iter().filter(|dim| dim == candidate).count() == 1)
+            facts.iter().all(|fact| fact.shape.iter().filter(|dim| dim == candidate).count() == 1)
         })
         .cloned())
 }
@@ -175,18 +149,11 @@ fn to_tract(tensor: &Tensor) -> anyhow::Result<TValue> {
     let datum_type = datum_type(tensor.element_type)?;
     // SAFETY: every element type reachable here is plain old data, for which any bit
     // pattern is a valid value, and `from_raw_dt` checks the byte length against the shape.
-    let value = unsafe {
-        tract_onnx::prelude::Tensor::from_raw_dt(datum_type, &tensor.shape, &tensor.data)?
-    };
+    let value = unsafe { tract_onnx::prelude::Tensor::from_raw_dt(datum_type, &tensor.shape, &tensor.data)? };
     Ok(value.into_tvalue())
 }
 
 fn from_tract(value: &TValue) -> anyhow::Result<Tensor> {
     let element_type = element_type(value.datum_type())?;
-    Tensor::new(
-        element_type,
-        value.shape().to_vec(),
-        value.as_bytes().to_vec(),
-    )
-    .map_err(anyhow::Error::msg)
+    Tensor::new(element_type, value.shape().to_vec(), value.as_bytes().to_vec()).map_err(anyhow::Error::msg)
 }

@@ -28,30 +28,44 @@ pub struct Server {
 impl Server {
     /// Starts the server with `config` (TOML) and waits until it listens.
     pub fn start(config: &str) -> Server {
-        Self::try_start(config)
-            .unwrap_or_else(|stderr| panic!("the server did not start:\n{stderr}"))
+        Self::try_start(config).unwrap_or_else(|stderr| panic!("the server did not start:\n{stderr}"))
     }
 
     /// Starts the server with no config: the bundled examples.
     pub fn start_bundled() -> Server {
         let dir = tempfile::tempdir().unwrap();
-        Self::spawn(&[], dir).unwrap_or_else(|stderr| panic!("the server did not start:\n{stderr}"))
+        Self::spawn(&[], "warn", dir).unwrap_or_else(|stderr| panic!("the server did not start:\n{stderr}"))
     }
 
     /// Starts the server with `config`; on failure returns what it wrote to stderr.
     pub fn try_start(config: &str) -> Result<Server, String> {
+        Self::try_start_logging(config, "warn", "text")
+    }
+
+    /// Starts the server with `config`, logging at `level` in `format` (text or json).
+    pub fn start_logging(config: &str, level: &str, format: &str) -> Server {
+        Self::try_start_logging(config, level, format)
+            .unwrap_or_else(|stderr| panic!("did not start:\n{stderr}"))
+    }
+
+    fn try_start_logging(config: &str, level: &str, format: &str) -> Result<Server, String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("edge-infer.toml");
         std::fs::write(&path, config).unwrap();
-        Self::spawn(&["--config".as_ref(), path.as_os_str()], dir)
+        let args = ["--config".as_ref(), path.as_os_str(), "--log-format".as_ref(), format.as_ref()];
+        Self::spawn(&args, level, dir)
     }
 
-    fn spawn(args: &[&std::ffi::OsStr], config_dir: tempfile::TempDir) -> Result<Server, String> {
+    fn spawn(
+        args: &[&std::ffi::OsStr],
+        level: &str,
+        config_dir: tempfile::TempDir,
+    ) -> Result<Server, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_edge-infer"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -75,12 +89,7 @@ impl Server {
         match receiver.recv_timeout(START_TIMEOUT) {
             Ok(line) if line.contains("listening on ") => {
                 let base = line.trim().rsplit(' ').next().unwrap().to_string();
-                Ok(Server {
-                    child,
-                    stderr,
-                    base,
-                    _config_dir: config_dir,
-                })
+                Ok(Server { child, stderr, base, _config_dir: config_dir })
             }
             _ => {
                 let _ = child.kill();
@@ -103,10 +112,7 @@ impl Server {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
     }
 
@@ -117,10 +123,7 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the server did not exit in {timeout:?}"
-            );
+            assert!(std::time::Instant::now() < deadline, "the server did not exit in {timeout:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -190,10 +193,7 @@ pub fn digits_test_split() -> (Vec<Vec<u8>>, Vec<usize>) {
 
 /// An HTTP/1.1 client.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
 /// POSTs a JSON body and returns the status and the parsed JSON answer.
@@ -206,12 +206,8 @@ pub async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> (u1
 
 /// Classifies one image through `/digits` and returns the label.
 pub async fn classify(client: &reqwest::Client, server: &Server, image: &[u8]) -> usize {
-    let (status, body) = post_json(
-        client,
-        &server.url("/digits"),
-        &serde_json::json!({ "pixels": image }),
-    )
-    .await;
+    let (status, body) =
+        post_json(client, &server.url("/digits"), &serde_json::json!({ "pixels": image })).await;
     assert_eq!(status, 200, "{body}");
     body["label"].as_u64().unwrap() as usize
 }
@@ -219,41 +215,22 @@ pub async fn classify(client: &reqwest::Client, server: &Server, image: &[u8]) -
 /// Asserts that a response is a JSON error with `status` and returns its message.
 pub async fn expect_error(response: reqwest::Response, status: u16) -> String {
     assert_eq!(response.status().as_u16(), status);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        content_type.starts_with("application/json"),
-        "{content_type}"
-    );
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(content_type.starts_with("application/json"), "{content_type}");
     let body: Value = response.json().await.unwrap();
-    body["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error message in {body}"))
-        .to_string()
+    body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}")).to_string()
 }
 
 /// The server's `/metrics` text.
 pub async fn scrape(server: &Server) -> String {
-    client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap()
 }
 
 /// The value of one series in a `/metrics` text, e.g.
 /// `edge_infer_model_inferences_total{model="slow"}`; 0 if it is absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
@@ -265,10 +242,7 @@ pub async fn wait_for_metric(server: &Server, series: &str, value: f64) {
         if metric(&text, series) == value {
             return;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{series} never reached {value}:\n{text}"
-        );
+        assert!(std::time::Instant::now() < deadline, "{series} never reached {value}:\n{text}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -42,13 +42,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Digits {
         };
         let mut predictions = probabilities.chunks(CLASSES).map(prediction);
         if input.single {
-            respond_json(
-                out,
-                200,
-                &predictions
-                    .next()
-                    .expect("one image in, one prediction out"),
-            );
+            respond_json(out, 200, &predictions.next().expect("one image in, one prediction out"));
         } else {
             respond_json(out, 200, &predictions.collect::<Vec<_>>());
         }
@@ -67,28 +61,19 @@ fn parse_request(body: &[u8]) -> Result<DigitsRequest, String> {
         return Err(r#"expected a JSON object with "pixels" or "images""#.into());
     };
     match (fields.get("pixels"), fields.get("images")) {
-        (Some(pixels), None) => Ok(DigitsRequest {
-            images: parse_image(pixels, "pixels")?,
-            single: true,
-        }),
+        (Some(pixels), None) => Ok(DigitsRequest { images: parse_image(pixels, "pixels")?, single: true }),
         (None, Some(images)) => {
             let Value::Array(images) = images else {
                 return Err(r#""images" must be an array of images"#.into());
             };
             if images.is_empty() || images.len() > MAX_IMAGES {
-                return Err(format!(
-                    r#""images" must hold 1 to {MAX_IMAGES} images, got {}"#,
-                    images.len()
-                ));
+                return Err(format!(r#""images" must hold 1 to {MAX_IMAGES} images, got {}"#, images.len()));
             }
             let mut flat = Vec::with_capacity(images.len() * PIXELS);
             for (i, image) in images.iter().enumerate() {
                 flat.extend(parse_image(image, &format!("images[{i}]"))?);
             }
-            Ok(DigitsRequest {
-                images: flat,
-                single: false,
-            })
+            Ok(DigitsRequest { images: flat, single: false })
         }
         _ => Err(r#"expected exactly one of "pixels" or "images""#.into()),
     }
@@ -99,10 +84,7 @@ fn parse_image(value: &Value, field: &str) -> Result<Vec<f32>, String> {
         return Err(format!("{field} must be an array of {PIXELS} numbers"));
     };
     if items.len() != PIXELS {
-        return Err(format!(
-            "{field} must hold {PIXELS} numbers, got {}",
-            items.len()
-        ));
+        return Err(format!("{field} must hold {PIXELS} numbers, got {}", items.len()));
     }
     items
         .iter()
@@ -127,11 +109,7 @@ fn classify(images: &[f32]) -> Result<Vec<f32>, edge_infer_guest::nn::errors::Er
         .into_iter()
         .find(|(name, _)| name == "probabilities")
         .expect("the digits model has a `probabilities` output");
-    Ok(probabilities
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+    Ok(probabilities.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
 fn prediction(probabilities: &[f32]) -> Value {

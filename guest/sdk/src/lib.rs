@@ -12,9 +12,7 @@
 use std::io::{Read, Write};
 
 use serde::Serialize;
-use wasip2::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use wasip2::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
 /// `wasi:nn` bindings: `nn::graph`, `nn::tensor`, `nn::inference`, `nn::errors`.
 pub mod nn {
@@ -27,17 +25,11 @@ pub mod nn {
 
 /// Reads the whole request body.
 pub fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
-    let body = request
-        .consume()
-        .map_err(|()| "request body already consumed".to_string())?;
+    let body = request.consume().map_err(|()| "request body already consumed".to_string())?;
     let mut bytes = Vec::new();
     {
-        let mut stream = body
-            .stream()
-            .map_err(|()| "request body stream unavailable".to_string())?;
-        stream
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("reading the request body: {e}"))?;
+        let mut stream = body.stream().map_err(|()| "request body stream unavailable".to_string())?;
+        stream.read_to_end(&mut bytes).map_err(|e| format!("reading the request body: {e}"))?;
     }
     Ok(bytes)
 }
@@ -67,9 +59,7 @@ pub fn respond(out: ResponseOutparam, status: u16, content_type: &str, body: &[u
     {
         let mut stream = outgoing.write().expect("a new body has a stream");
         // A failed write means the client went away: nothing is left to tell it.
-        let _ = stream
-            .write_all(body)
-            .and_then(|()| Write::flush(&mut stream));
+        let _ = stream.write_all(body).and_then(|()| Write::flush(&mut stream));
     }
     let _ = OutgoingBody::finish(outgoing, None);
 }

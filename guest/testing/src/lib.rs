@@ -8,8 +8,10 @@
 //! - `/test/nn/load-raw`: tries to load raw ONNX bytes (refused unless the route allows it);
 //! - `/test/nn/bad-input`: sends the `digits` model a tensor of the wrong shape, of the wrong
 //!   type, with the wrong name and with too few bytes, and answers the four error codes;
-//! - `/test/nn/slow/ROWS`: runs the `slow` model (tests/models/slow.onnx) on ROWS rows of
-//!   zeros and answers `{"rows": ROWS}`, or the `wasi:nn` error with its fitting status;
+//! - `/test/nn/zeros/MODEL/INPUT/DIMS`: runs model MODEL on one float32 input named INPUT
+//!   of shape DIMS (e.g. `4x256`) filled with zeros, and answers `{"dims": [..]}`, or the
+//!   `wasi:nn` error with its fitting status (tests and benchmarks drive models with it);
+//! - `/test/log/N`: writes N numbered lines to stderr and answers `{"logged": N}`;
 //! - `/test/sleep/MS`: sleeps MS milliseconds (a host clock wait, not a busy loop), then
 //!   answers `{"slept_ms": MS}`.
 //!
@@ -34,27 +36,27 @@ impl wasip2::exports::http::incoming_handler::Guest for Testing {
             "/oom" => exhaust_memory(),
             "/nn/load-raw" => {
                 let bytes = b"not really a model".to_vec();
-                let result = graph::load(
-                    &[bytes],
-                    graph::GraphEncoding::Onnx,
-                    graph::ExecutionTarget::Cpu,
-                );
+                let result = graph::load(&[bytes], graph::GraphEncoding::Onnx, graph::ExecutionTarget::Cpu);
                 respond_json(out, 200, &outcome(result.map(|_| ())));
             }
             "/nn/bad-input" => respond_json(out, 200, &bad_inputs()),
             other => {
                 if let Some(name) = other.strip_prefix("/nn/load-by-name/") {
                     respond_json(out, 200, &outcome(graph::load_by_name(name).map(|_| ())));
-                } else if let Some(rows) =
-                    other.strip_prefix("/nn/slow/").and_then(|r| r.parse().ok())
-                {
-                    match run_slow(rows) {
-                        Ok(()) => respond_json(out, 200, &json!({ "rows": rows })),
-                        Err(error) => respond_nn_error(out, "slow model", &error),
+                } else if let Some(spec) = other.strip_prefix("/nn/zeros/") {
+                    match ZerosRequest::parse(spec) {
+                        Some(request) => match request.run() {
+                            Ok(()) => respond_json(out, 200, &json!({ "dims": request.dims })),
+                            Err(error) => respond_nn_error(out, request.model, &error),
+                        },
+                        None => respond_error(out, 400, "expected /nn/zeros/MODEL/INPUT/DIMS"),
                     }
-                } else if let Some(millis) = other
-                    .strip_prefix("/sleep/")
-                    .and_then(|m| m.parse::<u64>().ok())
+                } else if let Some(lines) = other.strip_prefix("/log/").and_then(|n| n.parse::<u32>().ok()) {
+                    for line in 0..lines {
+                        eprintln!("guest line {line}");
+                    }
+                    respond_json(out, 200, &json!({ "logged": lines }));
+                } else if let Some(millis) = other.strip_prefix("/sleep/").and_then(|m| m.parse::<u64>().ok())
                 {
                     wasip2::clocks::monotonic_clock::subscribe_duration(millis * 1_000_000).block();
                     respond_json(out, 200, &json!({ "slept_ms": millis }));
@@ -81,15 +83,28 @@ fn exhaust_memory() -> ! {
     }
 }
 
-/// Width of the `slow` model's rows.
-const SLOW_WIDTH: u32 = 256;
+/// A model run on zeros: `MODEL/INPUT/DIMS`, DIMS like `4x256`.
+struct ZerosRequest<'a> {
+    model: &'a str,
+    input: &'a str,
+    dims: Vec<u32>,
+}
 
-fn run_slow(rows: u32) -> Result<(), errors::Error> {
-    let model = graph::load_by_name("slow")?;
-    let context = model.init_execution_context()?;
-    let zeros = vec![0u8; (rows * SLOW_WIDTH * 4) as usize];
-    let input = tensor::Tensor::new(&[rows, SLOW_WIDTH], tensor::TensorType::Fp32, &zeros);
-    context.compute(vec![("x".to_string(), input)]).map(|_| ())
+impl<'a> ZerosRequest<'a> {
+    fn parse(spec: &'a str) -> Option<ZerosRequest<'a>> {
+        let mut parts = spec.split('/');
+        let (model, input, dims) = (parts.next()?, parts.next()?, parts.next()?);
+        let dims = dims.split('x').map(|d| d.parse().ok()).collect::<Option<Vec<u32>>>()?;
+        Some(ZerosRequest { model, input, dims })
+    }
+
+    fn run(&self) -> Result<(), errors::Error> {
+        let model = graph::load_by_name(self.model)?;
+        let context = model.init_execution_context()?;
+        let bytes = 4 * self.dims.iter().map(|&d| d as usize).product::<usize>();
+        let input = tensor::Tensor::new(&self.dims, tensor::TensorType::Fp32, &vec![0u8; bytes]);
+        context.compute(vec![(self.input.to_string(), input)]).map(|_| ())
+    }
 }
 
 fn bad_inputs() -> Value {

@@ -37,22 +37,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Vad {
             Ok(body) => body,
             Err(message) => return respond_error(out, 400, &message),
         };
-        let samples = match if is_json {
-            parse_json(&body)
-        } else {
-            parse_pcm(&body)
-        } {
+        let samples = match if is_json { parse_json(&body) } else { parse_pcm(&body) } {
             Ok(samples) => samples,
             Err(message) => return respond_error(out, 400, &message),
         };
         match detect(&samples) {
             Ok(probabilities) => {
                 let speech = probabilities.iter().any(|&p| p > SPEECH_THRESHOLD);
-                respond_json(
-                    out,
-                    200,
-                    &json!({ "probabilities": probabilities, "speech": speech }),
-                );
+                respond_json(out, 200, &json!({ "probabilities": probabilities, "speech": speech }));
             }
             Err(error) => respond_nn_error(out, "vad model", &error),
         }
@@ -61,34 +53,25 @@ impl wasip2::exports::http::incoming_handler::Guest for Vad {
 
 fn header(request: &IncomingRequest, name: &str) -> Option<String> {
     let values = request.headers().get(name);
-    values
-        .first()
-        .map(|value| String::from_utf8_lossy(value).to_lowercase())
+    values.first().map(|value| String::from_utf8_lossy(value).to_lowercase())
 }
 
 fn check_length(samples: usize) -> Result<(), String> {
     if samples < WINDOW {
-        return Err(format!(
-            "need at least {WINDOW} samples (32 ms at 16 kHz), got {samples}"
-        ));
+        return Err(format!("need at least {WINDOW} samples (32 ms at 16 kHz), got {samples}"));
     }
     if samples > MAX_SAMPLES {
-        return Err(format!(
-            "at most {MAX_SAMPLES} samples (60 s) per request, got {samples}"
-        ));
+        return Err(format!("at most {MAX_SAMPLES} samples (60 s) per request, got {samples}"));
     }
     Ok(())
 }
 
 fn parse_pcm(body: &[u8]) -> Result<Vec<f32>, String> {
-    if body.len() % 2 != 0 {
+    if !body.len().is_multiple_of(2) {
         return Err("16-bit PCM needs an even number of bytes".into());
     }
     check_length(body.len() / 2)?;
-    Ok(body
-        .chunks_exact(2)
-        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
-        .collect())
+    Ok(body.chunks_exact(2).map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0).collect())
 }
 
 fn parse_json(body: &[u8]) -> Result<Vec<f32>, String> {
@@ -122,10 +105,7 @@ fn detect(samples: &[f32]) -> Result<Vec<f32>, Error> {
         }
         input.extend(window);
         let outputs = context.compute(vec![
-            (
-                "input".to_string(),
-                tensor_of(&[1, (CONTEXT + WINDOW) as u32], &input),
-            ),
+            ("input".to_string(), tensor_of(&[1, (CONTEXT + WINDOW) as u32], &input)),
             ("state".to_string(), tensor_of(&[2, 1, 128], &state)),
         ])?;
         for (name, output) in outputs {
@@ -146,8 +126,5 @@ fn tensor_of(dimensions: &[u32], values: &[f32]) -> tensor::Tensor {
 }
 
 fn floats(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }

@@ -1,0 +1,375 @@
+//! The Open Inference Protocol (KServe v2, REST) for the node's models: what Triton, KServe
+//! and MLServer clients speak.
+//!
+//! - `GET /v2`: server metadata;
+//! - `GET /v2/models/{model}[/versions/{v}]`: model metadata, from the model's signature
+//!   (`-1` for a dimension of any size);
+//! - `GET /v2/models/{model}[/versions/{v}]/ready`;
+//! - `POST /v2/models/{model}[/versions/{v}]/infer`: JSON tensors, or the binary tensor data
+//!   extension (`Inference-Header-Content-Length`), through the model's scheduler like a
+//!   guest's call: batching, queue limits, priorities, deadlines, cache and metrics apply.
+//!
+//! Health endpoints live in the router, since they answer for the whole node.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::models::Models;
+use crate::request::RequestContext;
+use crate::response::{self, Body};
+use crate::scheduler::{ComputeError, ModelScheduler};
+use crate::tensor::{ElementType, NamedTensor, Tensor};
+
+/// Header giving the length of the JSON part of a binary-extension body.
+const HEADER_LENGTH: &str = "inference-header-content-length";
+/// Largest infer request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+/// Deadline of an infer request with no `x-edge-deadline-ms` header.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An OIP request, parsed from the path.
+pub enum Endpoint<'a> {
+    Server,
+    Metadata(&'a str),
+    Ready(&'a str),
+    Infer(&'a str),
+}
+
+impl<'a> Endpoint<'a> {
+    /// The endpoint `path` names, if any.
+    pub fn parse(path: &'a str) -> Option<Endpoint<'a>> {
+        let rest = path.strip_prefix("/v2")?;
+        if rest.is_empty() || rest == "/" {
+            return Some(Endpoint::Server);
+        }
+        let parts: Vec<&str> = rest.strip_prefix("/models/")?.split('/').collect();
+        // Versions are accepted and ignored: each model has one.
+        let (model, action) = match parts.as_slice() {
+            [model, "versions", _, action @ ..] | [model, action @ ..] => (*model, action),
+            [] => return None,
+        };
+        match action {
+            [] => Some(Endpoint::Metadata(model)),
+            ["ready"] => Some(Endpoint::Ready(model)),
+            ["infer"] => Some(Endpoint::Infer(model)),
+            _ => None,
+        }
+    }
+}
+
+/// Server metadata.
+pub fn server_metadata() -> Response<Body> {
+    response::json(
+        StatusCode::OK,
+        &json!({
+            "name": "edge-infer",
+            "version": env!("CARGO_PKG_VERSION"),
+            "extensions": ["binary_tensor_data"],
+        }),
+    )
+}
+
+/// Model metadata, or 404.
+pub fn model_metadata(models: &Models, name: &str) -> Response<Body> {
+    let Some(model) = models.get(name) else { return no_model(name) };
+    let describe = |specs: &[crate::tensor::TensorSpec]| -> Vec<Value> {
+        specs
+            .iter()
+            .map(|spec| {
+                json!({
+                    "name": spec.name,
+                    "datatype": spec.element_type.to_string(),
+                    "shape": spec.shape_for_display(),
+                })
+            })
+            .collect()
+    };
+    let signature = model.signature();
+    response::json(
+        StatusCode::OK,
+        &json!({
+            "name": name,
+            "versions": ["1"],
+            "platform": "onnx",
+            "inputs": describe(&signature.inputs),
+            "outputs": describe(&signature.outputs),
+        }),
+    )
+}
+
+/// Model readiness: loaded models are ready.
+pub fn model_ready(models: &Models, name: &str) -> Response<Body> {
+    match models.get(name) {
+        Some(_) => response::json(StatusCode::OK, &json!({ "name": name, "ready": true })),
+        None => no_model(name),
+    }
+}
+
+fn no_model(name: &str) -> Response<Body> {
+    response::error(StatusCode::NOT_FOUND, format!("no model named {name:?}"))
+}
+
+/// The JSON part of an infer request.
+#[derive(Deserialize)]
+struct InferRequest {
+    id: Option<String>,
+    inputs: Vec<InputTensor>,
+    #[serde(default)]
+    outputs: Vec<RequestedOutput>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct InputTensor {
+    name: String,
+    shape: Vec<usize>,
+    datatype: String,
+    data: Option<Value>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct RequestedOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// Runs an infer request: `body` is the whole request body.
+pub async fn infer(
+    models: &Models,
+    name: &str,
+    method: &Method,
+    header_length: Option<&HeaderValue>,
+    body: Bytes,
+    context: &RequestContext,
+) -> Response<Body> {
+    if method != Method::POST {
+        return response::error(StatusCode::METHOD_NOT_ALLOWED, "infer takes POST");
+    }
+    let Some(model) = models.get(name) else { return no_model(name) };
+    let (request, binary) = match parse_request(header_length, body) {
+        Ok(parsed) => parsed,
+        Err(message) => return response::error(StatusCode::BAD_REQUEST, message),
+    };
+    let inputs = match input_tensors(&request.inputs, binary) {
+        Ok(inputs) => inputs,
+        Err(message) => return response::error(StatusCode::BAD_REQUEST, message),
+    };
+    let deadline = tokio::time::Instant::from_std(context.deadline);
+    let outputs = match tokio::time::timeout_at(deadline, model.compute(inputs, context)).await {
+        Ok(Ok(outputs)) => outputs,
+        Ok(Err(error)) => return compute_error(error),
+        Err(_) => return response::error(StatusCode::GATEWAY_TIMEOUT, "the request's deadline passed"),
+    };
+    infer_response(model, &request, outputs)
+}
+
+fn compute_error(error: ComputeError) -> Response<Body> {
+    let message = error.to_string();
+    match error {
+        ComputeError::InvalidInput(_) => response::error(StatusCode::UNPROCESSABLE_ENTITY, message),
+        ComputeError::Overloaded(_) => response::overloaded(message),
+        ComputeError::DeadlineExpired(_) => response::error(StatusCode::GATEWAY_TIMEOUT, message),
+        ComputeError::Failed(_) => response::error(StatusCode::INTERNAL_SERVER_ERROR, message),
+    }
+}
+
+/// Splits the body into its JSON request and binary tensor data.
+fn parse_request(header_length: Option<&HeaderValue>, body: Bytes) -> Result<(InferRequest, Bytes), String> {
+    let json_length = match header_length {
+        None => body.len(),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n <= body.len())
+            .ok_or_else(|| format!("{HEADER_LENGTH} must be a length within the body"))?,
+    };
+    let request: InferRequest =
+        serde_json::from_slice(&body[..json_length]).map_err(|e| format!("malformed infer request: {e}"))?;
+    Ok((request, body.slice(json_length..)))
+}
+
+fn element_type(datatype: &str) -> Result<ElementType, String> {
+    Ok(match datatype {
+        "FP16" => ElementType::F16,
+        "FP32" => ElementType::F32,
+        "FP64" => ElementType::F64,
+        "BF16" => ElementType::Bf16,
+        "UINT8" => ElementType::U8,
+        "INT32" => ElementType::I32,
+        "INT64" => ElementType::I64,
+        other => return Err(format!("datatype {other} is not supported")),
+    })
+}
+
+/// The request's input tensors, from JSON data or the binary part, in request order.
+fn input_tensors(inputs: &[InputTensor], mut binary: Bytes) -> Result<Vec<NamedTensor>, String> {
+    inputs
+        .iter()
+        .map(|input| {
+            let element_type = element_type(&input.datatype)?;
+            let data = match input.parameters.get("binary_data_size").and_then(Value::as_u64) {
+                Some(size) => {
+                    let size = size as usize;
+                    if size > binary.len() {
+                        return Err(format!(
+                            "input {:?}: binary data is shorter than {size} bytes",
+                            input.name
+                        ));
+                    }
+                    binary.split_to(size).to_vec()
+                }
+                None => {
+                    let data =
+                        input.data.as_ref().ok_or_else(|| format!("input {:?} has no data", input.name))?;
+                    encode(data, element_type).map_err(|e| format!("input {:?}: {e}", input.name))?
+                }
+            };
+            let tensor = Tensor::new(element_type, input.shape.clone(), data)
+                .map_err(|e| format!("input {:?}: {e}", input.name))?;
+            Ok((input.name.clone(), tensor))
+        })
+        .collect()
+}
+
+/// Little-endian bytes of a (possibly nested) JSON array of numbers.
+fn encode(data: &Value, element_type: ElementType) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    let mut pending = vec![data];
+    let mut flat = Vec::new();
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Array(items) => pending.extend(items.iter().rev()),
+            Value::Number(_) => flat.push(value),
+            other => return Err(format!("{other} is not a number")),
+        }
+    }
+    for value in flat {
+        let number = value.as_f64().expect("numbers convert to f64");
+        match element_type {
+            ElementType::F32 => bytes.extend((number as f32).to_le_bytes()),
+            ElementType::F64 => bytes.extend(number.to_le_bytes()),
+            ElementType::U8 => bytes.push(integer(value, 0, u8::MAX as i64)? as u8),
+            ElementType::I32 => {
+                bytes.extend((integer(value, i32::MIN as i64, i32::MAX as i64)? as i32).to_le_bytes())
+            }
+            ElementType::I64 => bytes.extend(integer(value, i64::MIN, i64::MAX)?.to_le_bytes()),
+            ElementType::F16 | ElementType::Bf16 => {
+                return Err(format!("send {element_type} data with the binary tensor data extension"));
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+fn integer(value: &Value, min: i64, max: i64) -> Result<i64, String> {
+    value
+        .as_i64()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| format!("{value} is not an integer in range"))
+}
+
+/// JSON numbers of a tensor's data.
+fn decode(tensor: &Tensor) -> Option<Vec<Value>> {
+    let data = &tensor.data;
+    Some(match tensor.element_type {
+        ElementType::F32 => {
+            data.chunks_exact(4).map(|b| json!(f32::from_le_bytes(b.try_into().unwrap()))).collect()
+        }
+        ElementType::F64 => {
+            data.chunks_exact(8).map(|b| json!(f64::from_le_bytes(b.try_into().unwrap()))).collect()
+        }
+        ElementType::U8 => data.iter().map(|b| json!(b)).collect(),
+        ElementType::I32 => {
+            data.chunks_exact(4).map(|b| json!(i32::from_le_bytes(b.try_into().unwrap()))).collect()
+        }
+        ElementType::I64 => {
+            data.chunks_exact(8).map(|b| json!(i64::from_le_bytes(b.try_into().unwrap()))).collect()
+        }
+        ElementType::F16 | ElementType::Bf16 => return None,
+    })
+}
+
+/// The infer response: the requested outputs (all, if none were named), each as JSON data
+/// or, where asked for, as binary data after the JSON part.
+fn infer_response(
+    model: &ModelScheduler,
+    request: &InferRequest,
+    outputs: Vec<NamedTensor>,
+) -> Response<Body> {
+    let all_binary = request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
+    let mut described = Vec::new();
+    let mut binary = BytesMut::new();
+    for (name, tensor) in outputs {
+        let requested = request.outputs.iter().find(|o| o.name == name);
+        if !request.outputs.is_empty() && requested.is_none() {
+            continue;
+        }
+        let as_binary = requested
+            .and_then(|o| o.parameters.get("binary_data").and_then(Value::as_bool))
+            .unwrap_or(all_binary);
+        let mut output = json!({
+            "name": name,
+            "datatype": tensor.element_type.to_string(),
+            "shape": tensor.shape,
+        });
+        match (as_binary, decode(&tensor)) {
+            (false, Some(data)) => output["data"] = Value::Array(data),
+            _ => {
+                output["parameters"] = json!({ "binary_data_size": tensor.data.len() });
+                binary.extend_from_slice(&tensor.data);
+            }
+        }
+        described.push(output);
+    }
+    let mut header = json!({ "model_name": model.name(), "model_version": "1", "outputs": described });
+    if let Some(id) = &request.id {
+        header["id"] = json!(id);
+    }
+    if binary.is_empty() {
+        return response::json(StatusCode::OK, &header);
+    }
+    let header = header.to_string();
+    let header_length = header.len();
+    let mut body = BytesMut::from(header.as_bytes());
+    body.extend_from_slice(&binary);
+    let mut response = response::text(StatusCode::OK, "application/octet-stream", body.freeze());
+    response.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(header_length));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_endpoints() {
+        assert!(matches!(Endpoint::parse("/v2"), Some(Endpoint::Server)));
+        assert!(matches!(Endpoint::parse("/v2/models/digits"), Some(Endpoint::Metadata("digits"))));
+        assert!(matches!(Endpoint::parse("/v2/models/digits/ready"), Some(Endpoint::Ready("digits"))));
+        assert!(matches!(
+            Endpoint::parse("/v2/models/digits/versions/1/infer"),
+            Some(Endpoint::Infer("digits"))
+        ));
+        assert!(Endpoint::parse("/v2/models/digits/explode").is_none());
+        assert!(Endpoint::parse("/v2/repository").is_none());
+    }
+
+    #[test]
+    fn nested_json_data_is_flattened_in_row_major_order() {
+        let bytes = encode(&json!([[1, 2], [3, 4]]), ElementType::I32).unwrap();
+        let values: Vec<i32> =
+            bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect();
+        assert_eq!(values, [1, 2, 3, 4]);
+        assert!(encode(&json!([1, "x"]), ElementType::F32).is_err());
+        assert!(encode(&json!([300]), ElementType::U8).is_err());
+    }
+}
