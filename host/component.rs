@@ -1,5 +1,6 @@
-//! A route's guest component: compiled and pre-instantiated once, then a fresh instance for
-//! every request, dropped when the request ends so nothing leaks between requests.
+//! A route's guest component: compiled, checked against the imports its route grants, and
+//! pre-instantiated once; then a fresh instance for every request, dropped when the request
+//! ends so nothing leaks between requests.
 //!
 //! [`GuestComponent::handle`] runs one request to its deadline. The guest runs in a task of
 //! its own so it can keep streaming the body after it has sent the response head; the task
@@ -7,12 +8,12 @@
 //! caller goes away before the response head (the client disconnected), the task is aborted:
 //! the instance is dropped, and so is any inference it still had queued.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
+use prometheus::Histogram;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tracing::debug;
@@ -25,11 +26,17 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::admission::Permit;
+use crate::config::RouteConfig;
 use crate::guest_log::{GuestStderr, LogBudget};
+use crate::imports;
+use crate::metrics::RouteMetrics;
 use crate::nn::NnGrant;
 use crate::request::RequestContext;
 use crate::sandbox::{self, GuestState};
 use crate::scheduler::ComputeError;
+
+/// Bytes in a MiB, for the `memory_mib` setting.
+const MIB: usize = 1 << 20;
 
 /// Why a guest produced no response.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +67,8 @@ pub struct GuestComponent {
     grant: Arc<NnGrant>,
     max_memory_bytes: usize,
     log_budget: Arc<LogBudget>,
+    /// Observes how long making each instance takes.
+    instantiation: Histogram,
 }
 
 impl GuestComponent {
@@ -67,22 +76,30 @@ impl GuestComponent {
     /// sandbox, and checks that one instance can be made.
     pub async fn load(
         engine: &Engine,
-        file: &Path,
+        route: &RouteConfig,
         grant: Arc<NnGrant>,
-        max_memory_bytes: usize,
-        log_budget: Arc<LogBudget>,
+        metrics: &RouteMetrics,
     ) -> anyhow::Result<GuestComponent> {
+        let file = route.component.as_path();
         let started = Instant::now();
         let component = Component::from_file(engine, file)
             .with_context(|| format!("compiling the component {}", file.display()))?;
         let compiled = started.elapsed();
+        imports::check(engine, &component, &route.grant)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         let linker = sandbox::linker(engine)?;
         let instance_pre = linker
             .instantiate_pre(&component)
             .with_context(|| format!("linking the component {}", file.display()))?;
         let pre = ProxyPre::new(instance_pre)
             .with_context(|| format!("{} is not a wasi:http/proxy component", file.display()))?;
-        let guest = GuestComponent { pre, grant, max_memory_bytes, log_budget };
+        let guest = GuestComponent {
+            pre,
+            grant,
+            max_memory_bytes: route.memory_mib as usize * MIB,
+            log_budget: Arc::new(LogBudget::new(&route.path, metrics.log_lines_dropped.clone())),
+            instantiation: metrics.instantiation.clone(),
+        };
         let probe = RequestContext::new(Instant::now() + Duration::from_secs(10), Default::default());
         let mut store = guest.new_store(probe);
         guest
@@ -114,13 +131,15 @@ impl GuestComponent {
             .http()
             .new_response_outparam(sender)
             .map_err(|e| GuestFailure::BadRequest(format!("{e:#}")))?;
-        let pre = self.pre.clone();
+        let (pre, instantiation) = (self.pre.clone(), self.instantiation.clone());
         let task = tokio::spawn(tokio::time::timeout_at(deadline, async move {
             let _permit = permit;
+            let instantiating = Instant::now();
             let proxy = pre
                 .instantiate_async(&mut store)
                 .await
                 .map_err(|e| GuestFailure::NoInstance(format!("{e:#}")))?;
+            instantiation.observe(instantiating.elapsed().as_secs_f64());
             proxy.wasi_http_incoming_handler().call_handle(&mut store, request, outparam).await.map_err(|e| {
                 match e.downcast_ref::<ComputeError>() {
                     Some(overloaded @ ComputeError::Overloaded(_)) => {

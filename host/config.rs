@@ -13,7 +13,11 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::backend::BackendKind;
+use crate::imports::GRANTABLE;
 use crate::scheduler::Batching;
+
+/// Linear memory for the bundled Python and JavaScript guests, whose interpreters need more.
+const INTERPRETER_MEMORY_MIB: u64 = 256;
 
 /// Paths that the host answers itself; no route may take them.
 const RESERVED_PATHS: [&str; 3] = ["/healthz", "/v2", "/metrics"];
@@ -119,6 +123,10 @@ pub struct RouteConfig {
     /// untrusted, so this is off unless granted.
     #[serde(default)]
     pub allow_model_load: bool,
+    /// WASI packages beyond the guest world the component may import (`wasi:filesystem`,
+    /// `wasi:sockets`): linked, but without access (no preopened folders, no network).
+    #[serde(default)]
+    pub grant: Vec<String>,
 }
 
 fn default_queue_capacity() -> usize {
@@ -172,7 +180,8 @@ impl Config {
         Ok(config)
     }
 
-    /// The bundled examples: digits, voice activity and hello, from this build.
+    /// The bundled examples: digits, voice activity and hello, from this build (and the
+    /// Python and JavaScript digits guests, if built).
     pub fn bundled() -> Config {
         let guests = Path::new(env!("EDGE_INFER_GUEST_DIR"));
         let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
@@ -186,6 +195,7 @@ impl Config {
             timeout_ms: default_timeout_ms(),
             max_body_bytes: default_max_body_bytes(),
             allow_model_load: false,
+            grant: Vec::new(),
         };
         let model = |file: &str| ModelConfig {
             file: models.join(file),
@@ -199,17 +209,31 @@ impl Config {
             cache_ttl_ms: default_cache_ttl_ms(),
             serve_stale_on_overload: false,
         };
+        let mut routes = vec![
+            route("/digits", "digits.wasm", &["digits"]),
+            route("/hello", "hello.wasm", &[]),
+            route("/vad", "vad.wasm", &["vad"]),
+        ];
+        // The Python and JavaScript guests, when guest/build-py-js.sh has built them.
+        for (path, file, grant) in [
+            ("/digits-py", "digits-py.wasm", &["wasi:filesystem", "wasi:sockets"][..]),
+            ("/digits-js", "digits-js.wasm", &["wasi:filesystem"][..]),
+        ] {
+            if guests.join(file).is_file() {
+                routes.push(RouteConfig {
+                    memory_mib: INTERPRETER_MEMORY_MIB,
+                    grant: grant.iter().map(|g| g.to_string()).collect(),
+                    ..route(path, file, &["digits"])
+                });
+            }
+        }
         Config {
             server: ServerConfig::default(),
             models: BTreeMap::from([
                 ("digits".to_string(), model("digits/digits.onnx")),
                 ("vad".to_string(), model("vad/silero_vad_16k.onnx")),
             ]),
-            routes: vec![
-                route("/digits", "digits.wasm", &["digits"]),
-                route("/hello", "hello.wasm", &[]),
-                route("/vad", "vad.wasm", &["vad"]),
-            ],
+            routes,
         }
     }
 
@@ -242,6 +266,13 @@ impl Config {
             }
             if !paths.insert(path) {
                 bail!("field `{field}.path`: {path:?} is served by an earlier route");
+            }
+            for package in &route.grant {
+                if !GRANTABLE.contains(&package.as_str()) {
+                    bail!(
+                        "field `{field}.grant`: {package:?} cannot be granted; the choices are {GRANTABLE:?}"
+                    );
+                }
             }
             for model in &route.models {
                 if !self.models.contains_key(model) {

@@ -17,6 +17,7 @@ pub mod component;
 pub mod config;
 pub mod engine;
 pub mod guest_log;
+pub mod imports;
 pub mod loadgen;
 pub mod metrics;
 pub mod models;

@@ -15,7 +15,6 @@ use crate::admission::Admission;
 use crate::component::GuestComponent;
 use crate::config::{Config, RouteConfig, path_matches};
 use crate::engine::{EngineLimits, new_engine};
-use crate::guest_log::LogBudget;
 use crate::metrics::RouteMetrics;
 use crate::models::Models;
 use crate::nn::NnGrant;
@@ -133,9 +132,7 @@ async fn load_route(
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
     let grant = Arc::new(NnGrant { models: granted, allow_model_load: config.allow_model_load });
     let metrics = RouteMetrics::new(&config.path);
-    let log_budget = Arc::new(LogBudget::new(&config.path, metrics.log_lines_dropped.clone()));
-    let memory = config.memory_mib as usize * MIB;
-    let guest = GuestComponent::load(engine, &config.component, grant, memory, log_budget)
+    let guest = GuestComponent::load(engine, config, grant, &metrics)
         .await
         .with_context(|| format!("route {}", config.path))?;
     info!(route = %config.path, component = %config.component.display(), "route ready");

@@ -141,6 +141,24 @@ pub fn guest(name: &str) -> PathBuf {
     Path::new(env!("EDGE_INFER_GUEST_DIR")).join(format!("{name}.wasm"))
 }
 
+/// Builds the Python and JavaScript guests with guest/build-py-js.sh, once per test binary
+/// (the script skips what is up to date), and returns the folder they are in.
+pub fn interpreted_guests() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let folder = guest("digits").parent().unwrap().to_path_buf();
+            let status = Command::new(repo_file("guest/build-py-js.sh")).arg(&folder).status().unwrap();
+            assert!(
+                status.success(),
+                "guest/build-py-js.sh failed: it needs python3 with venv and pip, node and npm, and \
+                 access to PyPI and npm (see guest/README.md)"
+            );
+            folder
+        })
+        .clone()
+}
+
 /// A file of the repo.
 pub fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)

@@ -1,0 +1,85 @@
+//! Strict imports: what a guest component may import, checked when its route loads.
+//!
+//! Every guest may import the guest world: `wasi:http/proxy` (HTTP types and handlers,
+//! streams, clocks, random, stdio) and `wasi:nn`, plus the `wasi:cli` interfaces that
+//! language runtimes link in whether they use them or not (environment, exit, terminals),
+//! which the sandbox provides empty. A route may also grant whole packages that runtimes such
+//! as Python's and JavaScript's import: `wasi:filesystem` and `wasi:sockets`. A grant only
+//! lets the component link: the sandbox still has no preopened folders and no network.
+//! Anything else a component imports refuses the route at start-up, naming the import.
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Interfaces every guest may import (versions aside).
+pub const GUEST_WORLD: [&str; 22] = [
+    "wasi:http/types",
+    "wasi:http/outgoing-handler",
+    "wasi:io/poll",
+    "wasi:io/error",
+    "wasi:io/streams",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:random/random",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/stdin",
+    "wasi:nn/graph",
+    "wasi:nn/tensor",
+    "wasi:nn/inference",
+    "wasi:nn/errors",
+    // Linked in by language runtimes; empty in the sandbox.
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+];
+
+/// Packages a route may grant, each linked but without access (no preopens, no network).
+pub const GRANTABLE: [&str; 2] = ["wasi:filesystem", "wasi:sockets"];
+
+/// The names a component imports, as written in it (interfaces with their versions).
+pub fn imports(engine: &Engine, component: &Component) -> Vec<String> {
+    component.component_type().imports(engine).map(|(name, _)| name.to_string()).collect()
+}
+
+/// Checks a component's imports against the guest world and the route's grants; the error
+/// names every import refused.
+pub fn check(engine: &Engine, component: &Component, grants: &[String]) -> Result<(), String> {
+    let refused: Vec<String> =
+        imports(engine, component).into_iter().filter(|import| !allowed(import, grants)).collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the component imports {}, which its route does not grant (the guest world is \
+         wasi:http/proxy + wasi:nn; a route can grant {GRANTABLE:?} with `grant = [...]`)",
+        refused.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+    ))
+}
+
+/// Whether one import (e.g. `wasi:io/poll@0.2.12`) is in the world or granted.
+fn allowed(import: &str, grants: &[String]) -> bool {
+    let interface = import.split('@').next().unwrap_or(import);
+    let package = interface.split('/').next().unwrap_or(interface);
+    GUEST_WORLD.contains(&interface) || grants.iter().any(|grant| grant == package)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_do_not_matter_and_grants_cover_whole_packages() {
+        assert!(allowed("wasi:http/types@0.2.4", &[]));
+        assert!(allowed("wasi:nn/graph@0.2.0-rc-2024-10-28", &[]));
+        assert!(!allowed("wasi:filesystem/types@0.2.9", &[]));
+        assert!(allowed("wasi:filesystem/types@0.2.9", &["wasi:filesystem".into()]));
+        assert!(!allowed("wasi:sockets/tcp@0.2.9", &["wasi:filesystem".into()]));
+        assert!(!allowed("wasi:clocks/timezone@0.2.12", &[]));
+        assert!(!allowed("example:evil/thing", &[]));
+    }
+}
