@@ -97,7 +97,8 @@ fn http_load(server: &Server, model: &Model) -> Load {
 
 /// A model's scheduler with one batching setting, as the server would start it.
 fn start_scheduler(model: &Model, batching: Batching) -> Arc<ModelScheduler> {
-    let backend = edge_infer::backend::load_file(Default::default(), &repo_file(model.file)).unwrap();
+    let kind = edge_infer::backend::BackendKind::Tract;
+    let backend = edge_infer::backend::load_file(model.name, kind, &repo_file(model.file)).unwrap();
     let config = SchedulerConfig {
         executors: edge_infer::models::default_executors(),
         queue_capacity: 1024,

@@ -199,7 +199,7 @@ impl Config {
         };
         let model = |file: &str| ModelConfig {
             file: models.join(file),
-            backend: BackendKind::Tract,
+            backend: BackendKind::Auto,
             executors: None,
             queue_capacity: default_queue_capacity(),
             batching: Batching::Auto,

@@ -30,6 +30,7 @@ struct Families {
     model_compute_duration: HistogramVec,
     model_pending: IntGaugeVec,
     model_max_batch: IntGaugeVec,
+    model_backend: IntGaugeVec,
     model_cache: IntCounterVec,
 }
 
@@ -142,6 +143,11 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             "Most items the batcher puts in one run, as configured or chosen at start-up (1: no batching)",
             &["model"],
         ),
+        model_backend: gauge(
+            "edge_infer_model_backend_info",
+            "1 for the backend that runs the model (tract, ort, ort-cuda)",
+            &["model", "backend"],
+        ),
         model_cache: counter(
             "edge_infer_model_cache_lookups_total",
             "Result cache lookups by model and result (hit, miss)",
@@ -156,6 +162,11 @@ pub fn render() -> String {
     let mut text = Vec::new();
     TextEncoder::new().encode(&FAMILIES.registry.gather(), &mut text).expect("text encoding cannot fail");
     String::from_utf8(text).expect("the text format is UTF-8")
+}
+
+/// Records which backend runs `model`.
+pub fn model_backend(model: &str, backend: &str) {
+    FAMILIES.model_backend.with_label_values(&[model, backend]).set(1);
 }
 
 /// How a compute request to a model ended.

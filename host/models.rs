@@ -10,6 +10,7 @@ use tracing::info;
 
 use crate::backend;
 use crate::config::ModelConfig;
+use crate::metrics;
 use crate::scheduler::{CacheConfig, ModelScheduler, SchedulerConfig};
 
 /// All loaded models, by name.
@@ -26,13 +27,15 @@ impl Models {
         let mut by_name = HashMap::new();
         for (name, config) in configs {
             let started = Instant::now();
-            let backend = backend::load_file(config.backend, &config.file)
+            let backend = backend::load_file(name, config.backend, &config.file)
                 .with_context(|| format!("loading model {name:?} from {}", config.file.display()))?;
-            let scheduling = scheduler_config(config);
+            let scheduling = scheduler_config(config, backend.on_gpu());
+            let backend_name = backend.name();
             let scheduler = ModelScheduler::start(name, Arc::from(backend), &scheduling)?;
+            metrics::model_backend(name, backend_name);
             info!(
                 model = %name,
-                backend = ?config.backend,
+                backend = backend_name,
                 executors = scheduling.executors,
                 max_batch = scheduler.max_batch_items(),
                 load_ms = started.elapsed().as_millis() as u64,
@@ -49,10 +52,11 @@ impl Models {
     }
 }
 
-/// The scheduling knobs of a model's config.
-fn scheduler_config(config: &ModelConfig) -> SchedulerConfig {
+/// The scheduling knobs of a model's config. On a GPU one executor feeds the device (its
+/// batches are what make it fast); on the CPU, one executor per core.
+fn scheduler_config(config: &ModelConfig, on_gpu: bool) -> SchedulerConfig {
     SchedulerConfig {
-        executors: config.executors.unwrap_or_else(default_executors),
+        executors: config.executors.unwrap_or_else(|| if on_gpu { 1 } else { default_executors() }),
         queue_capacity: config.queue_capacity,
         batching: config.batching,
         max_batch_size: config.max_batch_size,

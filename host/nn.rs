@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::backend::{self, BackendKind};
+use crate::backend;
 use crate::request::RequestContext;
 use crate::scheduler::{Batching, ComputeError, ModelScheduler, SchedulerConfig};
 use crate::tensor::{ElementType, Tensor};
@@ -114,7 +114,7 @@ impl graph::Host for NnView<'_> {
         &mut self,
         builders: Vec<GraphBuilder>,
         encoding: GraphEncoding,
-        _target: ExecutionTarget,
+        target: ExecutionTarget,
     ) -> NnResult<Resource<Graph>> {
         if !self.grant.allow_model_load {
             return self.fail(
@@ -130,8 +130,9 @@ impl graph::Host for NnView<'_> {
             Ok(one) => one,
             Err(_) => return self.fail(ErrorCode::InvalidArgument, "an ONNX model is one builder"),
         };
+        let want_gpu = matches!(target, ExecutionTarget::Gpu);
         let loaded = tokio::task::spawn_blocking(move || {
-            let backend = backend::load_bytes(BackendKind::Tract, &bytes)?;
+            let backend = backend::load_bytes(&bytes, want_gpu)?;
             let config = SchedulerConfig {
                 executors: 1,
                 queue_capacity: 16,

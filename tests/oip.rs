@@ -5,7 +5,10 @@ mod common;
 
 use std::process::Command;
 
-use common::{Server, classify, client, digits_test_split, expect_error, post_json, repo_file, test_config};
+use common::{
+    Server, classify, client, compat_python, digits_test_split, expect_error, post_json, repo_file,
+    test_config,
+};
 use serde_json::{Value, json};
 
 async fn get_json(server: &Server, path: &str) -> (u16, Value) {
@@ -82,41 +85,6 @@ async fn request_ids_are_echoed_or_made() {
     let made = client().get(server.url("/hello")).send().await.unwrap();
     let id = made.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(!id.is_empty() && id != "trace-7");
-}
-
-/// A Python with tests/compat/requirements.txt installed: EDGE_INFER_PYTHON if set (.ci/run
-/// sets it), else the virtual environment ~/.cache/edge-infer-venv, made and filled from PyPI
-/// on first use. If that fails, the test fails saying how to install by hand.
-fn compat_python() -> String {
-    if let Ok(python) = std::env::var("EDGE_INFER_PYTHON") {
-        return python;
-    }
-    let venv = std::path::Path::new(&std::env::var("HOME").unwrap()).join(".cache/edge-infer-venv");
-    let python = venv.join("bin/python").display().to_string();
-    let ready = || {
-        Command::new(&python)
-            .args(["-c", "import tritonclient.http, numpy"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ready() {
-        let requirements = repo_file("tests/compat/requirements.txt");
-        let made =
-            Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success())
-                && Command::new(&python)
-                    .args(["-m", "pip", "install", "--quiet", "-r"])
-                    .arg(&requirements)
-                    .status()
-                    .is_ok_and(|s| s.success());
-        assert!(
-            made && ready(),
-            "cannot set up Python with tritonclient[http] in {}: install it by hand with\n  \
-             python3 -m venv {0} && {0}/bin/pip install -r {}\nor point EDGE_INFER_PYTHON at a Python that has it",
-            venv.display(),
-            requirements.display()
-        );
-    }
-    python
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

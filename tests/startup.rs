@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, client, expect_error, guest, test_config};
+use common::{Server, client, expect_error, guest, test_config, wait_for_metric};
 
 #[test]
 fn a_bad_config_fails_start_up_naming_the_field() {
@@ -38,14 +38,11 @@ async fn a_full_route_answers_503_with_retry_after_at_once() {
     );
     let server = Server::start(&config);
     let busy = tokio::spawn(client().get(server.url("/test/spin")).send());
-    // Wait until the spinning request holds the only slot.
-    let rejected = loop {
-        let response = client().get(server.url("/test/trap")).send().await.unwrap();
-        if response.status() == 503 {
-            break response;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // Once the spinning request holds the only slot, the next one is refused at once.
+    wait_for_metric(&server, r#"edge_infer_route_instances_in_use{route="/test"}"#, 1.0).await;
+    let started = std::time::Instant::now();
+    let rejected = client().get(server.url("/test/trap")).send().await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500), "refused at once, not after the busy request");
     assert_eq!(rejected.headers()["retry-after"], "1");
     assert!(expect_error(rejected, 503).await.contains("capacity"));
     assert_eq!(busy.await.unwrap().unwrap().status(), 504);

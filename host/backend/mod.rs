@@ -1,13 +1,22 @@
-//! Model backends: what runs a loaded model on some hardware.
+//! Model backends: what runs a loaded model on some hardware, and how one is chosen.
 //!
 //! A [`Backend`] is one model, loaded and optimized once, shared by every executor. Each
 //! executor thread asks it for a [`Session`], its own mutable run state, so executors run in
 //! parallel without a lock around the model. Tensors cross this boundary as
 //! [`crate::tensor::Tensor`], so nothing above this module knows which backend runs a model.
+//!
+//! Backends: tract (pure Rust, on the CPU, always there: the embedded default) and, with the
+//! `ort` feature, ONNX Runtime loaded dynamically, on the CPU or (feature `gpu`) on a CUDA
+//! device. [`load_file`] picks one from the model's `backend` setting and logs which and why.
 
+#[cfg(feature = "ort")]
+pub mod ort;
 pub mod tract;
 
 use std::path::Path;
+
+use anyhow::Context;
+use tracing::{info, warn};
 
 use crate::tensor::{Signature, Tensor};
 
@@ -18,6 +27,14 @@ pub trait Backend: Send + Sync {
 
     /// Makes the run state for one executor.
     fn new_session(&self) -> anyhow::Result<Box<dyn Session>>;
+
+    /// Which backend this is, as metrics and logs name it.
+    fn name(&self) -> &'static str;
+
+    /// Whether the model runs on a GPU (which favours one executor and large batches).
+    fn on_gpu(&self) -> bool {
+        false
+    }
 }
 
 /// One executor's run state for a model.
@@ -27,25 +44,75 @@ pub trait Session: Send {
     fn run(&mut self, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Tensor>>;
 }
 
-/// Which backend runs a model.
+/// Which backend a model asks for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
-    /// tract, on the CPU: always available.
+    /// A GPU if a usable one is found at start-up, else tract.
     #[default]
+    Auto,
+    /// The CPU: tract.
+    Cpu,
+    /// A GPU (ONNX Runtime with CUDA); none usable is a start-up error.
+    Gpu,
+    /// tract, explicitly.
     Tract,
+    /// ONNX Runtime on the CPU; if it cannot be loaded, tract.
+    Ort,
 }
 
-/// Loads the ONNX model at `path` with the chosen backend.
-pub fn load_file(kind: BackendKind, path: &Path) -> anyhow::Result<Box<dyn Backend>> {
+/// Loads the ONNX model at `path` with the backend `kind` asks for.
+pub fn load_file(name: &str, kind: BackendKind, path: &Path) -> anyhow::Result<Box<dyn Backend>> {
+    let read = || std::fs::read(path).with_context(|| format!("reading {}", path.display()));
     match kind {
-        BackendKind::Tract => Ok(Box::new(tract::TractModel::load_file(path)?)),
+        BackendKind::Cpu | BackendKind::Tract => Ok(Box::new(tract::TractModel::load_file(path)?)),
+        BackendKind::Gpu => gpu(read()?)
+            .map_err(|reason| anyhow::anyhow!("backend = \"gpu\", but no GPU is usable: {reason:#}")),
+        BackendKind::Auto => match gpu(read()?) {
+            Ok(backend) => {
+                info!(model = %name, "backend auto: using the GPU");
+                Ok(backend)
+            }
+            Err(reason) => {
+                info!(model = %name, "backend auto: using tract on the CPU (no usable GPU: {reason:#})");
+                Ok(Box::new(tract::TractModel::load_file(path)?))
+            }
+        },
+        BackendKind::Ort => match ort_cpu(read()?) {
+            Ok(backend) => Ok(backend),
+            Err(reason) => {
+                warn!(model = %name, "backend ort: falling back to tract ({reason:#})");
+                Ok(Box::new(tract::TractModel::load_file(path)?))
+            }
+        },
     }
 }
 
-/// Loads an ONNX model from bytes with the chosen backend.
-pub fn load_bytes(kind: BackendKind, bytes: &[u8]) -> anyhow::Result<Box<dyn Backend>> {
-    match kind {
-        BackendKind::Tract => Ok(Box::new(tract::TractModel::load_bytes(bytes)?)),
+/// Loads an ONNX model a guest passed as bytes: on the GPU if it asked for one and one is
+/// usable, else with tract.
+pub fn load_bytes(bytes: &[u8], want_gpu: bool) -> anyhow::Result<Box<dyn Backend>> {
+    if want_gpu && let Ok(backend) = gpu(bytes.to_vec()) {
+        return Ok(backend);
     }
+    Ok(Box::new(tract::TractModel::load_bytes(bytes)?))
+}
+
+#[cfg(feature = "ort")]
+fn gpu(bytes: Vec<u8>) -> anyhow::Result<Box<dyn Backend>> {
+    Ok(Box::new(ort::OrtModel::load(bytes, ort::Device::Cuda(0))?))
+}
+
+#[cfg(not(feature = "ort"))]
+fn gpu(_: Vec<u8>) -> anyhow::Result<Box<dyn Backend>> {
+    anyhow::bail!("edge-infer was built without the `gpu` feature")
+}
+
+#[cfg(feature = "ort")]
+fn ort_cpu(bytes: Vec<u8>) -> anyhow::Result<Box<dyn Backend>> {
+    Ok(Box::new(ort::OrtModel::load(bytes, ort::Device::Cpu)?))
+}
+
+#[cfg(not(feature = "ort"))]
+fn ort_cpu(_: Vec<u8>) -> anyhow::Result<Box<dyn Backend>> {
+    anyhow::bail!("edge-infer was built without the `ort` feature")
 }

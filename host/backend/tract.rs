@@ -50,6 +50,10 @@ impl Backend for TractModel {
         &self.signature
     }
 
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
     fn new_session(&self) -> anyhow::Result<Box<dyn Session>> {
         Ok(Box::new(TractSession { state: TypedSimpleState::new(&self.plan)? }))
     }

@@ -34,7 +34,8 @@ impl Server {
     /// Starts the server with no config: the bundled examples.
     pub fn start_bundled() -> Server {
         let dir = tempfile::tempdir().unwrap();
-        Self::spawn(&[], "warn", dir).unwrap_or_else(|stderr| panic!("the server did not start:\n{stderr}"))
+        Self::spawn(&[], "warn", &[], dir)
+            .unwrap_or_else(|stderr| panic!("the server did not start:\n{stderr}"))
     }
 
     /// Starts the server with `config`; on failure returns what it wrote to stderr.
@@ -49,22 +50,35 @@ impl Server {
     }
 
     fn try_start_logging(config: &str, level: &str, format: &str) -> Result<Server, String> {
+        Self::try_start_with_env(config, level, format, &[])
+    }
+
+    /// Starts the server with `config` and extra environment variables, logging at `level`
+    /// in `format`; on failure returns what it wrote to stderr.
+    pub fn try_start_with_env(
+        config: &str,
+        level: &str,
+        format: &str,
+        env: &[(&str, &std::path::Path)],
+    ) -> Result<Server, String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("edge-infer.toml");
         std::fs::write(&path, config).unwrap();
         let args = ["--config".as_ref(), path.as_os_str(), "--log-format".as_ref(), format.as_ref()];
-        Self::spawn(&args, level, dir)
+        Self::spawn(&args, level, env, dir)
     }
 
     fn spawn(
         args: &[&std::ffi::OsStr],
         level: &str,
+        env: &[(&str, &std::path::Path)],
         config_dir: tempfile::TempDir,
     ) -> Result<Server, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_edge-infer"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().map(|(name, value)| (*name, *value)))
             .env("RUST_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -157,6 +171,54 @@ pub fn interpreted_guests() -> PathBuf {
             folder
         })
         .clone()
+}
+
+/// A Python with tests/compat/requirements.txt installed: EDGE_INFER_PYTHON if set (.ci/run
+/// sets it), else the virtual environment ~/.cache/edge-infer-venv, made and filled from PyPI
+/// on first use. If that fails, the test fails saying how to install by hand.
+pub fn compat_python() -> String {
+    if let Ok(python) = std::env::var("EDGE_INFER_PYTHON") {
+        return python;
+    }
+    let venv = std::path::Path::new(&std::env::var("HOME").unwrap()).join(".cache/edge-infer-venv");
+    let python = venv.join("bin/python").display().to_string();
+    let ready = || {
+        Command::new(&python)
+            .args(["-c", "import tritonclient.http, numpy, onnxruntime"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready() {
+        let requirements = repo_file("tests/compat/requirements.txt");
+        let made =
+            Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success())
+                && Command::new(&python)
+                    .args(["-m", "pip", "install", "--quiet", "-r"])
+                    .arg(&requirements)
+                    .status()
+                    .is_ok_and(|s| s.success());
+        assert!(
+            made && ready(),
+            "cannot set up Python with tests/compat/requirements.txt in {}: install it by hand with\n  \
+             python3 -m venv {0} && {0}/bin/pip install -r {}\nor point EDGE_INFER_PYTHON at a Python that has it",
+            venv.display(),
+            requirements.display()
+        );
+    }
+    python
+}
+
+/// The ONNX Runtime shared library of the compat Python's `onnxruntime` wheel.
+pub fn onnxruntime_library() -> PathBuf {
+    let python = compat_python();
+    let script = "import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi'))";
+    let output = Command::new(python).args(["-c", script]).output().unwrap();
+    let folder = PathBuf::from(String::from_utf8(output.stdout).unwrap().trim());
+    std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.file_name().unwrap().to_string_lossy().starts_with("libonnxruntime.so"))
+        .unwrap_or_else(|| panic!("no libonnxruntime.so in {}", folder.display()))
 }
 
 /// A file of the repo.
