@@ -16,6 +16,8 @@ pub mod cli;
 pub mod component;
 pub mod config;
 pub mod engine;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod guest_log;
 pub mod imports;
 pub mod loadgen;

@@ -31,6 +31,8 @@ struct Families {
     model_pending: IntGaugeVec,
     model_max_batch: IntGaugeVec,
     model_backend: IntGaugeVec,
+    gpu_memory_used: IntGaugeVec,
+    gpu_memory_total: IntGaugeVec,
     model_cache: IntCounterVec,
 }
 
@@ -148,6 +150,16 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             "1 for the backend that runs the model (tract, ort, ort-cuda)",
             &["model", "backend"],
         ),
+        gpu_memory_used: gauge(
+            "edge_infer_gpu_memory_used_bytes",
+            "Device memory in use on a GPU (all processes), from NVML",
+            &["device", "name"],
+        ),
+        gpu_memory_total: gauge(
+            "edge_infer_gpu_memory_total_bytes",
+            "Device memory of a GPU, from NVML",
+            &["device", "name"],
+        ),
         model_cache: counter(
             "edge_infer_model_cache_lookups_total",
             "Result cache lookups by model and result (hit, miss)",
@@ -167,6 +179,13 @@ pub fn render() -> String {
 /// Records which backend runs `model`.
 pub fn model_backend(model: &str, backend: &str) {
     FAMILIES.model_backend.with_label_values(&[model, backend]).set(1);
+}
+
+/// Records one GPU's memory.
+pub fn gpu_memory(device: u32, name: &str, used: u64, total: u64) {
+    let device = device.to_string();
+    FAMILIES.gpu_memory_used.with_label_values(&[&device, name]).set(used as i64);
+    FAMILIES.gpu_memory_total.with_label_values(&[&device, name]).set(total as i64);
 }
 
 /// How a compute request to a model ended.

@@ -96,6 +96,8 @@ impl Runtime {
 
     /// Sets the gauges that are read off live state (instances in use, queue depths).
     pub fn refresh_gauges(&self) {
+        #[cfg(feature = "gpu")]
+        crate::gpu::refresh_memory_gauges();
         for route in &self.routes {
             route.metrics.instances_in_use.set(route.admission.in_use() as i64);
             route.metrics.instances_capacity.set(route.admission.capacity() as i64);
