@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use edge_infer::backend::{Backend, BackendKind, load_file};
-use edge_infer::tensor::{Dim, ElementType, Tensor};
+use edge_infer::tensor::{ElementType, Tensor};
 
 /// A model, and whether its first input takes a batch (VAD's does not).
 const MODELS: [(&str, &str); 4] = [
@@ -29,19 +29,7 @@ fn inputs(backend: &dyn Backend, batch: usize) -> Option<Vec<Tensor>> {
         .inputs
         .iter()
         .map(|spec| {
-            let shape: Vec<usize> = spec
-                .shape
-                .iter()
-                .enumerate()
-                .map(|(axis, dim)| match dim {
-                    _ if Some(axis) == spec.batch_axis => Some(batch),
-                    Dim::Fixed(size) => Some(*size),
-                    Dim::Any => None,
-                })
-                .collect::<Option<_>>()?;
-            if spec.batch_axis.is_none() && batch != 1 {
-                return None;
-            }
+            let shape = spec.shape_for_batch(batch)?;
             let count: usize = shape.iter().product();
             let data = (0..count).flat_map(|i| ((i % 97) as f32 / 97.0).to_le_bytes()).collect();
             (spec.element_type == ElementType::F32)

@@ -30,7 +30,7 @@ use crate::backend::{Backend, Session};
 use crate::cache::{self, ResultCache};
 use crate::metrics::{ModelMetrics, ModelOutcome};
 use crate::request::{Priority, RequestContext};
-use crate::tensor::{self, Dim, NamedTensor, Signature, Tensor};
+use crate::tensor::{self, NamedTensor, Signature, Tensor};
 
 /// Batching policy of a model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -492,16 +492,7 @@ fn time_per_item(signature: &Signature, session: &mut dyn Session, batch: usize)
         .inputs
         .iter()
         .map(|spec| {
-            let shape = spec
-                .shape
-                .iter()
-                .enumerate()
-                .map(|(axis, dim)| match dim {
-                    _ if Some(axis) == spec.batch_axis => Some(batch),
-                    Dim::Fixed(size) => Some(*size),
-                    Dim::Any => None,
-                })
-                .collect::<Option<Vec<usize>>>()?;
+            let shape = spec.shape_for_batch(batch)?;
             let len = shape.iter().product::<usize>() * spec.element_type.size();
             Tensor::new(spec.element_type, shape, vec![0; len]).ok()
         })

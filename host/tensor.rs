@@ -105,6 +105,24 @@ impl TensorSpec {
             })
     }
 
+    /// A concrete shape for `batch` items: the batch axis set to `batch`, fixed dimensions as
+    /// they are. `None` if another dimension is symbolic, or `batch` is not 1 and the tensor
+    /// has no batch axis.
+    pub fn shape_for_batch(&self, batch: usize) -> Option<Vec<usize>> {
+        if self.batch_axis.is_none() && batch != 1 {
+            return None;
+        }
+        self.shape
+            .iter()
+            .enumerate()
+            .map(|(axis, dim)| match dim {
+                _ if Some(axis) == self.batch_axis => Some(batch),
+                Dim::Fixed(size) => Some(*size),
+                Dim::Any => None,
+            })
+            .collect()
+    }
+
     /// The shape written the way error messages and metadata show it (`-1` for any size).
     pub fn shape_for_display(&self) -> Vec<i64> {
         self.shape
@@ -323,5 +341,17 @@ mod tests {
         assert!(signature.compatible(&one, &five));
         assert_eq!(signature.items(&five), 5);
         assert!(signature.batchable());
+    }
+
+    #[test]
+    fn concrete_shapes_fill_in_the_batch_axis_only() {
+        let spec = &digits_signature().inputs[0];
+        assert_eq!(spec.shape_for_batch(8), Some(vec![8, 64]));
+        let unbatched =
+            TensorSpec { batch_axis: None, shape: vec![Dim::Fixed(1), Dim::Fixed(576)], ..spec.clone() };
+        assert_eq!(unbatched.shape_for_batch(1), Some(vec![1, 576]));
+        assert_eq!(unbatched.shape_for_batch(8), None);
+        let open = TensorSpec { shape: vec![Dim::Any, Dim::Any], ..spec.clone() };
+        assert_eq!(open.shape_for_batch(2), None);
     }
 }
