@@ -357,6 +357,17 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_is_a_valid_config() {
+        let readme = include_str!("../README.md");
+        let section = &readme[readme.find("## Configuration").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let example = &section[start..start + section[start..].find("```").unwrap()];
+        let config = parse(example).unwrap();
+        assert_eq!(config.routes[0].path, "/digits");
+        assert_eq!(config.models["digits"].executors, Some(2));
+    }
+
+    #[test]
     fn paths_match_whole_segments() {
         assert!(path_matches("/digits", "/digits"));
         assert!(path_matches("/digits/batch", "/digits"));
