@@ -84,14 +84,10 @@ fn http_load(server: &Server, model: &Model) -> Load {
         (server.url(&path), http::Method::GET, String::new(), None)
     };
     Load {
-        url: url.parse().unwrap(),
         method,
         body: body.into(),
         content_type,
-        concurrency: CLIENTS,
-        warm_up: Duration::from_secs(1),
-        duration: seconds(),
-        http2: false,
+        ..Load::closed(url.parse().unwrap(), CLIENTS, Duration::from_secs(1), seconds())
     }
 }
 

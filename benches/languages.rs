@@ -45,25 +45,20 @@ fn main() {
     for (language, route, file) in ROUTES {
         let size = std::fs::metadata(folder.join(file)).unwrap().len() as f64 / 1e6;
         let load = Load {
-            url: server.url(route).parse().unwrap(),
             method: http::Method::POST,
             body: body.clone().into(),
             content_type: Some("application/json".into()),
-            concurrency: 1,
-            warm_up: Duration::ZERO,
-            duration: Duration::ZERO,
-            http2: false,
+            ..Load::closed(
+                server.url(route).parse().unwrap(),
+                2,
+                Duration::from_secs(1),
+                Duration::from_secs_f64(seconds),
+            )
         };
         // The first request: one client, one request, nothing warmed up.
-        let started = std::time::Instant::now();
-        tokio.block_on(loadgen::run(&Load { duration: Duration::from_millis(1), ..load.clone() })).unwrap();
-        let first_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let steady = Load {
-            concurrency: 2,
-            warm_up: Duration::from_secs(1),
-            duration: Duration::from_secs_f64(seconds),
-            ..load
-        };
+        let first = Load { concurrency: 1, warm_up: Duration::ZERO, requests: Some(1), ..load.clone() };
+        let first_ms = tokio.block_on(loadgen::run(&first)).unwrap().latency_ms(1.0);
+        let steady = load;
         let report = tokio.block_on(loadgen::run(&steady)).unwrap();
         assert_eq!(report.successes(), report.latencies.len(), "{language}: {:?}", report.statuses);
         let text = tokio.block_on(scrape(&server));

@@ -1,4 +1,5 @@
-//! The command line: `edge-infer serve`, logging set-up, and the process's exit status.
+//! The command line: `edge-infer serve` and `edge-infer bench` (see `bench`), logging
+//! set-up, and the process's exit status.
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -13,8 +14,8 @@ use tokio::net::TcpListener;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+use crate::bench::{self, BenchArgs};
 use crate::config::Config;
-use crate::loadgen::{self, Load, Report};
 use crate::runtime::{Node, Runtime};
 use crate::server;
 
@@ -40,33 +41,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Load-test an HTTP endpoint (closed loop: each client sends its next request when the
-    /// previous one is answered) and print throughput and latency percentiles.
-    Bench {
-        /// The endpoint, e.g. http://127.0.0.1:8080/digits
-        url: http::Uri,
-        /// Clients at each step, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
-        concurrency: Vec<usize>,
-        /// Measured seconds per step.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Unmeasured seconds before each step.
-        #[arg(long, default_value_t = 1.0)]
-        warm_up: f64,
-        /// Request body, read from this file; with a body the method defaults to POST.
-        #[arg(long)]
-        body: Option<PathBuf>,
-        /// HTTP method [default: POST with a body, else GET].
-        #[arg(long)]
-        method: Option<http::Method>,
-        /// Content-Type of the body.
-        #[arg(long)]
-        content_type: Option<String>,
-        /// HTTP/2 with prior knowledge instead of HTTP/1.1.
-        #[arg(long)]
-        http2: bool,
-    },
+    /// Load-test an HTTP endpoint and print throughput and latency percentiles per step.
+    Bench(BenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,27 +58,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     let outcome = match cli.command {
         Command::Serve { listen, config } => serve(listen, config, started),
-        Command::Bench { url, concurrency, duration, warm_up, body, method, content_type, http2 } => {
-            let body = match &body {
-                Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display())),
-                None => Ok(Vec::new()),
-            };
-            body.and_then(|body| {
-                let method =
-                    method.unwrap_or(if body.is_empty() { http::Method::GET } else { http::Method::POST });
-                let load = Load {
-                    url,
-                    method,
-                    body: body.into(),
-                    content_type,
-                    concurrency: 1,
-                    warm_up: Duration::from_secs_f64(warm_up),
-                    duration: Duration::from_secs_f64(duration),
-                    http2,
-                };
-                bench(load, &concurrency)
-            })
-        }
+        Command::Bench(args) => bench::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,18 +106,6 @@ fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, started: Inst
         server.await?;
         Ok(())
     })
-}
-
-/// Runs one load step per concurrency level and prints a row for each.
-fn bench(load: Load, steps: &[usize]) -> anyhow::Result<()> {
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    println!("{} {} ({})", load.method, load.url, if load.http2 { "HTTP/2" } else { "HTTP/1.1" });
-    println!("{}", Report::HEADER);
-    for &concurrency in steps {
-        let report = tokio.block_on(loadgen::run(&Load { concurrency, ..load.clone() }))?;
-        println!("{}", report.row());
-    }
-    Ok(())
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

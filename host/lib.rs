@@ -11,6 +11,7 @@
 
 pub mod admission;
 pub mod backend;
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod component;

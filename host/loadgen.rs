@@ -1,11 +1,20 @@
-//! Closed-loop load generation against any HTTP endpoint: `edge-infer bench` and the
-//! benchmark harness use it.
+//! Load generation against any HTTP endpoint: `edge-infer bench` and the benchmark harness
+//! use it.
 //!
-//! `concurrency` clients each send a request, wait for the whole answer, and send the next,
-//! for a warm-up period (not recorded) and then the measured duration. Latencies go into an
-//! HDR histogram (microsecond resolution); statuses and transport errors are counted.
+//! Two shapes of load:
+//! - closed loop: `concurrency` clients each send a request, wait for the whole answer, and
+//!   send the next;
+//! - open loop: requests start at a fixed rate (evenly spaced, or as a Poisson process), at
+//!   most `concurrency` in flight. Latency is measured from when a request was *due*, not
+//!   when it could be sent, so a slow server cannot hide its queueing (no coordinated
+//!   omission).
+//!
+//! Each run has an unrecorded warm-up, then stops after `duration` or after `requests`
+//! recorded requests, whichever comes first. Latencies go into an HDR histogram (µs);
+//! statuses and transport errors are counted.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,10 +23,21 @@ use hdrhistogram::Histogram;
 use http::{Method, Request, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 
 /// Latencies above this are recorded as this (60 s, in µs).
 const MAX_LATENCY_MICROS: u64 = 60_000_000;
+
+/// An open-loop request rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    /// Exponential gaps between requests (a Poisson process) instead of even ones.
+    pub poisson: bool,
+}
 
 /// What to send, how hard, and for how long.
 #[derive(Clone, Debug)]
@@ -26,19 +46,53 @@ pub struct Load {
     pub method: Method,
     pub body: Bytes,
     pub content_type: Option<String>,
+    /// Closed loop: the number of clients. Open loop: the most requests in flight.
     pub concurrency: usize,
+    /// `None` for a closed loop.
+    pub rate: Option<Rate>,
     pub warm_up: Duration,
     pub duration: Duration,
+    /// Stop after this many recorded requests, if that comes before `duration`.
+    pub requests: Option<u64>,
     /// HTTP/2 with prior knowledge instead of HTTP/1.1.
     pub http2: bool,
+}
+
+impl Load {
+    /// A closed loop of `concurrency` clients for `duration`, after `warm_up`.
+    pub fn closed(url: Uri, concurrency: usize, warm_up: Duration, duration: Duration) -> Load {
+        Load {
+            url,
+            method: Method::GET,
+            body: Bytes::new(),
+            content_type: None,
+            concurrency,
+            rate: None,
+            warm_up,
+            duration,
+            requests: None,
+            http2: false,
+        }
+    }
+
+    /// How the load is described in reports: `c=16`, or `rate=500/s` (`poisson` if so).
+    pub fn label(&self) -> String {
+        match self.rate {
+            None => format!("c={}", self.concurrency),
+            Some(Rate { per_second, poisson }) => {
+                format!("rate={per_second}/s{}", if poisson { " poisson" } else { "" })
+            }
+        }
+    }
 }
 
 /// What one run measured.
 #[derive(Clone)]
 pub struct Report {
-    pub concurrency: usize,
+    pub load: String,
+    /// How long the recorded part of the run lasted.
     pub elapsed: Duration,
-    /// Microseconds from sending a request to having its whole answer.
+    /// Microseconds from a request being due to having its whole answer.
     pub latencies: Histogram<u64>,
     pub statuses: BTreeMap<u16, u64>,
     pub errors: u64,
@@ -55,16 +109,22 @@ impl Report {
         self.latencies.value_at_quantile(quantile) as f64 / 1000.0
     }
 
+    /// Answers with a 2xx status.
+    pub fn successes(&self) -> u64 {
+        self.statuses.iter().filter(|(status, _)| (200..300).contains(*status)).map(|(_, n)| n).sum()
+    }
+
     /// The column names of [`Report::row`].
-    pub const HEADER: &'static str = "clients      req/s    p50 ms    p90 ms    p99 ms    max ms  statuses";
+    pub const HEADER: &'static str =
+        "load                   req/s    p50 ms    p90 ms    p99 ms    max ms  statuses";
 
     /// One line of a results table.
     pub fn row(&self) -> String {
         let statuses: Vec<String> = self.statuses.iter().map(|(status, n)| format!("{status}:{n}")).collect();
         let errors = if self.errors > 0 { format!(" errors:{}", self.errors) } else { String::new() };
         format!(
-            "{:>7} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3}  {}{errors}",
-            self.concurrency,
+            "{:<18} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3}  {}{errors}",
+            self.load,
             self.throughput(),
             self.latency_ms(0.50),
             self.latency_ms(0.90),
@@ -74,9 +134,75 @@ impl Report {
         )
     }
 
-    /// Answers with a 2xx status.
-    pub fn successes(&self) -> u64 {
-        self.statuses.iter().filter(|(status, _)| (200..300).contains(*status)).map(|(_, n)| n).sum()
+    /// The column names of [`Report::csv_row`].
+    pub const CSV_HEADER: &'static str =
+        "load,requests,errors,seconds,req_per_s,p50_ms,p90_ms,p99_ms,max_ms,successes";
+
+    /// One CSV line.
+    pub fn csv_row(&self) -> String {
+        format!(
+            "{},{},{},{:.3},{:.1},{:.3},{:.3},{:.3},{:.3},{}",
+            self.load,
+            self.latencies.len(),
+            self.errors,
+            self.elapsed.as_secs_f64(),
+            self.throughput(),
+            self.latency_ms(0.50),
+            self.latency_ms(0.90),
+            self.latency_ms(0.99),
+            self.latencies.max() as f64 / 1000.0,
+            self.successes(),
+        )
+    }
+
+    /// The report as JSON.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "load": self.load,
+            "requests": self.latencies.len(),
+            "errors": self.errors,
+            "seconds": self.elapsed.as_secs_f64(),
+            "req_per_s": self.throughput(),
+            "latency_ms": {
+                "p50": self.latency_ms(0.50),
+                "p90": self.latency_ms(0.90),
+                "p99": self.latency_ms(0.99),
+                "max": self.latencies.max() as f64 / 1000.0,
+            },
+            "statuses": self.statuses.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+}
+
+/// The run's shared state: when recording starts and stops, the budget of recorded requests,
+/// and the totals.
+struct Run {
+    load: Load,
+    client: Client<HttpConnector, Full<Bytes>>,
+    record_from: Instant,
+    stop_at: Instant,
+    /// Recorded requests still allowed (`u64::MAX` without a request limit).
+    tickets: AtomicU64,
+    totals: Mutex<Totals>,
+}
+
+impl Run {
+    /// Whether a request due at `due` may start: before the end, and within the budget.
+    fn may_start(&self, due: Instant) -> bool {
+        due < self.stop_at
+            && (due < self.record_from
+                || self
+                    .tickets
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok())
+    }
+
+    /// Sends one request due at `due` and records it if it counts.
+    async fn request(&self, due: Instant, mine: &mut Totals) {
+        let outcome = send(&self.client, &self.load).await;
+        if due >= self.record_from {
+            mine.record(outcome, due.elapsed());
+        }
     }
 }
 
@@ -88,35 +214,92 @@ pub async fn run(load: &Load) -> anyhow::Result<Report> {
         .build_http::<Full<Bytes>>();
     let started = Instant::now();
     let record_from = started + load.warm_up;
-    let stop_at = record_from + load.duration;
-    let totals = Arc::new(Mutex::new(Totals::new()?));
-    let clients: Vec<_> = (0..load.concurrency)
+    let run = Arc::new(Run {
+        load: load.clone(),
+        client,
+        record_from,
+        stop_at: record_from + load.duration,
+        tickets: AtomicU64::new(load.requests.unwrap_or(u64::MAX)),
+        totals: Mutex::new(Totals::new()?),
+    });
+    match load.rate {
+        None => closed_loop(&run).await?,
+        Some(rate) => open_loop(&run, rate).await?,
+    }
+    let elapsed = Instant::now().min(run.stop_at).saturating_duration_since(record_from);
+    let totals = std::mem::replace(&mut *run.totals.lock().unwrap(), Totals::new()?);
+    Ok(Report {
+        load: load.label(),
+        elapsed,
+        latencies: totals.latencies,
+        statuses: totals.statuses,
+        errors: totals.errors,
+    })
+}
+
+async fn closed_loop(run: &Arc<Run>) -> anyhow::Result<()> {
+    let clients: Vec<_> = (0..run.load.concurrency)
         .map(|_| {
-            let (client, load, totals) = (client.clone(), load.clone(), totals.clone());
+            let run = run.clone();
             tokio::spawn(async move {
                 let mut mine = Totals::new().expect("a valid histogram");
-                while Instant::now() < stop_at {
-                    let sent = Instant::now();
-                    let outcome = send(&client, &load).await;
-                    if sent >= record_from {
-                        mine.record(outcome, sent.elapsed());
+                loop {
+                    let due = Instant::now();
+                    if !run.may_start(due) {
+                        break;
                     }
+                    run.request(due, &mut mine).await;
                 }
-                totals.lock().unwrap().merge(mine);
+                run.totals.lock().unwrap().merge(mine);
             })
         })
         .collect();
     for client in clients {
         client.await?;
     }
-    let totals = Arc::try_unwrap(totals).ok().expect("every client is done").into_inner().unwrap();
-    Ok(Report {
-        concurrency: load.concurrency,
-        elapsed: load.duration,
-        latencies: totals.latencies,
-        statuses: totals.statuses,
-        errors: totals.errors,
-    })
+    Ok(())
+}
+
+async fn open_loop(run: &Arc<Run>, rate: Rate) -> anyhow::Result<()> {
+    let in_flight = Arc::new(Semaphore::new(run.load.concurrency));
+    let mut random = XorShift::seeded();
+    let mut due = Instant::now();
+    let mut requests = Vec::new();
+    while run.may_start(due) {
+        tokio::time::sleep_until(due.into()).await;
+        let permit = in_flight.clone().acquire_owned().await?;
+        let run = run.clone();
+        requests.push(tokio::spawn(async move {
+            let mut mine = Totals::new().expect("a valid histogram");
+            run.request(due, &mut mine).await;
+            run.totals.lock().unwrap().merge(mine);
+            drop(permit);
+        }));
+        let gap = if rate.poisson { -random.unit().ln() / rate.per_second } else { 1.0 / rate.per_second };
+        due += Duration::from_secs_f64(gap);
+    }
+    for request in requests {
+        request.await?;
+    }
+    Ok(())
+}
+
+/// A small pseudo-random generator for Poisson gaps (statistical quality is all it needs).
+struct XorShift(u64);
+
+impl XorShift {
+    fn seeded() -> XorShift {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        XorShift(nanos.as_nanos() as u64 | 1)
+    }
+
+    /// A number in (0, 1].
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
 }
 
 /// One client's (or all clients') counts.
@@ -155,10 +338,7 @@ impl Totals {
 }
 
 /// Sends one request and reads the whole answer; `None` on a transport error.
-async fn send(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    load: &Load,
-) -> Option<u16> {
+async fn send(client: &Client<HttpConnector, Full<Bytes>>, load: &Load) -> Option<u16> {
     let mut request = Request::builder().method(load.method.clone()).uri(load.url.clone());
     if let Some(content_type) = &load.content_type {
         request = request.header(header::CONTENT_TYPE, content_type);
@@ -168,4 +348,24 @@ async fn send(
     let status = response.status().as_u16();
     response.into_body().collect().await.ok()?;
     Some(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poisson_gaps_average_one_over_the_rate() {
+        let mut random = XorShift(12345);
+        let mean = (0..100_000).map(|_| -random.unit().ln()).sum::<f64>() / 100_000.0;
+        assert!((mean - 1.0).abs() < 0.02, "{mean}");
+    }
+
+    #[test]
+    fn labels_say_the_shape_of_the_load() {
+        let mut load = Load::closed("http://x/".parse().unwrap(), 16, Duration::ZERO, Duration::ZERO);
+        assert_eq!(load.label(), "c=16");
+        load.rate = Some(Rate { per_second: 500.0, poisson: true });
+        assert_eq!(load.label(), "rate=500/s poisson");
+    }
 }
