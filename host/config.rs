@@ -227,14 +227,16 @@ impl Config {
                 });
             }
         }
-        Config {
-            server: ServerConfig::default(),
-            models: BTreeMap::from([
-                ("digits".to_string(), model("digits/digits.onnx")),
-                ("vad".to_string(), model("vad/silero_vad_16k.onnx")),
-            ]),
-            routes,
+        let mut bundled_models = BTreeMap::from([
+            ("digits".to_string(), model("digits/digits.onnx")),
+            ("vad".to_string(), model("vad/silero_vad_16k.onnx")),
+        ]);
+        // The embedding model, when models/minilm/fetch.py has fetched it (it is not in git).
+        if models.join("minilm/model.onnx").is_file() {
+            bundled_models.insert("minilm".to_string(), model("minilm/model.onnx"));
+            routes.push(route("/embed", "embed.wasm", &["minilm"]));
         }
+        Config { server: ServerConfig::default(), models: bundled_models, routes }
     }
 
     /// Checks what the types alone cannot: unique paths, known models, sane limits.
