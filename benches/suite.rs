@@ -1,0 +1,300 @@
+//! The benchmark suite: edge-infer against the limit and against what users would pick
+//! instead, measured side by side in one run, with ratios.
+//!
+//! Run: `cargo bench --bench suite` (EDGE_INFER_BENCH_SECONDS: seconds per cell, default 3).
+//! 1. Runtime overhead: `/hello` against a native hyper handler answering the same JSON.
+//! 2. Model path: `/digits` and `/embed` over HTTP (guest + `wasi:nn` + tract) against the
+//!    same model called in-process with tract, at 1 and 2 callers.
+//! 3. Against a Python server (FastAPI + uvicorn + onnxruntime, benches/python/server.py)
+//!    serving the same models with the same request shapes, same client, same concurrency.
+//! 4. Instance creation (mean µs per request) and process start → first served request.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Server, compat_python, metric, repo_file, scrape};
+use edge_infer::backend::{Backend, BackendKind, load_file};
+use edge_infer::loadgen::{self, Load, Report};
+use edge_infer::tensor::{ElementType, Tensor};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+const DIGITS_BODY: &str = r#"{"pixels":[0,0,3,11,7,1,0,0,0,0,10,15,14,14,0,0,0,2,16,10,1,12,4,0,0,2,16,3,0,4,8,0,0,5,12,0,0,6,8,0,0,1,12,0,0,11,9,0,0,0,15,9,14,15,1,0,0,0,4,15,15,4,0,0]}"#;
+const EMBED_BODY: &str = r#"{"texts":["The quick brown fox jumps over the lazy dog."]}"#;
+/// The tokens of EMBED_BODY's text, as the model's tokenizer gives them.
+const EMBED_TOKENS: [i64; 12] = [101, 1996, 4248, 2829, 4419, 14523, 2058, 1996, 13971, 3899, 1012, 102];
+
+fn seconds() -> Duration {
+    Duration::from_secs_f64(
+        std::env::var("EDGE_INFER_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0),
+    )
+}
+
+fn load(url: String, body: &str, concurrency: usize) -> Load {
+    let (method, content_type) = if body.is_empty() {
+        (http::Method::GET, None)
+    } else {
+        (http::Method::POST, Some("application/json".into()))
+    };
+    Load {
+        method,
+        body: Bytes::from(body.to_string()),
+        content_type,
+        ..Load::closed(url.parse().unwrap(), concurrency, Duration::from_secs(1), seconds())
+    }
+}
+
+fn measure(tokio: &tokio::runtime::Runtime, load: &Load) -> Report {
+    let report = tokio.block_on(loadgen::run(load)).unwrap();
+    assert_eq!(report.successes(), report.latencies.len(), "{}: {:?}", load.url, report.statuses);
+    report
+}
+
+/// A native hyper server answering `{"served":1}` to everything: the limit for `/hello`.
+fn native_hello(tokio: &tokio::runtime::Runtime) -> SocketAddr {
+    let listener = tokio.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio.spawn(async move {
+        let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let http = http.clone();
+            tokio::spawn(async move {
+                let service = service_fn(|_| async {
+                    let mut response = http::Response::new(Full::new(Bytes::from_static(br#"{"served":1}"#)));
+                    response
+                        .headers_mut()
+                        .insert("content-type", http::HeaderValue::from_static("application/json"));
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    address
+}
+
+/// The Python server, on a free port; killed when dropped.
+struct PythonServer(Child, String);
+
+impl PythonServer {
+    fn start() -> PythonServer {
+        let python = compat_python();
+        let pip = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(repo_file("benches/python/requirements.txt"))
+            .status()
+            .unwrap();
+        assert!(pip.success(), "installing benches/python/requirements.txt failed");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(python)
+            .arg(repo_file("benches/python/server.py"))
+            .arg(port.to_string())
+            .arg(repo_file(""))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the Python server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        PythonServer(child, base)
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Requests per second of the model called in-process with tract by `callers` threads.
+fn in_process(backend: &Arc<Box<dyn Backend>>, inputs: &[Tensor], callers: usize) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + seconds();
+    let threads: Vec<_> = (0..callers)
+        .map(|_| {
+            let (backend, inputs, done) = (backend.clone(), inputs.to_vec(), done.clone());
+            std::thread::spawn(move || {
+                let mut session = backend.new_session().unwrap();
+                while Instant::now() < stop {
+                    session.run(inputs.clone()).unwrap();
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A model for the in-process measurement: its route name, the model, one request's inputs.
+type InProcessModel = (&'static str, Arc<Box<dyn Backend>>, Vec<Tensor>);
+
+fn model_inputs() -> [InProcessModel; 2] {
+    let digits = load_file("digits", BackendKind::Tract, &repo_file("models/digits/digits.onnx")).unwrap();
+    let pixels: Vec<f32> = serde_json::from_str::<serde_json::Value>(DIGITS_BODY).unwrap()["pixels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let pixels =
+        Tensor::new(ElementType::F32, vec![1, 64], pixels.iter().flat_map(|p| p.to_le_bytes()).collect());
+    let minilm = load_file("minilm", BackendKind::Tract, &repo_file("models/minilm/model.onnx")).unwrap();
+    let ints = |values: Vec<i64>| {
+        Tensor::new(
+            ElementType::I64,
+            vec![1, values.len()],
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
+        .unwrap()
+    };
+    let tokens = vec![ints(EMBED_TOKENS.to_vec()), ints(vec![1; 12]), ints(vec![0; 12])];
+    [("digits", Arc::new(digits), vec![pixels.unwrap()]), ("embed", Arc::new(minilm), tokens)]
+}
+
+/// `/digits` and `/embed` with both models on ONNX Runtime.
+fn ort_config() -> String {
+    let model = |name: &str, file: &str| {
+        format!("[models.{name}]\nfile = \"{}\"\nbackend = \"ort\"\n\n", repo_file(file).display())
+    };
+    let route = |path: &str, guest: &str, model: &str| {
+        format!(
+            "[[routes]]\npath = \"{path}\"\ncomponent = \"{}\"\nmodels = [\"{model}\"]\n\n",
+            common::guest(guest).display()
+        )
+    };
+    [
+        model("digits", "models/digits/digits.onnx"),
+        model("minilm", "models/minilm/model.onnx"),
+        route("/digits", "digits", "digits"),
+        route("/embed", "embed", "minilm"),
+    ]
+    .concat()
+}
+
+fn start_to_first_request() -> f64 {
+    let mut times: Vec<f64> = (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_edge-infer"))
+                .args(["serve", "--listen", "127.0.0.1:18181"])
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            let ms = loop {
+                if raw_http::hello_answers() {
+                    break started.elapsed().as_secs_f64() * 1000.0;
+                }
+                assert!(started.elapsed() < Duration::from_secs(60), "edge-infer did not serve");
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            let _ = child.kill();
+            let _ = child.wait();
+            ms
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[1]
+}
+
+/// A plain-socket GET /hello, so the start-up measurement needs no client set-up.
+mod raw_http {
+    use std::io::{Read, Write};
+
+    /// Whether the server on 127.0.0.1:18181 answers `/hello` with 200.
+    pub fn hello_answers() -> bool {
+        let Ok(mut stream) = std::net::TcpStream::connect("127.0.0.1:18181") else { return false };
+        let _ = stream.write_all(b"GET /hello HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer.starts_with("HTTP/1.1 200")
+    }
+}
+
+fn row(name: &str, ours: &Report, theirs: &Report) {
+    println!(
+        "{:<30} {:>9.0} {:>8.3} {:>11.0} {:>8.3} {:>8.2}x {:>8.2}x",
+        name,
+        ours.throughput(),
+        ours.latency_ms(0.99),
+        theirs.throughput(),
+        theirs.latency_ms(0.99),
+        ours.throughput() / theirs.throughput(),
+        ours.latency_ms(0.99) / theirs.latency_ms(0.99),
+    );
+}
+
+fn main() {
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let fetched = Command::new("python3").arg(repo_file("models/minilm/fetch.py")).status().unwrap();
+    assert!(fetched.success(), "models/minilm/fetch.py failed");
+    let server = Server::start_bundled();
+    println!("edge-infer benchmark suite: {:?} per cell, 2 cores shared by clients and servers", seconds());
+
+    println!("\n1. Runtime overhead: /hello, 64 clients");
+    println!(
+        "{:<30} {:>9} {:>8} {:>11} {:>8} {:>9} {:>9}",
+        "", "req/s", "p99 ms", "limit req/s", "p99 ms", "ratio", "p99 ratio"
+    );
+    let native = native_hello(&tokio);
+    let ours = measure(&tokio, &load(server.url("/hello"), "", 64));
+    let limit = measure(&tokio, &load(format!("http://{native}/hello"), "", 64));
+    row("edge-infer vs native hyper", &ours, &limit);
+
+    println!("\n2. Model path: over HTTP through a guest vs the model in-process (tract), req/s");
+    println!("{:<8} {:>8} {:>10} {:>12} {:>8}", "route", "callers", "edge-infer", "in-process", "ratio");
+    for (name, backend, inputs) in model_inputs() {
+        let body = if name == "digits" { DIGITS_BODY } else { EMBED_BODY };
+        for callers in [1, 2] {
+            let http = measure(&tokio, &load(server.url(&format!("/{name}")), body, callers)).throughput();
+            let limit = in_process(&backend, &inputs, callers);
+            println!("{:<8} {:>8} {:>10.0} {:>12.0} {:>7.3}x", name, callers, http, limit, http / limit);
+        }
+    }
+
+    println!("\n3. Against FastAPI + uvicorn + onnxruntime (same models, same requests)");
+    println!(
+        "{:<30} {:>9} {:>8} {:>11} {:>8} {:>9} {:>9}",
+        "", "req/s", "p99 ms", "Python req/s", "p99 ms", "ratio", "p99 ratio"
+    );
+    let python = PythonServer::start();
+    // edge-infer with the models on ONNX Runtime too (`backend = "ort"`): same engine as Python.
+    let library = common::onnxruntime_library();
+    let on_ort =
+        Server::try_start_with_env(&ort_config(), "warn", "text", &[("ORT_DYLIB_PATH", &library)]).unwrap();
+    for (route, body) in [("/digits", DIGITS_BODY), ("/embed", EMBED_BODY)] {
+        for clients in [1, 2, 16] {
+            let theirs = measure(&tokio, &load(format!("{}{route}", python.1), body, clients));
+            let ours = measure(&tokio, &load(server.url(route), body, clients));
+            row(&format!("{route}, {clients} clients, tract"), &ours, &theirs);
+            let ours = measure(&tokio, &load(on_ort.url(route), body, clients));
+            row(&format!("{route}, {clients} clients, ort"), &ours, &theirs);
+        }
+    }
+    drop(python);
+
+    println!("\n4. Start-up and instances");
+    let text = tokio.block_on(scrape(&server));
+    let series = |name: &str| {
+        metric(&text, &format!("edge_infer_instance_creation_duration_seconds_{name}{{route=\"/hello\"}}"))
+    };
+    println!("instance creation, mean over the run: {:.1} µs", 1e6 * series("sum") / series("count"));
+    println!("process start to first served /hello (median of 3): {:.1} ms", start_to_first_request());
+}
