@@ -1,9 +1,12 @@
 //! The `edge-infer bench` command: load-tests an HTTP endpoint in steps (concurrency levels,
-//! or open-loop rates) and prints a row per step as a table, CSV or JSON.
+//! or open-loop rates), shows progress on a terminal, prints a row per step as a table, CSV
+//! or JSON, and can plot throughput against p99 latency as an SVG.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -52,6 +55,9 @@ pub struct BenchArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Also draw throughput against p99 latency, one point per step, into this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// The bundled examples `--example` can make requests for.
@@ -71,6 +77,9 @@ enum Format {
     Csv,
     Json,
 }
+
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// One image of the digits held-out split (label 0).
 const DIGITS_IMAGE: [u8; 64] = [
@@ -138,23 +147,76 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", Report::CSV_HEADER);
     }
     for step in steps {
-        if std::io::stderr().is_terminal() {
-            eprintln!(
-                "running {} for {:?} after {:?} of warm-up ...",
-                step.label(),
-                step.duration,
-                step.warm_up
-            );
-        }
-        let report = tokio.block_on(loadgen::run(&step))?;
+        let report = tokio.block_on(with_progress(&step))?;
         match args.format {
             Format::Table => println!("{}", report.row()),
             Format::Csv => println!("{}", report.csv_row()),
-            Format::Json => reports.push(report.to_json()),
+            Format::Json => {}
         }
+        reports.push(report);
     }
     if args.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        let json: Vec<_> = reports.iter().map(Report::to_json).collect();
+        println!("{}", serde_json::to_string_pretty(&json)?);
     }
+    if let Some(path) = &args.plot {
+        plot(&reports, path).with_context(|| format!("drawing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs one step, showing its progress on stderr when that is a terminal.
+async fn with_progress(step: &Load) -> anyhow::Result<Report> {
+    let answered = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let total = step.warm_up + step.duration;
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let (answered, label) = (answered.clone(), step.label());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                let elapsed = started.elapsed().min(total);
+                let done = (40.0 * elapsed.as_secs_f64() / total.as_secs_f64().max(1e-9)) as usize;
+                eprint!(
+                    "\r{label:<18} [{}{}] {:>5.1}/{:.0} s {:>9} answered",
+                    "#".repeat(done.min(40)),
+                    " ".repeat(40 - done.min(40)),
+                    elapsed.as_secs_f64(),
+                    total.as_secs_f64(),
+                    answered.load(Ordering::Relaxed)
+                );
+            }
+        })
+    });
+    let report = loadgen::run_counting(step, &answered).await;
+    if let Some(progress) = progress {
+        progress.abort();
+        eprint!("\r{:100}\r", "");
+    }
+    report
+}
+
+/// Throughput (x) against p99 latency (y), a labelled point per step.
+fn plot(reports: &[Report], path: &std::path::Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let x_max = reports.iter().map(Report::throughput).fold(1.0, f64::max) * 1.15;
+    let y_max = reports.iter().map(|r| r.latency_ms(0.99)).fold(0.001, f64::max) * 1.15;
+    let area = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    area.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&area)
+        .caption("edge-infer bench: throughput vs p99 latency", ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+    chart.configure_mesh().x_desc("requests per second").y_desc("p99 latency (ms)").draw()?;
+    let points: Vec<(f64, f64)> = reports.iter().map(|r| (r.throughput(), r.latency_ms(0.99))).collect();
+    chart.draw_series(LineSeries::new(points.clone(), &BLUE))?;
+    chart.draw_series(points.iter().zip(reports).map(|(&(x, y), report)| {
+        EmptyElement::at((x, y))
+            + Circle::new((0, 0), 4, BLUE.filled())
+            + Text::new(report.load.clone(), (6, -14), ("sans-serif", 13))
+    }))?;
+    area.present()?;
     Ok(())
 }

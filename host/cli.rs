@@ -42,7 +42,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Load-test an HTTP endpoint and print throughput and latency percentiles per step.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -58,7 +58,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     let outcome = match cli.command {
         Command::Serve { listen, config } => serve(listen, config, started),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -184,6 +184,8 @@ struct Run {
     /// Recorded requests still allowed (`u64::MAX` without a request limit).
     tickets: AtomicU64,
     totals: Mutex<Totals>,
+    /// Requests answered so far, for progress displays.
+    answered: Arc<AtomicU64>,
 }
 
 impl Run {
@@ -200,6 +202,7 @@ impl Run {
     /// Sends one request due at `due` and records it if it counts.
     async fn request(&self, due: Instant, mine: &mut Totals) {
         let outcome = send(&self.client, &self.load).await;
+        self.answered.fetch_add(1, Ordering::Relaxed);
         if due >= self.record_from {
             mine.record(outcome, due.elapsed());
         }
@@ -208,6 +211,12 @@ impl Run {
 
 /// Runs `load` and reports what it measured.
 pub async fn run(load: &Load) -> anyhow::Result<Report> {
+    run_counting(load, &Arc::new(AtomicU64::new(0))).await
+}
+
+/// Like [`run`], counting answered requests (warm-up included) in `answered` as it goes, for
+/// a progress display.
+pub async fn run_counting(load: &Load, answered: &Arc<AtomicU64>) -> anyhow::Result<Report> {
     let client = Client::builder(TokioExecutor::new())
         .http2_only(load.http2)
         .pool_max_idle_per_host(load.concurrency)
@@ -221,6 +230,7 @@ pub async fn run(load: &Load) -> anyhow::Result<Report> {
         stop_at: record_from + load.duration,
         tickets: AtomicU64::new(load.requests.unwrap_or(u64::MAX)),
         totals: Mutex::new(Totals::new()?),
+        answered: answered.clone(),
     });
     match load.rate {
         None => closed_loop(&run).await?,

@@ -1,5 +1,5 @@
 //! `edge-infer bench` against a real server: request counts, open-loop rates, the built-in
-//! example requests, HTTP/2, and the CSV and JSON outputs.
+//! example requests, HTTP/2, the CSV and JSON outputs, and the SVG plot.
 
 mod common;
 
@@ -35,8 +35,12 @@ fn a_request_count_stops_each_step_exactly() {
         "--duration",
         "60",
     ];
-    let reports = json_reports(&[&[url.as_str()], &args[..]].concat());
+    let plot = tempfile::tempdir().unwrap().keep().join("plot.svg");
+    let plot_arg = ["--plot", plot.to_str().unwrap()];
+    let reports = json_reports(&[&[url.as_str()], &args[..], &plot_arg[..]].concat());
     assert_eq!(reports.len(), 2);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("c=1") && svg.contains("c=4"), "{svg}");
     for (report, load) in reports.iter().zip(["c=1", "c=4"]) {
         assert_eq!(report["load"], load);
         assert_eq!(report["requests"], 50);
