@@ -7,22 +7,14 @@
 
 mod common;
 
-use common::{Server, client, digits_test_split, guest, interpreted_guests, post_json, repo_file};
+use common::{Server, client, digits_config, digits_test_split, guest, interpreted_guests, post_json};
 use edge_infer::imports::{GUEST_WORLD, imports};
 use serde_json::{Value, json};
 
 fn config(grant_js: &str) -> String {
     let folder = interpreted_guests();
     format!(
-        r#"
-[models.digits]
-file = "{digits}"
-
-[[routes]]
-path = "/digits"
-component = "{rust}"
-models = ["digits"]
-
+        r#"{digits}
 [[routes]]
 path = "/digits-py"
 component = "{py}"
@@ -37,8 +29,7 @@ models = ["digits"]
 memory_mib = 256
 {grant_js}
 "#,
-        digits = repo_file("models/digits/digits.onnx").display(),
-        rust = guest("digits").display(),
+        digits = digits_config(),
         py = folder.join("digits-py.wasm").display(),
         js = folder.join("digits-js.wasm").display(),
     )

@@ -6,31 +6,15 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Server, client, digits_test_split, guest, metric, post_json, repo_file, scrape, wait_for_metric,
+    Server, client, digits_config, digits_test_split, guest, metric, post_json, scrape, wait_for_metric,
 };
 use serde_json::{Value, json};
 
 fn config() -> String {
     format!(
-        r#"
-[models.digits]
-file = "{digits}"
-
-[[routes]]
-path = "/digits"
-component = "{digits_guest}"
-models = ["digits"]
-
-[[routes]]
-path = "/test"
-component = "{testing}"
-max_concurrency = 1
-max_queue = 0
-timeout_ms = 5000
-"#,
-        digits = repo_file("models/digits/digits.onnx").display(),
-        digits_guest = guest("digits").display(),
-        testing = guest("testing").display(),
+        "{}\n[[routes]]\npath = \"/test\"\ncomponent = \"{}\"\nmax_concurrency = 1\nmax_queue = 0\ntimeout_ms = 5000\n",
+        digits_config(),
+        guest("testing").display()
     )
 }
 

@@ -226,6 +226,15 @@ pub fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// The digits model and the Rust `/digits` route, as a config fragment.
+pub fn digits_config() -> String {
+    format!(
+        "[models.digits]\nfile = \"{}\"\n\n[[routes]]\npath = \"/digits\"\ncomponent = \"{}\"\nmodels = [\"digits\"]\n",
+        repo_file("models/digits/digits.onnx").display(),
+        guest("digits").display()
+    )
+}
+
 /// The config most tests use: the digits model, the example guests and the test guest.
 pub fn test_config() -> String {
     format!(
