@@ -76,9 +76,8 @@ pub struct ModelConfig {
     /// Whether to batch requests: `auto` (measured at start-up), `on` or `off`.
     #[serde(default)]
     pub batching: Batching,
-    /// Most items (along the batch axis) in one run.
-    #[serde(default = "default_max_batch_size")]
-    pub max_batch_size: usize,
+    /// Most items (along the batch axis) in one run. Default: 32 on the CPU, 128 on a GPU.
+    pub max_batch_size: Option<usize>,
     /// How long the batcher may hold the first request of a batch waiting for more, in µs.
     #[serde(default)]
     pub max_queue_delay_us: u64,
@@ -131,9 +130,6 @@ pub struct RouteConfig {
 
 fn default_queue_capacity() -> usize {
     1024
-}
-fn default_max_batch_size() -> usize {
-    32
 }
 fn default_cache_ttl_ms() -> u64 {
     60_000
@@ -203,7 +199,7 @@ impl Config {
             executors: None,
             queue_capacity: default_queue_capacity(),
             batching: Batching::Auto,
-            max_batch_size: default_max_batch_size(),
+            max_batch_size: None,
             max_queue_delay_us: 0,
             cache_entries: 0,
             cache_ttl_ms: default_cache_ttl_ms(),
@@ -243,13 +239,12 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         for (name, model) in &self.models {
             let field = format!("models.{name}");
-            if model.executors == Some(0) {
-                bail!("field `{field}.executors`: must be at least 1");
-            }
-            for (name, value) in
-                [("queue_capacity", model.queue_capacity), ("max_batch_size", model.max_batch_size)]
-            {
-                if value == 0 {
+            for (name, value) in [
+                ("queue_capacity", Some(model.queue_capacity)),
+                ("executors", model.executors),
+                ("max_batch_size", model.max_batch_size),
+            ] {
+                if value == Some(0) {
                     bail!("field `{field}.{name}`: must be at least 1");
                 }
             }

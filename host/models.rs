@@ -52,14 +52,18 @@ impl Models {
     }
 }
 
-/// The scheduling knobs of a model's config. On a GPU one executor feeds the device (its
-/// batches are what make it fast); on the CPU, one executor per core.
+/// Default batch limits: a GPU is fed larger batches.
+const CPU_MAX_BATCH: usize = 32;
+const GPU_MAX_BATCH: usize = 128;
+
+/// The scheduling knobs of a model's config. On a GPU one executor feeds the device with
+/// large batches (that is what makes it fast); on the CPU, one executor per core.
 fn scheduler_config(config: &ModelConfig, on_gpu: bool) -> SchedulerConfig {
     SchedulerConfig {
         executors: config.executors.unwrap_or_else(|| if on_gpu { 1 } else { default_executors() }),
         queue_capacity: config.queue_capacity,
         batching: config.batching,
-        max_batch_size: config.max_batch_size,
+        max_batch_size: config.max_batch_size.unwrap_or(if on_gpu { GPU_MAX_BATCH } else { CPU_MAX_BATCH }),
         max_queue_delay: Duration::from_micros(config.max_queue_delay_us),
         cache: (config.cache_entries > 0).then(|| CacheConfig {
             entries: config.cache_entries,
