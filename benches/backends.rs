@@ -11,29 +11,58 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use edge_infer::backend::{Backend, BackendKind, load_file};
-use edge_infer::tensor::{ElementType, Tensor};
+use edge_infer::tensor::{Dim, ElementType, Tensor};
 
-/// A model, and whether its first input takes a batch (VAD's does not).
-const MODELS: [(&str, &str); 4] = [
+/// The models measured (MiniLM needs `models/minilm/fetch.py` first).
+const MODELS: [(&str, &str); 5] = [
     ("digits", "models/digits/digits.onnx"),
+    ("minilm", "models/minilm/model.onnx"),
     ("vad", "models/vad/silero_vad_16k.onnx"),
     ("slow", "tests/models/slow.onnx"),
     ("conv", "benches/models/conv.onnx"),
 ];
 const BATCHES: [usize; 3] = [1, 8, 64];
 
-/// Deterministic inputs for `batch` items: a slow ramp, so outputs are not all trivial.
+/// Tokens per text for models with a sequence axis (MiniLM).
+const SEQUENCE: usize = 128;
+
+/// Deterministic inputs for `batch` items: a slow ramp for float inputs; for integer ones
+/// (MiniLM's), token id 1000, a mask of ones and token types of zero; other symbolic axes (a
+/// sequence) get `SEQUENCE`.
 fn inputs(backend: &dyn Backend, batch: usize) -> Option<Vec<Tensor>> {
     backend
         .signature()
         .inputs
         .iter()
         .map(|spec| {
-            let shape = spec.shape_for_batch(batch)?;
+            if spec.batch_axis.is_none() && batch != 1 {
+                return None;
+            }
+            let shape: Vec<usize> = spec
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(axis, dim)| match dim {
+                    _ if Some(axis) == spec.batch_axis => batch,
+                    Dim::Fixed(size) => *size,
+                    Dim::Any => SEQUENCE,
+                })
+                .collect();
             let count: usize = shape.iter().product();
-            let data = (0..count).flat_map(|i| ((i % 97) as f32 / 97.0).to_le_bytes()).collect();
-            (spec.element_type == ElementType::F32)
-                .then(|| Tensor::new(ElementType::F32, shape, data).unwrap())
+            let data: Vec<u8> = match spec.element_type {
+                ElementType::F32 => (0..count).flat_map(|i| ((i % 97) as f32 / 97.0).to_le_bytes()).collect(),
+                ElementType::I64 => {
+                    // Token ids, an attention mask of ones, token types of zero.
+                    let value: i64 = match spec.name.as_str() {
+                        name if name.contains("mask") => 1,
+                        name if name.contains("type") => 0,
+                        _ => 1000,
+                    };
+                    (0..count).flat_map(|_| value.to_le_bytes()).collect()
+                }
+                _ => return None,
+            };
+            Some(Tensor::new(spec.element_type, shape, data).unwrap())
         })
         .collect()
 }
@@ -63,6 +92,8 @@ fn largest_difference(a: &[Tensor], b: &[Tensor]) -> f32 {
 fn main() {
     let seconds = std::env::var("EDGE_INFER_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fetched = std::process::Command::new("python3").arg(root.join("models/minilm/fetch.py")).status();
+    assert!(fetched.is_ok_and(|s| s.success()), "models/minilm/fetch.py failed");
     println!(
         "edge-infer backends: items/s of one session (max |difference| from tract), {seconds} s per cell"
     );

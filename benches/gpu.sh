@@ -16,4 +16,5 @@ site=$("$venv/bin/python" -c 'import site; print(site.getsitepackages()[0])')
 export ORT_DYLIB_PATH=$(ls "$site"/onnxruntime/capi/libonnxruntime.so.*)
 export LD_LIBRARY_PATH="$(find "$site/nvidia" -maxdepth 2 -name lib -type d | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}:$site/onnxruntime/capi"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi: no GPU visible"
+python3 models/minilm/fetch.py
 cargo bench --bench backends
