@@ -85,24 +85,20 @@ fn http_load(server: &Server, model: &Model) -> Load {
     };
     Load {
         method,
-        body: body.into(),
+        bodies: vec![body.into()],
         content_type,
         ..Load::closed(url.parse().unwrap(), CLIENTS, Duration::from_secs(1), seconds())
     }
 }
 
-/// A model's scheduler with one batching setting, as the server would start it.
+/// A model's scheduler with one batching setting and the config's defaults otherwise, as the
+/// server would start it.
 fn start_scheduler(model: &Model, batching: Batching) -> Arc<ModelScheduler> {
     let kind = edge_infer::backend::BackendKind::Tract;
     let backend = edge_infer::backend::load_file(model.name, kind, &repo_file(model.file)).unwrap();
-    let config = SchedulerConfig {
-        executors: edge_infer::models::default_executors(),
-        queue_capacity: 1024,
-        batching,
-        max_batch_size: 32,
-        max_queue_delay: Duration::ZERO,
-        cache: None,
-    };
+    let config: edge_infer::config::ModelConfig =
+        toml::from_str(&format!("file = \"{}\"", model.file)).unwrap();
+    let config = SchedulerConfig { batching, ..edge_infer::models::scheduler_config(&config, false) };
     Arc::new(ModelScheduler::start(model.name, Arc::from(backend), &config).unwrap())
 }
 

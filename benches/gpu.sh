@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU: compare the GPU backend with tract and ONNX Runtime on the
-# CPU, outputs and throughput at batch 1, 8 and 64, in one command:
+# On a machine with an NVIDIA GPU, in one command:
 #   benches/gpu.sh
+# 1. the backends: the GPU backend against tract and ONNX Runtime on the CPU, outputs and
+#    throughput at batch 1, 8 and 64 (`cargo bench --bench backends`);
+# 2. batching on real text: `/embed` on the GPU with texts of mixed lengths, batching
+#    off/on/auto at 1, 16, 64 and 128 clients (`cargo bench --bench sequences`).
 # It installs onnxruntime-gpu with the CUDA and cuDNN libraries it is built for (its `cuda`
-# and `cudnn` extras, from PyPI) into a virtual environment (~/.cache/edge-infer-gpu-venv),
-# points edge-infer at them, and runs
-# `cargo bench --bench backends`. Without a usable GPU the GPU rows are missing and the
-# reason is printed.
+# and `cudnn` extras, from PyPI) into a virtual environment (~/.cache/edge-infer-gpu-venv)
+# and points edge-infer at them. Without a usable GPU the GPU rows of 1. are missing and the
+# reason is printed, and 2. runs on tract. On a machine without cargo, run the compiled
+# benchmarks instead with EDGE_INFER_BIN and EDGE_INFER_GUEST_DIR pointing at the binary and
+# the guests (see ../shared/gpu/pack.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="$HOME/.cache/edge-infer-gpu-venv"
@@ -18,3 +22,4 @@ export LD_LIBRARY_PATH="$(find "$site/nvidia" -maxdepth 2 -name lib -type d | pa
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi: no GPU visible"
 python3 models/minilm/fetch.py
 cargo bench --bench backends
+EDGE_INFER_BENCH_CLIENTS=1,16,64,128 EDGE_INFER_BENCH_BACKEND=auto cargo bench --bench sequences

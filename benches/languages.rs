@@ -46,7 +46,7 @@ fn main() {
         let size = std::fs::metadata(folder.join(file)).unwrap().len() as f64 / 1e6;
         let load = Load {
             method: http::Method::POST,
-            body: body.clone().into(),
+            bodies: vec![body.clone().into()],
             content_type: Some("application/json".into()),
             ..Load::closed(
                 server.url(route).parse().unwrap(),

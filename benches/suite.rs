@@ -47,7 +47,7 @@ fn load(url: String, body: &str, concurrency: usize) -> Load {
     };
     Load {
         method,
-        body: Bytes::from(body.to_string()),
+        bodies: vec![Bytes::from(body.to_string())],
         content_type,
         ..Load::closed(url.parse().unwrap(), concurrency, Duration::from_secs(1), seconds())
     }

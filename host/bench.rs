@@ -69,6 +69,9 @@ enum Example {
     Vad,
     /// `GET /hello`.
     Hello,
+    /// `POST /embed`: one text per request, taken in turn from 64 texts of 1 to 70 words
+    /// (about 3 to 100 tokens), so requests of different lengths meet in the batcher.
+    Embed,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -81,18 +84,26 @@ enum Format {
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
+/// The texts `--example embed` sends, one a line.
+pub const EMBED_CORPUS: &str = include_str!("embed_corpus.txt");
+
 /// One image of the digits held-out split (label 0).
 const DIGITS_IMAGE: [u8; 64] = [
     0, 0, 3, 11, 7, 1, 0, 0, 0, 0, 10, 15, 14, 14, 0, 0, 0, 2, 16, 10, 1, 12, 4, 0, 0, 2, 16, 3, 0, 4, 8, 0,
     0, 5, 12, 0, 0, 6, 8, 0, 0, 1, 12, 0, 0, 11, 9, 0, 0, 0, 15, 9, 14, 15, 1, 0, 0, 0, 4, 15, 15, 4, 0, 0,
 ];
 
+/// One `/embed` request body per text of [`EMBED_CORPUS`].
+pub fn embed_bodies() -> Vec<Bytes> {
+    EMBED_CORPUS.lines().map(|text| serde_json::json!({ "texts": [text] }).to_string().into()).collect()
+}
+
 impl Example {
-    /// Body and content type of the example's request.
-    fn request(self) -> (Bytes, Option<&'static str>) {
+    /// Bodies (used in turn) and content type of the example's requests.
+    fn requests(self) -> (Vec<Bytes>, Option<&'static str>) {
         match self {
             Example::Digits => (
-                serde_json::json!({ "pixels": DIGITS_IMAGE.as_slice() }).to_string().into(),
+                vec![serde_json::json!({ "pixels": DIGITS_IMAGE.as_slice() }).to_string().into()],
                 Some("application/json"),
             ),
             Example::Vad => {
@@ -100,26 +111,28 @@ impl Example {
                     let sample = (f64::from(i) * 440.0 * std::f64::consts::TAU / 16_000.0).sin() * 8_000.0;
                     (sample as i16).to_le_bytes()
                 });
-                (tone.collect::<Vec<u8>>().into(), Some("application/octet-stream"))
+                (vec![tone.collect::<Vec<u8>>().into()], Some("application/octet-stream"))
             }
-            Example::Hello => (Bytes::new(), None),
+            Example::Hello => (vec![Bytes::new()], None),
+            Example::Embed => (embed_bodies(), Some("application/json")),
         }
     }
 }
 
 /// Runs `edge-infer bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let (body, example_type) = match (&args.body, args.example) {
+    let (bodies, example_type) = match (&args.body, args.example) {
         (Some(path), _) => {
-            (std::fs::read(path).with_context(|| format!("reading {}", path.display()))?.into(), None)
+            (vec![std::fs::read(path).with_context(|| format!("reading {}", path.display()))?.into()], None)
         }
-        (None, Some(example)) => example.request(),
-        (None, None) => (Bytes::new(), None),
+        (None, Some(example)) => example.requests(),
+        (None, None) => (vec![Bytes::new()], None),
     };
-    let method = args.method.unwrap_or(if body.is_empty() { http::Method::GET } else { http::Method::POST });
+    let has_body = bodies.iter().any(|body| !body.is_empty());
+    let method = args.method.unwrap_or(if has_body { http::Method::POST } else { http::Method::GET });
     let base = Load {
         method,
-        body,
+        bodies,
         content_type: args.content_type.or(example_type.map(str::to_string)),
         requests: args.requests,
         http2: args.http2,

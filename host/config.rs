@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::backend::BackendKind;
 use crate::imports::GRANTABLE;
-use crate::scheduler::Batching;
+use crate::scheduler::{Batching, DelayPolicy};
 
 /// Linear memory for the bundled Python and JavaScript guests, whose interpreters need more.
 const INTERPRETER_MEMORY_MIB: u64 = 256;
@@ -78,9 +78,20 @@ pub struct ModelConfig {
     pub batching: Batching,
     /// Most items (along the batch axis) in one run. Default: 32 on the CPU, 128 on a GPU.
     pub max_batch_size: Option<usize>,
-    /// How long the batcher may hold the first request of a batch waiting for more, in µs.
-    #[serde(default)]
+    /// The longest the batcher may hold the first request of a batch waiting for more, in µs.
+    #[serde(default = "default_max_queue_delay_us")]
     pub max_queue_delay_us: u64,
+    /// `adaptive`: wait only while waiting brings more requests (0 at low load); `fixed`:
+    /// always wait up to `max_queue_delay_us`.
+    #[serde(default)]
+    pub queue_delay: DelayPolicy,
+    /// Requests of different lengths share a batch while padding stays within this share of
+    /// the batch's elements (0: only equal lengths).
+    #[serde(default = "default_max_padding_ratio")]
+    pub max_padding_ratio: f64,
+    /// The value each input is padded with, by input name (default 0).
+    #[serde(default)]
+    pub pad_values: BTreeMap<String, f64>,
     /// Result cache entries (0: no cache).
     #[serde(default)]
     pub cache_entries: usize,
@@ -130,6 +141,12 @@ pub struct RouteConfig {
 
 fn default_queue_capacity() -> usize {
     1024
+}
+fn default_max_queue_delay_us() -> u64 {
+    2_000
+}
+fn default_max_padding_ratio() -> f64 {
+    0.2
 }
 fn default_cache_ttl_ms() -> u64 {
     60_000
@@ -200,7 +217,10 @@ impl Config {
             queue_capacity: default_queue_capacity(),
             batching: Batching::Auto,
             max_batch_size: None,
-            max_queue_delay_us: 0,
+            max_queue_delay_us: default_max_queue_delay_us(),
+            queue_delay: DelayPolicy::Adaptive,
+            max_padding_ratio: default_max_padding_ratio(),
+            pad_values: BTreeMap::new(),
             cache_entries: 0,
             cache_ttl_ms: default_cache_ttl_ms(),
             serve_stale_on_overload: false,
@@ -247,6 +267,9 @@ impl Config {
                 if value == Some(0) {
                     bail!("field `{field}.{name}`: must be at least 1");
                 }
+            }
+            if !(0.0..1.0).contains(&model.max_padding_ratio) {
+                bail!("field `{field}.max_padding_ratio`: must be at least 0 and below 1");
             }
         }
         let mut paths = HashSet::new();
@@ -327,6 +350,9 @@ mod tests {
         assert_eq!(config.server.listen.port(), 9000);
         assert_eq!(config.models["digits"].file, Path::new("/etc/edge/digits.onnx"));
         assert_eq!(config.models["digits"].executors, Some(2));
+        let digits = &config.models["digits"];
+        assert_eq!((digits.max_queue_delay_us, digits.queue_delay), (2000, DelayPolicy::Adaptive));
+        assert_eq!((digits.max_padding_ratio, digits.pad_values.len()), (0.2, 0));
         let route = &config.routes[0];
         assert_eq!(route.component, Path::new("/opt/digits.wasm"));
         assert_eq!((route.timeout_ms, route.max_concurrency, route.memory_mib), (500, 64, 64));
@@ -345,6 +371,10 @@ mod tests {
         assert!(bad_model.contains("routes[0].models") && bad_model.contains("nope"), "{bad_model}");
         let reserved = error("[[routes]]\npath = \"/v2/x\"\ncomponent = \"a.wasm\"");
         assert!(reserved.contains("routes[0].path") && reserved.contains("reserved"), "{reserved}");
+        let padding = error("[models.m]\nfile = \"m.onnx\"\nmax_padding_ratio = 1.0");
+        assert!(padding.contains("models.m.max_padding_ratio"), "{padding}");
+        let policy = error("[models.m]\nfile = \"m.onnx\"\nqueue_delay = \"sometimes\"");
+        assert!(policy.contains("models.m.queue_delay"), "{policy}");
         let zero = error("[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\ntimeout_ms = 0");
         assert!(zero.contains("routes[0].timeout_ms"), "{zero}");
         let duplicate = error(

@@ -4,15 +4,18 @@
 //! `server` (listener) → `router` (dispatch, limits) → `admission` (per-route cap and queue)
 //! → `component` (a fresh guest instance in its `sandbox`, on the `engine`'s pool) → `nn`
 //! (the guest's `wasi:nn` calls) → `scheduler` (per-model queue and executor threads) →
-//! `backend` (tract), with the `scheduler` consulting the model's result `cache`. `config`,
+//! `backend` (tract), with the `scheduler` consulting the model's result `cache`, the
+//! `batcher` to form (and pad) batches, and `calibration` to decide whether batching pays. `config`,
 //! `models` and `runtime` build the node at start-up; `tensor`, `request` and `response`
 //! hold the types shared along the way, and `metrics` the Prometheus series every layer
 //! updates. Lower layers never import higher ones.
 
 pub mod admission;
 pub mod backend;
+pub mod batcher;
 pub mod bench;
 pub mod cache;
+pub mod calibration;
 pub mod cli;
 pub mod component;
 pub mod config;

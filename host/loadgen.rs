@@ -9,12 +9,15 @@
 //!   when it could be sent, so a slow server cannot hide its queueing (no coordinated
 //!   omission).
 //!
-//! Each run has an unrecorded warm-up, then stops after `duration` or after `requests`
+//! Requests take their bodies in turn from a list (one body, or a corpus such as texts of
+//! varied lengths); recorded requests start again from the first body, so two runs of a
+//! whole number of passes over the list measure exactly the same requests. Each run has an
+//! unrecorded warm-up, then stops after `duration` or after `requests`
 //! recorded requests, whichever comes first. Latencies go into an HDR histogram (µs);
 //! statuses and transport errors are counted.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,7 +47,8 @@ pub struct Rate {
 pub struct Load {
     pub url: Uri,
     pub method: Method,
-    pub body: Bytes,
+    /// Request bodies, used in turn (one empty body for none).
+    pub bodies: Vec<Bytes>,
     pub content_type: Option<String>,
     /// Closed loop: the number of clients. Open loop: the most requests in flight.
     pub concurrency: usize,
@@ -64,7 +68,7 @@ impl Load {
         Load {
             url,
             method: Method::GET,
-            body: Bytes::new(),
+            bodies: vec![Bytes::new()],
             content_type: None,
             concurrency,
             rate: None,
@@ -186,22 +190,30 @@ struct Run {
     totals: Mutex<Totals>,
     /// Requests answered so far, for progress displays.
     answered: Arc<AtomicU64>,
+    /// Which body the next warm-up request takes (recorded ones take their ticket's).
+    next_warm_up_body: AtomicUsize,
 }
 
 impl Run {
-    /// Whether a request due at `due` may start: before the end, and within the budget.
-    fn may_start(&self, due: Instant) -> bool {
-        due < self.stop_at
-            && (due < self.record_from
-                || self
-                    .tickets
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                    .is_ok())
+    /// Whether a request due at `due` may start (before the end, and within the budget), and
+    /// if so, which body it sends: recorded requests take the bodies in order from the first.
+    fn may_start(&self, due: Instant) -> Option<usize> {
+        if due >= self.stop_at {
+            return None;
+        }
+        if due < self.record_from {
+            return Some(self.next_warm_up_body.fetch_add(1, Ordering::Relaxed));
+        }
+        let left =
+            self.tickets.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).ok()?;
+        let budget = self.load.requests.unwrap_or(u64::MAX);
+        Some((budget - left) as usize)
     }
 
-    /// Sends one request due at `due` and records it if it counts.
-    async fn request(&self, due: Instant, mine: &mut Totals) {
-        let outcome = send(&self.client, &self.load).await;
+    /// Sends one request due at `due` with body number `body`, and records it if it counts.
+    async fn request(&self, due: Instant, body: usize, mine: &mut Totals) {
+        let bodies = &self.load.bodies;
+        let outcome = send(&self.client, &self.load, bodies[body % bodies.len()].clone()).await;
         self.answered.fetch_add(1, Ordering::Relaxed);
         if due >= self.record_from {
             mine.record(outcome, due.elapsed());
@@ -231,6 +243,7 @@ pub async fn run_counting(load: &Load, answered: &Arc<AtomicU64>) -> anyhow::Res
         tickets: AtomicU64::new(load.requests.unwrap_or(u64::MAX)),
         totals: Mutex::new(Totals::new()?),
         answered: answered.clone(),
+        next_warm_up_body: AtomicUsize::new(0),
     });
     match load.rate {
         None => closed_loop(&run).await?,
@@ -255,10 +268,8 @@ async fn closed_loop(run: &Arc<Run>) -> anyhow::Result<()> {
                 let mut mine = Totals::new().expect("a valid histogram");
                 loop {
                     let due = Instant::now();
-                    if !run.may_start(due) {
-                        break;
-                    }
-                    run.request(due, &mut mine).await;
+                    let Some(body) = run.may_start(due) else { break };
+                    run.request(due, body, &mut mine).await;
                 }
                 run.totals.lock().unwrap().merge(mine);
             })
@@ -275,13 +286,13 @@ async fn open_loop(run: &Arc<Run>, rate: Rate) -> anyhow::Result<()> {
     let mut random = XorShift::seeded();
     let mut due = Instant::now();
     let mut requests = Vec::new();
-    while run.may_start(due) {
+    while let Some(body) = run.may_start(due) {
         tokio::time::sleep_until(due.into()).await;
         let permit = in_flight.clone().acquire_owned().await?;
         let run = run.clone();
         requests.push(tokio::spawn(async move {
             let mut mine = Totals::new().expect("a valid histogram");
-            run.request(due, &mut mine).await;
+            run.request(due, body, &mut mine).await;
             run.totals.lock().unwrap().merge(mine);
             drop(permit);
         }));
@@ -348,12 +359,12 @@ impl Totals {
 }
 
 /// Sends one request and reads the whole answer; `None` on a transport error.
-async fn send(client: &Client<HttpConnector, Full<Bytes>>, load: &Load) -> Option<u16> {
+async fn send(client: &Client<HttpConnector, Full<Bytes>>, load: &Load, body: Bytes) -> Option<u16> {
     let mut request = Request::builder().method(load.method.clone()).uri(load.url.clone());
     if let Some(content_type) = &load.content_type {
         request = request.header(header::CONTENT_TYPE, content_type);
     }
-    let request = request.body(Full::new(load.body.clone())).ok()?;
+    let request = request.body(Full::new(body)).ok()?;
     let response = client.request(request).await.ok()?;
     let status = response.status().as_u16();
     response.into_body().collect().await.ok()?;

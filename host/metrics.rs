@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder, exponential_buckets,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder, exponential_buckets,
 };
 
 /// Every metric of the process.
@@ -30,6 +30,8 @@ struct Families {
     model_compute_duration: HistogramVec,
     model_pending: IntGaugeVec,
     model_max_batch: IntGaugeVec,
+    model_input_elements: IntCounterVec,
+    model_queue_delay: GaugeVec,
     model_backend: IntGaugeVec,
     gpu_memory_used: IntGaugeVec,
     gpu_memory_total: IntGaugeVec,
@@ -145,6 +147,23 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             "Most items the batcher puts in one run, as configured or chosen at start-up (1: no batching)",
             &["model"],
         ),
+        model_input_elements: counter(
+            "edge_infer_model_input_elements_total",
+            "Elements of the model's inputs by kind: real (from requests) or padding (added to batch requests of different lengths)",
+            &["model", "kind"],
+        ),
+        model_queue_delay: {
+            let metric = GaugeVec::new(
+                Opts::new(
+                    "edge_infer_model_queue_delay_seconds",
+                    "How long the first request of a batch may now wait for more (adaptive: 0 without load, up to max_queue_delay_us under load)",
+                ),
+                &["model"],
+            )
+            .expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        },
         model_backend: gauge(
             "edge_infer_model_backend_info",
             "1 for the backend that runs the model (tract, ort, ort-cuda)",
@@ -212,6 +231,9 @@ pub struct ModelMetrics {
     pub compute_duration: prometheus::Histogram,
     pub pending: IntGauge,
     pub max_batch_size: IntGauge,
+    pub real_elements: IntCounter,
+    pub padding_elements: IntCounter,
+    pub queue_delay: Gauge,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
 }
@@ -238,6 +260,9 @@ impl ModelMetrics {
             compute_duration: f.model_compute_duration.with_label_values(&[model]),
             pending: f.model_pending.with_label_values(&[model]),
             max_batch_size: f.model_max_batch.with_label_values(&[model]),
+            real_elements: f.model_input_elements.with_label_values(&[model, "real"]),
+            padding_elements: f.model_input_elements.with_label_values(&[model, "padding"]),
+            queue_delay: f.model_queue_delay.with_label_values(&[model]),
             cache_hits: f.model_cache.with_label_values(&[model, "hit"]),
             cache_misses: f.model_cache.with_label_values(&[model, "miss"]),
         }

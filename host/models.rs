@@ -58,13 +58,16 @@ const GPU_MAX_BATCH: usize = 128;
 
 /// The scheduling knobs of a model's config. On a GPU one executor feeds the device with
 /// large batches (that is what makes it fast); on the CPU, one executor per core.
-fn scheduler_config(config: &ModelConfig, on_gpu: bool) -> SchedulerConfig {
+pub fn scheduler_config(config: &ModelConfig, on_gpu: bool) -> SchedulerConfig {
     SchedulerConfig {
         executors: config.executors.unwrap_or_else(|| if on_gpu { 1 } else { default_executors() }),
         queue_capacity: config.queue_capacity,
         batching: config.batching,
         max_batch_size: config.max_batch_size.unwrap_or(if on_gpu { GPU_MAX_BATCH } else { CPU_MAX_BATCH }),
         max_queue_delay: Duration::from_micros(config.max_queue_delay_us),
+        queue_delay: config.queue_delay,
+        max_padding_ratio: config.max_padding_ratio,
+        pad_values: config.pad_values.clone(),
         cache: (config.cache_entries > 0).then(|| CacheConfig {
             entries: config.cache_entries,
             time_to_live: Duration::from_millis(config.cache_ttl_ms),

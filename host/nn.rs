@@ -17,7 +17,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::backend;
 use crate::request::RequestContext;
-use crate::scheduler::{Batching, ComputeError, ModelScheduler, SchedulerConfig};
+use crate::scheduler::{Batching, ComputeError, DelayPolicy, ModelScheduler, SchedulerConfig};
 use crate::tensor::{ElementType, Tensor};
 
 mod generated {
@@ -139,6 +139,9 @@ impl graph::Host for NnView<'_> {
                 batching: Batching::Off,
                 max_batch_size: 1,
                 max_queue_delay: std::time::Duration::ZERO,
+                queue_delay: DelayPolicy::Fixed,
+                max_padding_ratio: 0.0,
+                pad_values: Default::default(),
                 cache: None,
             };
             ModelScheduler::start("guest-loaded", Arc::from(backend), &config)

@@ -7,30 +7,35 @@
 //! - higher priority first, arrival order within a priority;
 //! - a job whose caller went away (client disconnected, deadline passed upstream) is dropped
 //!   unrun, and one whose deadline has passed is answered `Expired` unrun;
-//! - with batching, the executor joins compatible jobs (same shapes but for the batch axis)
-//!   up to `max_batch_size` items, waiting at most `max_queue_delay` after the first job's
-//!   arrival for more, runs them once and splits the outputs back to each caller.
+//! - with batching, the executor joins compatible jobs (same shapes but for the batch axis
+//!   and, for models with a sequence axis, the length) up to `max_batch_size` items and
+//!   within `max_padding_ratio`, waiting for more as long as the queue delay allows, runs
+//!   them once and splits the outputs back to each caller ([`crate::batcher`] says how).
 //!
 //! Batching is not always a gain (tract runs some models slower per item in batches), so the
 //! `auto` policy measures the model at start-up, alone and in a batch, and batches only if
-//! that is clearly cheaper per item.
+//! that is clearly cheaper per item ([`crate::calibration`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use serde::Deserialize;
 use tokio::sync::oneshot;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 use crate::backend::{Backend, Session};
+use crate::batcher::{self, Candidate, Fill, QueueDelay};
 use crate::cache::{self, ResultCache};
+use crate::calibration;
 use crate::metrics::{ModelMetrics, ModelOutcome};
 use crate::request::{Priority, RequestContext};
-use crate::tensor::{self, NamedTensor, Signature, Tensor};
+use crate::tensor::{NamedTensor, Signature, Tensor};
+
+pub use crate::batcher::DelayPolicy;
 
 /// Batching policy of a model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -52,7 +57,14 @@ pub struct SchedulerConfig {
     pub queue_capacity: usize,
     pub batching: Batching,
     pub max_batch_size: usize,
+    /// The longest the first request of a batch may wait for more.
     pub max_queue_delay: Duration,
+    /// Whether that wait adapts to the load or is always the maximum.
+    pub queue_delay: DelayPolicy,
+    /// Most padding in a batch of requests of different lengths, as a share of its elements.
+    pub max_padding_ratio: f64,
+    /// Pad values by input name; inputs not named pad with 0.
+    pub pad_values: BTreeMap<String, f64>,
     pub cache: Option<CacheConfig>,
 }
 
@@ -101,6 +113,8 @@ enum JobError {
 struct Job {
     inputs: Vec<Tensor>,
     items: usize,
+    /// Length along the sequence axis (1 for models without one).
+    length: usize,
     context: RequestContext,
     enqueued: Instant,
     reply: oneshot::Sender<JobResult>,
@@ -111,6 +125,8 @@ struct Queue {
     lanes: [VecDeque<Job>; Priority::LEVELS],
     /// Set while an executor waits for a batch to fill, so the others leave new jobs to it.
     forming: bool,
+    /// How long a batch may wait to fill, now.
+    delay: QueueDelay,
     closed: bool,
 }
 
@@ -123,7 +139,9 @@ struct Shared {
     capacity: usize,
     /// Most items in one run: 1 when not batching.
     max_batch_items: usize,
-    max_queue_delay: Duration,
+    max_padding_ratio: f64,
+    /// One element's bytes per input, for padding.
+    pad_values: Vec<Vec<u8>>,
     metrics: ModelMetrics,
 }
 
@@ -148,18 +166,23 @@ impl ModelScheduler {
                 backend.new_session().with_context(|| format!("starting executor {index} of model {name:?}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let pad_values =
+            pad_values(&signature, &config.pad_values).with_context(|| format!("model {name:?}"))?;
         let max_batch_items = batch_limit(name, &signature, config, sessions[0].as_mut());
+        let delay = QueueDelay::new(config.queue_delay, config.max_queue_delay);
         let shared = Arc::new(Shared {
             name: name.to_string(),
             signature,
-            queue: Mutex::new(Queue { lanes: Default::default(), forming: false, closed: false }),
+            queue: Mutex::new(Queue { lanes: Default::default(), forming: false, delay, closed: false }),
             changed: Condvar::new(),
             capacity: config.queue_capacity,
             max_batch_items,
-            max_queue_delay: config.max_queue_delay,
+            max_padding_ratio: config.max_padding_ratio,
+            pad_values,
             metrics: ModelMetrics::new(name),
         });
         shared.metrics.max_batch_size.set(max_batch_items as i64);
+        shared.metrics.queue_delay.set(delay.allowed().as_secs_f64());
         for (index, session) in sessions.into_iter().enumerate() {
             let executor = Executor { shared: shared.clone(), backend: backend.clone(), session };
             thread::Builder::new()
@@ -212,8 +235,9 @@ impl ModelScheduler {
 
         let (reply, answer) = oneshot::channel();
         let items = self.signature().items(&inputs);
+        let length = self.signature().sequence_length(&inputs);
         let enqueued = Instant::now();
-        let job = Job { inputs, items, context: context.clone(), enqueued, reply };
+        let job = Job { inputs, items, length, context: context.clone(), enqueued, reply };
         if !self.shared.push(job) {
             if let (Some((cache, config)), Some(key)) = (&self.cache, &cache_key)
                 && config.serve_stale_on_overload
@@ -274,9 +298,9 @@ impl Shared {
     }
 
     /// Waits for the next batch: the first live job in priority order, plus (when batching)
-    /// compatible jobs up to the batch limit, waiting up to the queue delay for them.
-    /// `None` once the queue is closed and empty.
-    fn next_batch(&self) -> Option<Vec<Job>> {
+    /// compatible jobs up to the batch limit, waiting as long as the queue delay allows for
+    /// more. `None` once the queue is closed and empty.
+    fn next_batch(&self) -> Option<(Vec<Job>, Fill)> {
         let mut queue = self.queue.lock().unwrap();
         let first = loop {
             if !queue.forming {
@@ -290,45 +314,64 @@ impl Shared {
             }
             queue = self.changed.wait(queue).unwrap();
         };
-        let mut items = first.items;
+        let mut fill = Fill::new(first.items, first.length);
         let mut batch = vec![first];
         if self.max_batch_items > 1 {
-            let fill_by = batch[0].enqueued + self.max_queue_delay;
-            queue.forming = true;
-            loop {
-                self.take_compatible(&mut queue, &mut batch, &mut items);
-                let now = Instant::now();
-                if items >= self.max_batch_items || now >= fill_by || queue.closed {
-                    break;
-                }
-                queue = self.changed.wait_timeout(queue, fill_by - now).unwrap().0;
+            self.take_compatible(&mut queue, &mut batch, &mut fill);
+            if batch.len() > 1 {
+                queue.delay.found_queued();
             }
-            queue.forming = false;
+            let fill_by = batch[0].enqueued + queue.delay.allowed();
+            if fill.items < self.max_batch_items && Instant::now() < fill_by && !queue.closed {
+                let before = batch.len();
+                queue.forming = true;
+                loop {
+                    let now = Instant::now();
+                    if fill.items >= self.max_batch_items || now >= fill_by || queue.closed {
+                        break;
+                    }
+                    queue = self.changed.wait_timeout(queue, fill_by - now).unwrap().0;
+                    self.take_compatible(&mut queue, &mut batch, &mut fill);
+                }
+                queue.forming = false;
+                queue.delay.waited(batch.len() > before);
+            }
+            self.metrics.queue_delay.set(queue.delay.allowed().as_secs_f64());
         }
         self.metrics.pending.set(queue.len() as i64);
         drop(queue);
         self.changed.notify_all();
-        Some(batch)
+        Some((batch, fill))
     }
 
-    /// Moves queued jobs that fit `batch` into it, in priority order, up to the batch limit.
-    fn take_compatible(&self, queue: &mut Queue, batch: &mut Vec<Job>, items: &mut usize) {
+    /// Moves queued jobs that fit `batch` into it (see [`batcher::choose`]): higher priority
+    /// first, then closest in length to the batch's first job, within the batch's limits.
+    fn take_compatible(&self, queue: &mut Queue, batch: &mut Vec<Job>, fill: &mut Fill) {
         self.remove_dead(queue);
-        for lane in &mut queue.lanes {
-            let mut index = 0;
-            while index < lane.len() && *items < self.max_batch_items {
-                let job = &lane[index];
-                if *items + job.items <= self.max_batch_items
-                    && self.signature.compatible(&batch[0].inputs, &job.inputs)
-                {
-                    let job = lane.remove(index).expect("index is in bounds");
-                    *items += job.items;
-                    batch.push(job);
-                } else {
-                    index += 1;
-                }
-            }
+        if fill.items >= self.max_batch_items {
+            return;
         }
+        let head = &batch[0];
+        let candidates = queue
+            .lanes
+            .iter()
+            .enumerate()
+            .flat_map(|(lane, jobs)| {
+                jobs.iter().enumerate().map(move |(position, job)| (lane, position, job))
+            })
+            .filter(|(_, _, job)| self.signature.compatible(&head.inputs, &job.inputs))
+            .map(|(lane, position, job)| Candidate { lane, position, items: job.items, length: job.length })
+            .collect();
+        let mut chosen =
+            batcher::choose(fill, head.length, candidates, self.max_batch_items, self.max_padding_ratio);
+        // Remove from the back of each lane first, so positions stay valid.
+        chosen.sort_unstable_by(|a, b| b.cmp(a));
+        let mut taken: Vec<Job> = chosen
+            .into_iter()
+            .map(|(lane, position)| queue.lanes[lane].remove(position).expect("chosen jobs are queued"))
+            .collect();
+        taken.reverse();
+        batch.extend(taken);
     }
 
     /// Drops jobs whose caller is gone and answers those past their deadline, unrun.
@@ -368,12 +411,12 @@ struct Executor {
 
 impl Executor {
     fn run(mut self) {
-        while let Some(batch) = self.shared.next_batch() {
-            self.execute(batch);
+        while let Some((batch, fill)) = self.shared.next_batch() {
+            self.execute(batch, fill);
         }
     }
 
-    fn execute(&mut self, mut batch: Vec<Job>) {
+    fn execute(&mut self, mut batch: Vec<Job>, fill: Fill) {
         let metrics = &self.shared.metrics;
         let started = Instant::now();
         for job in &batch {
@@ -381,18 +424,18 @@ impl Executor {
         }
         let sizes: Vec<usize> = batch.iter().map(|job| job.items).collect();
         let inputs = if batch.len() == 1 {
-            std::mem::take(&mut batch[0].inputs)
+            let inputs = std::mem::take(&mut batch[0].inputs);
+            metrics
+                .real_elements
+                .inc_by(inputs.iter().map(|t| t.shape.iter().product::<usize>() as u64).sum());
+            inputs
         } else {
-            let signature = &self.shared.signature;
-            signature
-                .inputs
-                .iter()
-                .enumerate()
-                .map(|(i, spec)| {
-                    let parts: Vec<&Tensor> = batch.iter().map(|job| &job.inputs[i]).collect();
-                    tensor::concat(&parts, spec.batch_axis.expect("batched models have batch axes"))
-                })
-                .collect()
+            let requests: Vec<&[Tensor]> = batch.iter().map(|job| job.inputs.as_slice()).collect();
+            let (inputs, counts) =
+                batcher::assemble(&self.shared.signature, &requests, fill.longest, &self.shared.pad_values);
+            metrics.real_elements.inc_by(counts.real as u64);
+            metrics.padding_elements.inc_by(counts.padding as u64);
+            inputs
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| self.session.run(inputs)));
         let took = started.elapsed();
@@ -418,14 +461,8 @@ impl Executor {
             let _ = batch.pop().expect("one job").reply.send(Ok(Ran { outputs, started, took }));
             return;
         }
-        let mut per_job: Vec<Vec<Tensor>> = batch.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
-        for (output, spec) in outputs.iter().zip(&self.shared.signature.outputs) {
-            let pieces =
-                tensor::split(output, spec.batch_axis.expect("batched models have batch axes"), &sizes);
-            for (job_outputs, piece) in per_job.iter_mut().zip(pieces) {
-                job_outputs.push(piece);
-            }
-        }
+        let lengths: Vec<usize> = batch.iter().map(|job| job.length).collect();
+        let per_job = batcher::disassemble(&self.shared.signature, outputs, &sizes, &lengths, fill.longest);
         for (job, outputs) in batch.into_iter().zip(per_job) {
             metrics.outcome(ModelOutcome::Success);
             let _ = job.reply.send(Ok(Ran { outputs, started, took }));
@@ -447,12 +484,7 @@ impl Executor {
     }
 }
 
-/// Time spent measuring each batch size at start-up, at most.
-const CALIBRATION_BUDGET: Duration = Duration::from_millis(150);
-/// Batching is chosen only if it costs at most this fraction per item of unbatched runs.
-const BATCHING_GAIN_REQUIRED: f64 = 0.8;
-
-/// Decides the batch limit: 1 (no batching) or `max_batch_size`.
+/// Decides the batch limit: 1 (no batching) or `max_batch_size`, measured for `auto`.
 fn batch_limit(
     name: &str,
     signature: &Signature,
@@ -465,46 +497,215 @@ fn batch_limit(
     if config.batching == Batching::On {
         return config.max_batch_size;
     }
-    let batch = config.max_batch_size.min(64);
-    let (Some(single), Some(batched)) =
-        (time_per_item(signature, session, 1), time_per_item(signature, session, batch))
-    else {
-        info!(model = %name, "batching: off (the model cannot be measured with zero inputs; set batching = \"on\" to force it)");
-        return 1;
-    };
-    let chosen = if batched <= single * BATCHING_GAIN_REQUIRED { config.max_batch_size } else { 1 };
-    info!(
-        model = %name,
-        single_us = format!("{:.1}", single * 1e6),
-        batched_us = format!("{:.1}", batched * 1e6),
-        batch,
-        max_batch_size = chosen,
-        "batching: {} (time per item alone vs in a batch of {batch})",
-        if chosen > 1 { "on" } else { "off" }
-    );
-    chosen
+    calibration::batch_limit(name, signature, config.max_batch_size, session)
 }
 
-/// Median time per item of running the model on zeros in batches of `batch`, or `None` if
-/// the model has other symbolic dimensions or fails on zeros.
-fn time_per_item(signature: &Signature, session: &mut dyn Session, batch: usize) -> Option<f64> {
-    let inputs = signature
+/// Each input's pad value as one element's bytes: the configured value, else 0.
+fn pad_values(signature: &Signature, configured: &BTreeMap<String, f64>) -> anyhow::Result<Vec<Vec<u8>>> {
+    if let Some(name) =
+        configured.keys().find(|name| !signature.inputs.iter().any(|spec| &spec.name == *name))
+    {
+        let inputs: Vec<&str> = signature.inputs.iter().map(|spec| spec.name.as_str()).collect();
+        bail!("pad_values names {name:?}, which is not an input; the inputs are {inputs:?}");
+    }
+    signature
         .inputs
         .iter()
         .map(|spec| {
-            let shape = spec.shape_for_batch(batch)?;
-            let len = shape.iter().product::<usize>() * spec.element_type.size();
-            Tensor::new(spec.element_type, shape, vec![0; len]).ok()
+            let value = configured.get(&spec.name).copied().unwrap_or(0.0);
+            spec.element_type
+                .encode(value)
+                .map_err(|reason| anyhow::anyhow!("pad value of input {:?}: {reason}", spec.name))
         })
-        .collect::<Option<Vec<Tensor>>>()?;
-    session.run(inputs.clone()).ok()?; // warm-up
-    let mut times = Vec::new();
-    let started = Instant::now();
-    while times.len() < 3 || (started.elapsed() < CALIBRATION_BUDGET && times.len() < 200) {
-        let run = Instant::now();
-        session.run(inputs.clone()).ok()?;
-        times.push(run.elapsed().as_secs_f64() / batch as f64);
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::{Dim, ElementType, TensorSpec};
+
+    /// A model that doubles token ids: `ids [batch, sequence]` → `doubled [batch, sequence, 1]`.
+    /// Every run records its input shape, and waits while the gate is closed.
+    struct Doubler {
+        signature: Signature,
+        runs: Arc<Mutex<Vec<Vec<usize>>>>,
+        gate: Arc<(Mutex<bool>, Condvar)>,
     }
-    times.sort_by(f64::total_cmp);
-    Some(times[times.len() / 2])
+
+    impl Doubler {
+        fn new() -> Doubler {
+            let spec = |name: &str, shape| TensorSpec {
+                name: name.into(),
+                element_type: ElementType::I64,
+                shape,
+                batch_axis: Some(0),
+                sequence_axis: Some(1),
+            };
+            Doubler {
+                signature: Signature {
+                    inputs: vec![spec("ids", vec![Dim::Any, Dim::Any])],
+                    outputs: vec![spec("doubled", vec![Dim::Any, Dim::Any, Dim::Fixed(1)])],
+                },
+                runs: Default::default(),
+                gate: Arc::new((Mutex::new(true), Condvar::new())),
+            }
+        }
+    }
+
+    impl Backend for Doubler {
+        fn signature(&self) -> &Signature {
+            &self.signature
+        }
+
+        fn new_session(&self) -> anyhow::Result<Box<dyn Session>> {
+            Ok(Box::new(DoublerSession { runs: self.runs.clone(), gate: self.gate.clone() }))
+        }
+
+        fn name(&self) -> &'static str {
+            "doubler"
+        }
+    }
+
+    struct DoublerSession {
+        runs: Arc<Mutex<Vec<Vec<usize>>>>,
+        gate: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl Session for DoublerSession {
+        fn run(&mut self, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Tensor>> {
+            self.runs.lock().unwrap().push(inputs[0].shape.clone());
+            let (open, changed) = &*self.gate;
+            let _open = changed.wait_while(open.lock().unwrap(), |open| !*open).unwrap();
+            let ids = &inputs[0];
+            let data = ids
+                .data
+                .chunks(8)
+                .flat_map(|b| (i64::from_le_bytes(b.try_into().unwrap()) * 2).to_le_bytes())
+                .collect();
+            Ok(vec![Tensor::new(ElementType::I64, vec![ids.shape[0], ids.shape[1], 1], data).unwrap()])
+        }
+    }
+
+    fn config(max_queue_delay: Duration) -> SchedulerConfig {
+        SchedulerConfig {
+            executors: 1,
+            queue_capacity: 64,
+            batching: Batching::On,
+            max_batch_size: 32,
+            max_queue_delay,
+            queue_delay: DelayPolicy::Adaptive,
+            max_padding_ratio: 0.5,
+            pad_values: BTreeMap::from([("ids".to_string(), -7.0)]),
+            cache: None,
+        }
+    }
+
+    /// One request of token ids `seed, seed + 1, …`, `length` long.
+    fn request(length: usize, seed: i64) -> Vec<NamedTensor> {
+        let data = (0..length as i64).flat_map(|i| (seed + i).to_le_bytes()).collect();
+        vec![("ids".to_string(), Tensor::new(ElementType::I64, vec![1, length], data).unwrap())]
+    }
+
+    fn values(tensor: &Tensor) -> Vec<i64> {
+        tensor.data.chunks(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+    }
+
+    fn context() -> RequestContext {
+        RequestContext::new(Instant::now() + Duration::from_secs(30), Priority::Normal)
+    }
+
+    /// Waits (without sleeping) until `condition` holds, for at most 10 s.
+    async fn until(condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "the condition never held");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_requests_of_similar_length_share_a_padded_run_and_get_their_own_outputs() {
+        let backend = Doubler::new();
+        let (runs, gate) = (backend.runs.clone(), backend.gate.clone());
+        *gate.0.lock().unwrap() = false;
+        let scheduler = Arc::new(
+            ModelScheduler::start("test-padding", Arc::new(backend), &config(Duration::ZERO)).unwrap(),
+        );
+        // The first request holds the executor at the gate; the rest queue behind it.
+        let lengths = [4, 3, 5, 4, 40, 38];
+        let mut answers = Vec::new();
+        for (i, &length) in lengths.iter().enumerate() {
+            let caller = scheduler.clone();
+            answers.push(tokio::spawn(async move {
+                caller.compute(request(length, 100 * i as i64), &context()).await
+            }));
+            if i == 0 {
+                until(|| runs.lock().unwrap().len() == 1).await;
+            } else {
+                until(|| scheduler.shared.metrics.pending.get() == i as i64).await;
+            }
+        }
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        for (i, answer) in answers.into_iter().enumerate() {
+            let outputs = answer.await.unwrap().unwrap();
+            assert_eq!(outputs[0].0, "doubled");
+            let expected: Vec<i64> = (0..lengths[i] as i64).map(|t| 2 * (100 * i as i64 + t)).collect();
+            assert_eq!(outputs[0].1.shape, vec![1, lengths[i], 1], "request {i} gets its own length back");
+            assert_eq!(values(&outputs[0].1), expected, "request {i} gets its own outputs");
+        }
+        // Alone; then the short ones, padded to 5; then the long ones, padded to 40: the
+        // long requests never joined the short batch (its padding would be over half).
+        assert_eq!(*runs.lock().unwrap(), vec![vec![1, 4], vec![3, 5], vec![2, 40]]);
+        let metrics = &scheduler.shared.metrics;
+        assert_eq!(metrics.real_elements.get(), 4 + 3 + 5 + 4 + 40 + 38);
+        assert_eq!(metrics.padding_elements.get(), (2 + 1) + 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_caller_never_waits_and_load_opens_the_queue_delay() {
+        let backend = Doubler::new();
+        let (runs, gate) = (backend.runs.clone(), backend.gate.clone());
+        let max_delay = Duration::from_millis(2);
+        let scheduler =
+            Arc::new(ModelScheduler::start("test-delay", Arc::new(backend), &config(max_delay)).unwrap());
+        let delay = || scheduler.shared.queue.lock().unwrap().delay.allowed();
+        for i in 0..20 {
+            scheduler.compute(request(3, i), &context()).await.unwrap();
+        }
+        assert_eq!(runs.lock().unwrap().len(), 20, "one run per request");
+        assert_eq!(delay(), Duration::ZERO, "one caller at a time: no waiting");
+
+        // Load: requests queue behind a busy executor and are found together.
+        *gate.0.lock().unwrap() = false;
+        let mut answers = Vec::new();
+        for i in 0..4 {
+            let caller = scheduler.clone();
+            answers.push(tokio::spawn(async move { caller.compute(request(3, i), &context()).await }));
+            if i == 0 {
+                until(|| runs.lock().unwrap().len() == 21).await;
+            } else {
+                until(|| scheduler.shared.metrics.pending.get() == i).await;
+            }
+        }
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        for answer in answers {
+            answer.await.unwrap().unwrap();
+        }
+        assert!(delay() > Duration::ZERO, "a batch found queued requests: the delay opens");
+        assert!(delay() <= max_delay);
+    }
+
+    #[test]
+    fn pad_values_must_name_inputs_and_fit_their_type() {
+        let signature = Doubler::new().signature;
+        let values = pad_values(&signature, &BTreeMap::from([("ids".to_string(), -1.0)])).unwrap();
+        assert_eq!(values, vec![(-1i64).to_le_bytes().to_vec()]);
+        let unknown = pad_values(&signature, &BTreeMap::from([("mask".to_string(), 0.0)])).unwrap_err();
+        assert!(format!("{unknown:#}").contains("\"mask\", which is not an input"), "{unknown:#}");
+        let fraction = pad_values(&signature, &BTreeMap::from([("ids".to_string(), 0.5)])).unwrap_err();
+        assert!(format!("{fraction:#}").contains("INT64 cannot hold 0.5"), "{fraction:#}");
+    }
 }

@@ -5,7 +5,9 @@
 //! backend, so `wasi:nn`, the scheduler and every backend agree on one representation.
 //! [`Signature::check_inputs`] is where a request's tensors are validated against a model,
 //! before they reach a queue; [`concat`] and [`split`] join requests into one batch along a
-//! model's batch axis and part the outputs again.
+//! model's batch axis and part the outputs again; [`pad`] and [`truncate`] lengthen requests
+//! along a sequence axis to a batch's longest and cut outputs back to each request's length.
+//! [`find_axes`] tells both backends which axis is which from the model's symbolic dimensions.
 
 use std::fmt;
 
@@ -30,6 +32,29 @@ impl ElementType {
             ElementType::F32 | ElementType::I32 => 4,
             ElementType::F64 | ElementType::I64 => 8,
         }
+    }
+}
+
+impl ElementType {
+    /// One element of this type holding `value`, as little-endian bytes; an error if the type
+    /// cannot hold it exactly (a fraction in an integer type, a value out of range).
+    pub fn encode(self, value: f64) -> Result<Vec<u8>, String> {
+        let integral = |min: f64, max: f64| {
+            if value.fract() == 0.0 && (min..=max).contains(&value) {
+                Ok(value)
+            } else {
+                Err(format!("{self} cannot hold {value}"))
+            }
+        };
+        Ok(match self {
+            ElementType::F16 => half::f16::from_f64(value).to_le_bytes().to_vec(),
+            ElementType::Bf16 => half::bf16::from_f64(value).to_le_bytes().to_vec(),
+            ElementType::F32 => (value as f32).to_le_bytes().to_vec(),
+            ElementType::F64 => value.to_le_bytes().to_vec(),
+            ElementType::U8 => vec![integral(0.0, 255.0)? as u8],
+            ElementType::I32 => (integral(i32::MIN.into(), i32::MAX.into())? as i32).to_le_bytes().to_vec(),
+            ElementType::I64 => (integral(-(2f64.powi(53)), 2f64.powi(53))? as i64).to_le_bytes().to_vec(),
+        })
     }
 }
 
@@ -93,6 +118,10 @@ pub struct TensorSpec {
     pub shape: Vec<Dim>,
     /// The axis that holds independent items (the batch axis), if the model has one.
     pub batch_axis: Option<usize>,
+    /// The axis of variable length that every input shares besides the batch axis (tokens,
+    /// samples), if the model has one: requests of different lengths are padded along it to
+    /// share a batch, and outputs that carry it are cut back to each request's length.
+    pub sequence_axis: Option<usize>,
 }
 
 impl TensorSpec {
@@ -109,6 +138,12 @@ impl TensorSpec {
     /// they are. `None` if another dimension is symbolic, or `batch` is not 1 and the tensor
     /// has no batch axis.
     pub fn shape_for_batch(&self, batch: usize) -> Option<Vec<usize>> {
+        self.concrete_shape(batch, None)
+    }
+
+    /// Like [`TensorSpec::shape_for_batch`], with the sequence axis (if any) set to `length`;
+    /// a tensor without a sequence axis ignores `length`.
+    pub fn concrete_shape(&self, batch: usize, length: Option<usize>) -> Option<Vec<usize>> {
         if self.batch_axis.is_none() && batch != 1 {
             return None;
         }
@@ -117,6 +152,7 @@ impl TensorSpec {
             .enumerate()
             .map(|(axis, dim)| match dim {
                 _ if Some(axis) == self.batch_axis => Some(batch),
+                _ if Some(axis) == self.sequence_axis => length,
                 Dim::Fixed(size) => Some(*size),
                 Dim::Any => None,
             })
@@ -148,6 +184,21 @@ impl Signature {
         self.inputs.iter().chain(&self.outputs).all(|spec| spec.batch_axis.is_some())
     }
 
+    /// Whether requests of different lengths can share a batch: the model batches, and every
+    /// input has a sequence axis.
+    pub fn pads(&self) -> bool {
+        self.batchable() && self.inputs.iter().all(|spec| spec.sequence_axis.is_some())
+    }
+
+    /// A checked request's length along the sequence axis (1 for models without one).
+    pub fn sequence_length(&self, inputs: &[Tensor]) -> usize {
+        self.inputs
+            .iter()
+            .zip(inputs)
+            .find_map(|(spec, tensor)| spec.sequence_axis.map(|axis| tensor.shape[axis]))
+            .unwrap_or(1)
+    }
+
     /// Items in a checked request (its size along the batch axis), 1 without a batch axis.
     pub fn items(&self, inputs: &[Tensor]) -> usize {
         match (self.inputs.first().and_then(|spec| spec.batch_axis), inputs.first()) {
@@ -156,18 +207,15 @@ impl Signature {
         }
     }
 
-    /// Whether two checked requests can share a batch: equal shapes but for the batch axis.
+    /// Whether two checked requests can share a batch: equal shapes but for the batch axis
+    /// and, where the model pads, the sequence axis.
     pub fn compatible(&self, a: &[Tensor], b: &[Tensor]) -> bool {
+        let pads = self.pads();
         self.inputs.iter().zip(a.iter().zip(b)).all(|(spec, (a, b))| {
-            let other_dims = |t: &Tensor| {
-                t.shape
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| Some(*i) != spec.batch_axis)
-                    .map(|(_, d)| *d)
-                    .collect::<Vec<_>>()
-            };
-            other_dims(a) == other_dims(b)
+            let free =
+                |axis: usize| Some(axis) == spec.batch_axis || (pads && Some(axis) == spec.sequence_axis);
+            a.shape.len() == b.shape.len()
+                && a.shape.iter().zip(&b.shape).enumerate().all(|(axis, (x, y))| free(axis) || x == y)
         })
     }
 
@@ -207,8 +255,72 @@ impl Signature {
             }
             ordered.push(tensor);
         }
+        let lengths = self
+            .inputs
+            .iter()
+            .zip(&ordered)
+            .filter_map(|(spec, tensor)| spec.sequence_axis.map(|axis| (&spec.name, tensor.shape[axis])));
+        let mut first = None;
+        for (name, length) in lengths {
+            match first {
+                None => first = Some((name, length)),
+                Some((first_name, first_length)) if first_length != length => {
+                    return Err(format!(
+                        "inputs {first_name:?} and {name:?} must have the same sequence length, got {first_length} and {length}"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         Ok(ordered)
     }
+}
+
+/// Which axes of a model's tensors are its batch and sequence axes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Axes {
+    pub batch: Option<usize>,
+    pub sequence: Option<usize>,
+}
+
+/// Finds the batch and sequence axes of a model from its tensors' dimensions, given as the
+/// symbol of each dimension (`None` where the size is fixed), inputs and outputs in order:
+/// - the batch axis is a symbol of the first input that every input and output has exactly
+///   once (`batch` in `pixels [batch, 64]` and `state [2, batch, 128]`);
+/// - the sequence axis is the one other symbol that every input has exactly once
+///   (`sequence` in MiniLM's `input_ids [batch, sequence]`); outputs may carry it or not.
+///
+/// A model without a batch axis has no sequence axis either, and two candidates for the
+/// sequence axis make neither one (padding along the wrong axis would change the answers).
+pub fn find_axes<S: PartialEq>(
+    inputs: &[Vec<Option<S>>],
+    outputs: &[Vec<Option<S>>],
+) -> (Vec<Axes>, Vec<Axes>) {
+    let count = |dims: &[Option<S>], symbol: &S| dims.iter().filter(|d| d.as_ref() == Some(symbol)).count();
+    let once_in =
+        |tensors: &[Vec<Option<S>>], symbol: &S| tensors.iter().all(|dims| count(dims, symbol) == 1);
+    let first_symbols: Vec<&S> =
+        inputs.first().map(|dims| dims.iter().flatten().collect()).unwrap_or_default();
+    let batch =
+        first_symbols.iter().copied().find(|symbol| once_in(inputs, symbol) && once_in(outputs, symbol));
+    let sequence = batch.and_then(|batch| {
+        let mut candidates =
+            first_symbols.iter().copied().filter(|symbol| *symbol != batch && once_in(inputs, symbol));
+        match (candidates.next(), candidates.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        }
+    });
+    let position = |dims: &Vec<Option<S>>, symbol: Option<&S>| {
+        symbol.and_then(|symbol| dims.iter().position(|d| d.as_ref() == Some(symbol)))
+    };
+    let axes = |tensors: &[Vec<Option<S>>]| {
+        tensors
+            .iter()
+            .map(|dims| Axes { batch: position(dims, batch), sequence: position(dims, sequence) })
+            .collect()
+    };
+    (axes(inputs), axes(outputs))
 }
 
 /// Joins tensors of equal shape but for `axis` into one, in order.
@@ -256,6 +368,41 @@ pub fn split(tensor: &Tensor, axis: usize, sizes: &[usize]) -> Vec<Tensor> {
     pieces
 }
 
+/// Lengthens a tensor along `axis` to `length`, filling the new positions with `fill` (one
+/// element's little-endian bytes).
+pub fn pad(tensor: &Tensor, axis: usize, length: usize, fill: &[u8]) -> Tensor {
+    let size = tensor.shape[axis];
+    debug_assert!(length >= size && fill.len() == tensor.element_type.size());
+    // Row-major: for each position of the dimensions before `axis` there is one block of
+    // `size` slices, each `inner` bytes long; it grows to `length` slices.
+    let outer: usize = tensor.shape[..axis].iter().product();
+    let inner = tensor.element_type.size() * tensor.shape[axis + 1..].iter().product::<usize>();
+    let padding: Vec<u8> = fill.iter().copied().cycle().take((length - size) * inner).collect();
+    let mut data = Vec::with_capacity(outer * length * inner);
+    for block in tensor.data.chunks(size * inner).take(outer) {
+        data.extend_from_slice(block);
+        data.extend_from_slice(&padding);
+    }
+    let mut shape = tensor.shape.clone();
+    shape[axis] = length;
+    Tensor { element_type: tensor.element_type, shape, data }
+}
+
+/// Keeps the first `length` positions of a tensor along `axis`.
+pub fn truncate(tensor: &Tensor, axis: usize, length: usize) -> Tensor {
+    let size = tensor.shape[axis];
+    debug_assert!(length <= size);
+    let outer: usize = tensor.shape[..axis].iter().product();
+    let inner = tensor.element_type.size() * tensor.shape[axis + 1..].iter().product::<usize>();
+    let mut data = Vec::with_capacity(outer * length * inner);
+    for block in tensor.data.chunks((size * inner).max(1)).take(outer) {
+        data.extend_from_slice(&block[..length * inner]);
+    }
+    let mut shape = tensor.shape.clone();
+    shape[axis] = length;
+    Tensor { element_type: tensor.element_type, shape, data }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +413,7 @@ mod tests {
             element_type: ElementType::F32,
             shape: vec![Dim::Any, Dim::Fixed(width)],
             batch_axis: Some(0),
+            sequence_axis: None,
         };
         Signature { inputs: vec![spec("pixels", 64)], outputs: vec![spec("probabilities", 10)] }
     }
@@ -281,6 +429,15 @@ mod tests {
         let err = Tensor::new(ElementType::F32, vec![2, 3], vec![0; 23]).unwrap_err();
         assert!(err.contains("needs 24 bytes, got 23"), "{err}");
         assert!(Tensor::new(ElementType::F32, vec![usize::MAX, 2], vec![]).is_err());
+    }
+
+    #[test]
+    fn pad_values_encode_exactly_or_not_at_all() {
+        assert_eq!(ElementType::I64.encode(-1.0).unwrap(), (-1i64).to_le_bytes());
+        assert_eq!(ElementType::F32.encode(0.5).unwrap(), 0.5f32.to_le_bytes());
+        assert_eq!(ElementType::U8.encode(255.0).unwrap(), vec![255]);
+        assert!(ElementType::U8.encode(256.0).unwrap_err().contains("UINT8 cannot hold 256"));
+        assert!(ElementType::I32.encode(0.5).is_err());
     }
 
     #[test]
@@ -353,5 +510,98 @@ mod tests {
         assert_eq!(unbatched.shape_for_batch(8), None);
         let open = TensorSpec { shape: vec![Dim::Any, Dim::Any], ..spec.clone() };
         assert_eq!(open.shape_for_batch(2), None);
+    }
+
+    /// MiniLM's shape: three `[batch, sequence]` int64 inputs, `[batch, sequence, 4]` out.
+    fn sequence_signature() -> Signature {
+        let spec = |name: &str, shape: Vec<Dim>| TensorSpec {
+            name: name.into(),
+            element_type: ElementType::I64,
+            shape,
+            batch_axis: Some(0),
+            sequence_axis: Some(1),
+        };
+        Signature {
+            inputs: vec![spec("ids", vec![Dim::Any, Dim::Any]), spec("mask", vec![Dim::Any, Dim::Any])],
+            outputs: vec![TensorSpec {
+                element_type: ElementType::F32,
+                ..spec("hidden", vec![Dim::Any, Dim::Any, Dim::Fixed(4)])
+            }],
+        }
+    }
+
+    #[test]
+    fn sequences_of_different_lengths_are_compatible_only_where_the_model_pads() {
+        let signature = sequence_signature();
+        let request =
+            |length| vec![zeros(ElementType::I64, vec![1, length]), zeros(ElementType::I64, vec![1, length])];
+        assert!(signature.pads());
+        assert!(signature.compatible(&request(3), &request(9)));
+        assert_eq!(signature.sequence_length(&request(9)), 9);
+        let mut unpadded = signature.clone();
+        unpadded.inputs[1].sequence_axis = None;
+        assert!(!unpadded.pads());
+        assert!(!unpadded.compatible(&request(3), &request(9)));
+        assert!(unpadded.compatible(&request(9), &request(9)));
+    }
+
+    #[test]
+    fn inputs_must_agree_on_the_sequence_length() {
+        let signature = sequence_signature();
+        let inputs = vec![
+            ("ids".to_string(), zeros(ElementType::I64, vec![1, 5])),
+            ("mask".to_string(), zeros(ElementType::I64, vec![1, 6])),
+        ];
+        let error = signature.check_inputs(inputs).unwrap_err();
+        assert!(error.contains("same sequence length, got 5 and 6"), "{error}");
+    }
+
+    #[test]
+    fn pad_then_truncate_round_trips_on_any_axis() {
+        // [batch=2, sequence=2, width=2] padded along the sequence axis to 3 with 0xff.
+        let tensor = counting(vec![2, 2, 2], 1);
+        let padded = pad(&tensor, 1, 3, &[0xff]);
+        assert_eq!(padded.shape, vec![2, 3, 2]);
+        assert_eq!(padded.data, vec![1, 2, 3, 4, 255, 255, 5, 6, 7, 8, 255, 255]);
+        assert_eq!(truncate(&padded, 1, 2), tensor);
+        // The last axis, with multi-byte elements.
+        let ids = Tensor::new(
+            ElementType::I32,
+            vec![1, 2],
+            [7i32, 8].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
+        .unwrap();
+        let padded = pad(&ids, 1, 4, &(-1i32).to_le_bytes());
+        let values: Vec<i32> =
+            padded.data.chunks(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect();
+        assert_eq!(values, vec![7, 8, -1, -1]);
+        assert_eq!(truncate(&padded, 1, 2), ids);
+    }
+
+    #[test]
+    fn axes_come_from_shared_symbols() {
+        let dims = |names: &[&'static str]| -> Vec<Option<&'static str>> {
+            names.iter().map(|n| (!n.is_empty()).then_some(*n)).collect()
+        };
+        // MiniLM: the batch and sequence symbols; the pooled output has no sequence axis.
+        let (inputs, outputs) =
+            find_axes(&[dims(&["b", "s"]), dims(&["b", "s"])], &[dims(&["b", "s", ""]), dims(&["b", ""])]);
+        assert_eq!(inputs, vec![Axes { batch: Some(0), sequence: Some(1) }; 2]);
+        assert_eq!(
+            outputs,
+            vec![Axes { batch: Some(0), sequence: Some(1) }, Axes { batch: Some(0), sequence: None }]
+        );
+        // A recurrent state batched along axis 1, no sequence.
+        let (inputs, _) = find_axes(&[dims(&["", "b", ""])], &[dims(&["", "b", ""])]);
+        assert_eq!(inputs, vec![Axes { batch: Some(1), sequence: None }]);
+        // Two candidates for the sequence axis (an image's height and width): neither.
+        let (inputs, _) = find_axes(&[dims(&["b", "", "h", "w"])], &[dims(&["b", ""])]);
+        assert_eq!(inputs, vec![Axes { batch: Some(0), sequence: None }]);
+        // A symbol one input lacks is not a sequence axis.
+        let (inputs, _) = find_axes(&[dims(&["b", "s"]), dims(&["b", ""])], &[dims(&["b"])]);
+        assert_eq!(inputs[0], Axes { batch: Some(0), sequence: None });
+        // No batch axis, no sequence axis.
+        let (inputs, _) = find_axes(&[dims(&["s"])], &[dims(&[""])]);
+        assert_eq!(inputs, vec![Axes::default()]);
     }
 }

@@ -82,8 +82,11 @@ fn slow_request(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batched_results_equal_unbatched_ones_and_never_mix_requests() {
-    let batched =
-        Server::start(&config("", "batching = \"on\"\nmax_queue_delay_us = 3000\nexecutors = 1", ""));
+    let batched = Server::start(&config(
+        "",
+        "batching = \"on\"\nmax_queue_delay_us = 3000\nqueue_delay = \"fixed\"\nexecutors = 1",
+        "",
+    ));
     let unbatched = Server::start(&config("", "batching = \"off\"", ""));
     let (images, _) = digits_test_split();
     // A mix of one-image and several-image bodies, every one different.

@@ -17,7 +17,7 @@ use ort::session::Session as OrtSessionHandle;
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 
 use super::{Backend, Session};
-use crate::tensor::{Dim, ElementType, Signature, Tensor, TensorSpec};
+use crate::tensor::{Axes, Dim, ElementType, Signature, Tensor, TensorSpec, find_axes};
 
 /// Where a model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,36 +191,35 @@ fn element_type(ty: TensorElementType) -> anyhow::Result<ElementType> {
     })
 }
 
-/// The signature ONNX Runtime reads from the model; the batch axis is the symbolic dimension
-/// of the first input that every input and output has exactly once.
+/// The signature ONNX Runtime reads from the model; the batch and sequence axes come from
+/// the dimension names the model file gives (see [`find_axes`]).
 fn signature_of(session: &OrtSessionHandle) -> anyhow::Result<Signature> {
-    let outlets: Vec<_> = session.inputs().iter().chain(session.outputs()).collect();
-    let symbols = |dtype: &ValueType| -> Vec<String> {
-        match dtype {
-            ValueType::Tensor { dimension_symbols, .. } => dimension_symbols.iter().cloned().collect(),
-            _ => Vec::new(),
-        }
+    let symbols = |outlets: &[ort::value::Outlet]| -> Vec<Vec<Option<String>>> {
+        outlets
+            .iter()
+            .map(|outlet| match outlet.dtype() {
+                ValueType::Tensor { dimension_symbols, .. } => {
+                    dimension_symbols.iter().map(|s| (!s.is_empty()).then(|| s.clone())).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect()
     };
-    let batch = outlets.first().and_then(|first| {
-        symbols(first.dtype()).into_iter().filter(|s| !s.is_empty()).find(|candidate| {
-            outlets
-                .iter()
-                .all(|outlet| symbols(outlet.dtype()).iter().filter(|s| *s == candidate).count() == 1)
-        })
-    });
-    let spec = |outlet: &ort::value::Outlet| -> anyhow::Result<TensorSpec> {
-        let ValueType::Tensor { ty, shape, dimension_symbols } = outlet.dtype() else {
+    let (input_axes, output_axes) = find_axes(&symbols(session.inputs()), &symbols(session.outputs()));
+    let spec = |(outlet, axes): (&ort::value::Outlet, Axes)| -> anyhow::Result<TensorSpec> {
+        let ValueType::Tensor { ty, shape, .. } = outlet.dtype() else {
             bail!("{:?} is not a tensor", outlet.name());
         };
         Ok(TensorSpec {
             name: outlet.name().to_string(),
             element_type: element_type(*ty).with_context(|| format!("tensor {:?}", outlet.name()))?,
             shape: shape.iter().map(|&d| if d < 0 { Dim::Any } else { Dim::Fixed(d as usize) }).collect(),
-            batch_axis: batch.as_ref().and_then(|batch| dimension_symbols.iter().position(|s| s == batch)),
+            batch_axis: axes.batch,
+            sequence_axis: axes.sequence,
         })
     };
     Ok(Signature {
-        inputs: session.inputs().iter().map(spec).collect::<anyhow::Result<_>>()?,
-        outputs: session.outputs().iter().map(spec).collect::<anyhow::Result<_>>()?,
+        inputs: session.inputs().iter().zip(input_axes).map(spec).collect::<anyhow::Result<_>>()?,
+        outputs: session.outputs().iter().zip(output_axes).map(spec).collect::<anyhow::Result<_>>()?,
     })
 }

@@ -2,8 +2,8 @@
 //!
 //! A model is parsed, typed and optimized once; the optimized plan is shared, and each
 //! executor runs it through its own `SimpleState`. Symbolic dimensions in the ONNX file (such
-//! as a `batch` axis) stay symbolic, so one plan serves every batch size; the batch axis of
-//! each tensor is found from the symbol they share.
+//! as a `batch` axis) stay symbolic, so one plan serves every batch size and length; the
+//! batch and sequence axes of each tensor are found from the symbols they share.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use tract_onnx::prelude::*;
 
 use super::{Backend, Session};
-use crate::tensor::{Dim, ElementType, Signature, Tensor, TensorSpec};
+use crate::tensor::{Axes, Dim, ElementType, Signature, Tensor, TensorSpec, find_axes};
 
 /// An optimized tract plan and the signature it was made from.
 pub struct TractModel {
@@ -73,10 +73,22 @@ impl Session for TractSession {
 }
 
 fn signature_of(model: &TypedModel) -> anyhow::Result<Signature> {
-    let batch = batch_symbol(model)?;
-    let spec = |outlet: OutletId, name: String| -> anyhow::Result<TensorSpec> {
+    let inputs = model.input_outlets()?.to_vec();
+    let outputs = model.output_outlets()?.to_vec();
+    // Each dimension's symbol, for finding the batch and sequence axes (tract keeps the
+    // ONNX file's symbolic dimensions, e.g. `batch_size`, through typing).
+    let symbols = |outlets: &[OutletId]| -> anyhow::Result<Vec<Vec<Option<TDim>>>> {
+        outlets
+            .iter()
+            .map(|&outlet| {
+                let fact = model.outlet_fact(outlet)?;
+                Ok(fact.shape.iter().map(|dim| matches!(dim, TDim::Sym(_)).then(|| dim.clone())).collect())
+            })
+            .collect()
+    };
+    let (input_axes, output_axes) = find_axes(&symbols(&inputs)?, &symbols(&outputs)?);
+    let spec = |outlet: OutletId, name: String, axes: Axes| -> anyhow::Result<TensorSpec> {
         let fact = model.outlet_fact(outlet)?;
-        let batch_axis = batch.as_ref().and_then(|batch| fact.shape.iter().position(|dim| dim == batch));
         let element_type = element_type(fact.datum_type).with_context(|| format!("tensor {name:?}"))?;
         let shape = fact
             .shape
@@ -86,43 +98,25 @@ fn signature_of(model: &TypedModel) -> anyhow::Result<Signature> {
                 None => Dim::Any,
             })
             .collect();
-        Ok(TensorSpec { name, element_type, shape, batch_axis })
+        Ok(TensorSpec { name, element_type, shape, batch_axis: axes.batch, sequence_axis: axes.sequence })
     };
-    let inputs = model
-        .input_outlets()?
+    let inputs = inputs
         .iter()
-        .map(|&outlet| spec(outlet, model.node(outlet.node).name.clone()))
+        .zip(input_axes)
+        .map(|(&outlet, axes)| spec(outlet, model.node(outlet.node).name.clone(), axes))
         .collect::<anyhow::Result<_>>()?;
-    let outputs = model
-        .output_outlets()?
+    let outputs = outputs
         .iter()
-        .map(|&outlet| {
+        .zip(output_axes)
+        .map(|(&outlet, axes)| {
             let name = model
                 .outlet_label(outlet)
                 .map(str::to_owned)
                 .unwrap_or_else(|| model.node(outlet.node).name.clone());
-            spec(outlet, name)
+            spec(outlet, name, axes)
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(Signature { inputs, outputs })
-}
-
-/// The model's batch dimension: a symbol of the first input that appears exactly once in
-/// every input and output (e.g. `batch` in `pixels [batch, 64]` and `state [2, batch, 128]`).
-fn batch_symbol(model: &TypedModel) -> anyhow::Result<Option<TDim>> {
-    let outlets: Vec<OutletId> =
-        model.input_outlets()?.iter().chain(model.output_outlets()?).copied().collect();
-    let Some(&first) = outlets.first() else {
-        return Ok(None);
-    };
-    let facts = outlets.iter().map(|&outlet| model.outlet_fact(outlet)).collect::<TractResult<Vec<_>>>()?;
-    let candidates = model.outlet_fact(first)?.shape.iter().filter(|dim| matches!(dim, TDim::Sym(_)));
-    Ok(candidates
-        .into_iter()
-        .find(|candidate| {
-            facts.iter().all(|fact| fact.shape.iter().filter(|dim| dim == candidate).count() == 1)
-        })
-        .cloned())
 }
 
 fn element_type(datum_type: DatumType) -> anyhow::Result<ElementType> {

@@ -74,7 +74,7 @@ impl Server {
         env: &[(&str, &std::path::Path)],
         config_dir: tempfile::TempDir,
     ) -> Result<Server, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edge-infer"))
+        let mut child = Command::new(binary())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -150,9 +150,18 @@ impl Drop for Server {
     }
 }
 
-/// A built guest component.
+/// The `edge-infer` binary: this build's, or `EDGE_INFER_BIN` where a compiled benchmark runs
+/// on another machine (benches/gpu.sh).
+fn binary() -> PathBuf {
+    std::env::var_os("EDGE_INFER_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_edge-infer")), PathBuf::from)
+}
+
+/// A built guest component: from this build, or from `EDGE_INFER_GUEST_DIR` if set at run time.
 pub fn guest(name: &str) -> PathBuf {
-    Path::new(env!("EDGE_INFER_GUEST_DIR")).join(format!("{name}.wasm"))
+    let folder = std::env::var_os("EDGE_INFER_GUEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("EDGE_INFER_GUEST_DIR")), PathBuf::from);
+    folder.join(format!("{name}.wasm"))
 }
 
 /// Builds the Python and JavaScript guests with guest/build-py-js.sh, once per test binary

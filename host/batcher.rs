@@ -1,0 +1,343 @@
+//! How a batch is formed: which queued requests join it, how long to wait for more, and how
+//! requests of different lengths are padded into one run and cut apart again.
+//!
+//! - **Padding.** A model whose inputs share a sequence axis (tokens, samples) batches
+//!   requests of different lengths: each input is padded to the batch's longest with the
+//!   input's pad value, and every output that carries the sequence axis is cut back to each
+//!   request's own length.
+//! - **Buckets by length.** The batch is headed by the oldest request of the highest
+//!   priority, so no length waits forever. Other requests join closest length first (then
+//!   oldest first) while the batch stays within `max_padding_ratio`: padding elements over all
+//!   elements of the padded batch. One long request does not turn a batch of short ones into
+//!   padding; it heads, or joins, a batch of its own length.
+//! - **Adaptive queue delay.** Waiting for more requests pays only when more are coming. The
+//!   delay starts at zero and grows (up to `max_queue_delay`) when batches find more than one
+//!   request already queued, a sign of load; it halves whenever a wait brought nothing. At
+//!   one client it stays at zero, so batching adds no latency; under load batches fill.
+
+use std::time::Duration;
+
+use crate::tensor::{self, Signature, Tensor};
+
+/// How the batcher waits for a batch to fill.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DelayPolicy {
+    /// Wait only as long as waiting has recently brought more requests (up to the maximum).
+    #[default]
+    Adaptive,
+    /// Always wait up to the maximum for a batch to fill (Triton's `max_queue_delay`).
+    Fixed,
+}
+
+/// The queue delay in force for one model.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueDelay {
+    policy: DelayPolicy,
+    max: Duration,
+    current: Duration,
+}
+
+impl QueueDelay {
+    pub fn new(policy: DelayPolicy, max: Duration) -> QueueDelay {
+        let current = match policy {
+            DelayPolicy::Adaptive => Duration::ZERO,
+            DelayPolicy::Fixed => max,
+        };
+        QueueDelay { policy, max, current }
+    }
+
+    /// How long the first request of a batch may wait, now.
+    pub fn allowed(&self) -> Duration {
+        self.current
+    }
+
+    /// A batch was formed from requests already queued: there is load, waiting may pay.
+    pub fn found_queued(&mut self) {
+        if self.policy == DelayPolicy::Adaptive {
+            self.current = (self.current * 2 + self.max / 8).min(self.max);
+        }
+    }
+
+    /// A batch waited for more requests; `gained` says whether any came.
+    pub fn waited(&mut self, gained: bool) {
+        if self.policy != DelayPolicy::Adaptive {
+            return;
+        }
+        if gained {
+            self.found_queued();
+        } else {
+            self.current /= 2;
+            if self.current < self.max / 64 {
+                self.current = Duration::ZERO;
+            }
+        }
+    }
+}
+
+/// The size of a batch being formed: items, the longest request, and the real elements per
+/// position (so that padding can be told from content).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fill {
+    pub items: usize,
+    pub longest: usize,
+    /// Σ items × length over the batch's requests.
+    real: usize,
+}
+
+impl Fill {
+    /// A batch of one request of `items` items, `length` long.
+    pub fn new(items: usize, length: usize) -> Fill {
+        Fill { items, longest: length, real: items * length }
+    }
+
+    /// Whether a request of `items` items, `length` long, may join: the batch stays within
+    /// `max_items` and its padding within `max_padding_ratio`.
+    pub fn admits(&self, items: usize, length: usize, max_items: usize, max_padding_ratio: f64) -> bool {
+        let grown = self.with(items, length);
+        grown.items <= max_items && grown.padding_ratio() <= max_padding_ratio + 1e-12
+    }
+
+    /// Adds a request.
+    pub fn add(&mut self, items: usize, length: usize) {
+        *self = self.with(items, length);
+    }
+
+    fn with(&self, items: usize, length: usize) -> Fill {
+        Fill {
+            items: self.items + items,
+            longest: self.longest.max(length),
+            real: self.real + items * length,
+        }
+    }
+
+    /// The share of the padded batch that is padding: 0 when every request has one length.
+    pub fn padding_ratio(&self) -> f64 {
+        let padded = self.items * self.longest;
+        if padded == 0 { 0.0 } else { 1.0 - self.real as f64 / padded as f64 }
+    }
+}
+
+/// A queued request as the batcher sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate {
+    /// Higher priorities first: the lane's index (0 is the highest).
+    pub lane: usize,
+    /// Arrival order within the lane.
+    pub position: usize,
+    pub items: usize,
+    pub length: usize,
+}
+
+/// Picks, from compatible queued requests, those that join a batch filled so far as `fill`
+/// whose head is `head_length` long: higher priority first, then closest length, then
+/// oldest; each joins if the batch stays within its limits. Returns the chosen requests'
+/// (lane, position), and leaves `fill` as the batch will be.
+pub fn choose(
+    fill: &mut Fill,
+    head_length: usize,
+    mut candidates: Vec<Candidate>,
+    max_items: usize,
+    max_padding_ratio: f64,
+) -> Vec<(usize, usize)> {
+    candidates.sort_by_key(|c| (c.lane, c.length.abs_diff(head_length), c.position));
+    let mut chosen = Vec::new();
+    for candidate in candidates {
+        if fill.items >= max_items {
+            break;
+        }
+        if fill.admits(candidate.items, candidate.length, max_items, max_padding_ratio) {
+            fill.add(candidate.items, candidate.length);
+            chosen.push((candidate.lane, candidate.position));
+        }
+    }
+    chosen
+}
+
+/// Joins requests' inputs into one batch: each input padded along the sequence axis to
+/// `longest` with `pad_values` (one element's bytes per input), then concatenated along the
+/// batch axis. Returns the batch and its element counts (real, padding).
+pub fn assemble(
+    signature: &Signature,
+    requests: &[&[Tensor]],
+    longest: usize,
+    pad_values: &[Vec<u8>],
+) -> (Vec<Tensor>, ElementCounts) {
+    let mut counts = ElementCounts::default();
+    let inputs = signature
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let padded: Vec<std::borrow::Cow<Tensor>> = requests
+                .iter()
+                .map(|inputs| {
+                    let tensor = &inputs[i];
+                    counts.real += element_count(tensor);
+                    match spec.sequence_axis {
+                        Some(axis) if tensor.shape[axis] < longest => {
+                            std::borrow::Cow::Owned(tensor::pad(tensor, axis, longest, &pad_values[i]))
+                        }
+                        _ => std::borrow::Cow::Borrowed(tensor),
+                    }
+                })
+                .collect();
+            let batch_axis = spec.batch_axis.expect("batched models have batch axes");
+            let parts: Vec<&Tensor> = padded.iter().map(|t| t.as_ref()).collect();
+            let joined = if parts.len() == 1 { parts[0].clone() } else { tensor::concat(&parts, batch_axis) };
+            counts.padding += element_count(&joined);
+            joined
+        })
+        .collect();
+    counts.padding -= counts.real;
+    (inputs, counts)
+}
+
+/// Parts a batch's outputs back into each request's: split along the batch axis by `items`,
+/// and outputs that carry the sequence axis at the batch's `longest` cut to each request's
+/// length (an output whose sequence size differs from the inputs' is left whole).
+pub fn disassemble(
+    signature: &Signature,
+    outputs: Vec<Tensor>,
+    items: &[usize],
+    lengths: &[usize],
+    longest: usize,
+) -> Vec<Vec<Tensor>> {
+    let mut per_request: Vec<Vec<Tensor>> = items.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    for (output, spec) in outputs.into_iter().zip(&signature.outputs) {
+        let batch_axis = spec.batch_axis.expect("batched models have batch axes");
+        let pieces = if items.len() == 1 { vec![output] } else { tensor::split(&output, batch_axis, items) };
+        for ((request, piece), &length) in per_request.iter_mut().zip(pieces).zip(lengths) {
+            let piece = match spec.sequence_axis {
+                Some(axis) if length < longest && piece.shape[axis] == longest => {
+                    tensor::truncate(&piece, axis, length)
+                }
+                _ => piece,
+            };
+            request.push(piece);
+        }
+    }
+    per_request
+}
+
+/// Elements of a batch's inputs: from the requests, and added as padding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ElementCounts {
+    pub real: usize,
+    pub padding: usize,
+}
+
+fn element_count(tensor: &Tensor) -> usize {
+    tensor.shape.iter().product()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::{Dim, ElementType, TensorSpec};
+
+    #[test]
+    fn the_adaptive_delay_stays_at_zero_without_load_and_grows_with_it() {
+        let max = Duration::from_millis(2);
+        let mut delay = QueueDelay::new(DelayPolicy::Adaptive, max);
+        assert_eq!(delay.allowed(), Duration::ZERO, "one client: no waiting at all");
+        delay.found_queued();
+        assert_eq!(delay.allowed(), max / 8);
+        for _ in 0..10 {
+            delay.waited(true);
+        }
+        assert_eq!(delay.allowed(), max, "capped at the maximum");
+        delay.waited(false);
+        assert_eq!(delay.allowed(), max / 2, "a fruitless wait halves it");
+        for _ in 0..6 {
+            delay.waited(false);
+        }
+        assert_eq!(delay.allowed(), Duration::ZERO, "load gone: back to zero");
+
+        let mut fixed = QueueDelay::new(DelayPolicy::Fixed, max);
+        fixed.waited(false);
+        assert_eq!(fixed.allowed(), max);
+    }
+
+    #[test]
+    fn padding_ratio_counts_the_padded_share() {
+        let mut fill = Fill::new(1, 10);
+        assert_eq!(fill.padding_ratio(), 0.0);
+        fill.add(1, 30);
+        // 2 × 30 padded, 40 real.
+        assert!((fill.padding_ratio() - 1.0 / 3.0).abs() < 1e-9);
+        assert!(!fill.admits(1, 100, 32, 0.5), "100 long: 3 × 100 padded, 140 real");
+        assert!(fill.admits(1, 20, 32, 0.35), "3 × 30 padded, 60 real");
+        assert!(!fill.admits(31, 30, 32, 1.0), "over the item limit");
+    }
+
+    fn candidate(position: usize, length: usize) -> Candidate {
+        Candidate { lane: 1, position, items: 1, length }
+    }
+
+    #[test]
+    fn requests_join_closest_length_first_within_the_padding_bound() {
+        // Head of length 10; queued: 100, 12, 50, 9, 11 long.
+        let lengths = [100, 12, 50, 9, 11];
+        let candidates = lengths.iter().enumerate().map(|(i, &l)| candidate(i, l)).collect();
+        let mut fill = Fill::new(1, 10);
+        let chosen = choose(&mut fill, 10, candidates, 32, 0.25);
+        let chosen_lengths: Vec<usize> = chosen.iter().map(|&(_, p)| lengths[p]).collect();
+        assert_eq!(chosen_lengths, vec![9, 11, 12], "the long ones wait for a batch of their own");
+        assert!(fill.padding_ratio() <= 0.25);
+        assert_eq!((fill.items, fill.longest), (4, 12));
+    }
+
+    #[test]
+    fn equal_lengths_join_oldest_first_up_to_the_item_limit_and_priority_comes_first() {
+        let mut candidates: Vec<Candidate> = (0..5).map(|p| candidate(p, 7)).collect();
+        candidates.push(Candidate { lane: 0, position: 0, items: 1, length: 7 });
+        let mut fill = Fill::new(1, 7);
+        let chosen = choose(&mut fill, 7, candidates, 4, 0.0);
+        assert_eq!(chosen, vec![(0, 0), (1, 0), (1, 1)]);
+    }
+
+    fn sequence_signature() -> Signature {
+        let spec = |name: &str, element_type, shape| TensorSpec {
+            name: name.into(),
+            element_type,
+            shape,
+            batch_axis: Some(0),
+            sequence_axis: Some(1),
+        };
+        Signature {
+            inputs: vec![spec("ids", ElementType::U8, vec![Dim::Any, Dim::Any])],
+            outputs: vec![
+                spec("hidden", ElementType::U8, vec![Dim::Any, Dim::Any, Dim::Fixed(2)]),
+                TensorSpec {
+                    sequence_axis: None,
+                    ..spec("pooled", ElementType::U8, vec![Dim::Any, Dim::Fixed(2)])
+                },
+            ],
+        }
+    }
+
+    fn bytes(shape: Vec<usize>, data: Vec<u8>) -> Tensor {
+        Tensor::new(ElementType::U8, shape, data).unwrap()
+    }
+
+    #[test]
+    fn padded_batches_come_apart_into_each_requests_own_outputs() {
+        let signature = sequence_signature();
+        let short = vec![bytes(vec![1, 1], vec![1])];
+        let long = vec![bytes(vec![2, 3], vec![2, 3, 4, 5, 6, 7])];
+        let (inputs, counts) = assemble(&signature, &[&short, &long], 3, &[vec![0]]);
+        assert_eq!(inputs[0].shape, vec![3, 3]);
+        assert_eq!(inputs[0].data, vec![1, 0, 0, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(counts, ElementCounts { real: 7, padding: 2 });
+
+        // A "model" whose hidden state echoes each token twice and pools the first token.
+        let hidden = bytes(vec![3, 3, 2], inputs[0].data.iter().flat_map(|&v| [v, v]).collect());
+        let pooled = bytes(vec![3, 2], vec![1, 1, 2, 2, 5, 5]);
+        let parts = disassemble(&signature, vec![hidden, pooled], &[1, 2], &[1, 3], 3);
+        assert_eq!(parts[0], vec![bytes(vec![1, 1, 2], vec![1, 1]), bytes(vec![1, 2], vec![1, 1])]);
+        assert_eq!(parts[1][0].shape, vec![2, 3, 2]);
+        assert_eq!(parts[1][0].data, vec![2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]);
+        assert_eq!(parts[1][1], bytes(vec![2, 2], vec![2, 2, 5, 5]));
+    }
+}
