@@ -12,12 +12,18 @@
 //!   padding; it heads, or joins, a batch of its own length.
 //! - **Adaptive queue delay.** Waiting for more requests pays only when more are coming. The
 //!   delay starts at zero and grows (up to `max_queue_delay`) when batches find more than one
-//!   request already queued, a sign of load; it halves whenever a wait brought nothing. At
-//!   one client it stays at zero, so batching adds no latency; under load batches fill.
+//!   request already queued, a sign of load; it halves whenever a wait brought nothing, and a
+//!   wait ends early once an eighth of the maximum passes without a new request. At one
+//!   client it stays at zero, so batching adds no latency; under load batches fill.
 
 use std::time::Duration;
 
 use crate::tensor::{self, Signature, Tensor};
+
+/// Most padding in a batch, as a share of its input elements, for models that take a mask.
+/// Measured on MiniLM on the CPU: 0.1 made batches too small, 0.4 spent a third of each batch
+/// on padding.
+pub const DEFAULT_MAX_PADDING_RATIO: f64 = 0.2;
 
 /// How the batcher waits for a batch to fill.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -50,6 +56,12 @@ impl QueueDelay {
     /// How long the first request of a batch may wait, now.
     pub fn allowed(&self) -> Duration {
         self.current
+    }
+
+    /// Under the adaptive policy, how long a wait goes on without a new request before it
+    /// ends (an eighth of the maximum); `None` under the fixed policy, which waits it out.
+    pub fn patience(&self) -> Option<Duration> {
+        (self.policy == DelayPolicy::Adaptive).then_some(self.max / 8)
     }
 
     /// A batch was formed from requests already queued: there is load, waiting may pay.

@@ -120,18 +120,13 @@ fn synthesize_one(spec: &TensorSpec, batch: usize, length: Option<usize>) -> Opt
     let shape = sized.concrete_shape(batch, Some(length.unwrap_or(OTHER_FREE_DIMENSION)))?;
     let count: usize = shape.iter().product();
     let one: Vec<u8> = match spec.element_type {
-        ElementType::I32 if is_mask(&spec.name) => 1i32.to_le_bytes().to_vec(),
-        ElementType::I64 if is_mask(&spec.name) => 1i64.to_le_bytes().to_vec(),
-        ElementType::U8 if is_mask(&spec.name) => vec![1],
+        ElementType::I32 if spec.is_mask() => 1i32.to_le_bytes().to_vec(),
+        ElementType::I64 if spec.is_mask() => 1i64.to_le_bytes().to_vec(),
+        ElementType::U8 if spec.is_mask() => vec![1],
         other => vec![0; other.size()],
     };
     let data = one.iter().copied().cycle().take(count * one.len()).collect();
     Tensor::new(spec.element_type, shape, data).ok()
-}
-
-/// Whether an input holds a mask (attention masks are ones where there is content).
-fn is_mask(name: &str) -> bool {
-    name.to_ascii_lowercase().contains("mask")
 }
 
 /// Median seconds per item of running the model on `inputs` (`batch` items).

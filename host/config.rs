@@ -86,9 +86,10 @@ pub struct ModelConfig {
     #[serde(default)]
     pub queue_delay: DelayPolicy,
     /// Requests of different lengths share a batch while padding stays within this share of
-    /// the batch's elements (0: only equal lengths).
-    #[serde(default = "default_max_padding_ratio")]
-    pub max_padding_ratio: f64,
+    /// the batch's elements (0: only equal lengths). Default: 0.2 for models with a mask
+    /// input (which mask padded positions), 0 for others.
+    #[serde(default)]
+    pub max_padding_ratio: Option<f64>,
     /// The value each input is padded with, by input name (default 0).
     #[serde(default)]
     pub pad_values: BTreeMap<String, f64>,
@@ -144,9 +145,6 @@ fn default_queue_capacity() -> usize {
 }
 fn default_max_queue_delay_us() -> u64 {
     2_000
-}
-fn default_max_padding_ratio() -> f64 {
-    0.2
 }
 fn default_cache_ttl_ms() -> u64 {
     60_000
@@ -219,7 +217,7 @@ impl Config {
             max_batch_size: None,
             max_queue_delay_us: default_max_queue_delay_us(),
             queue_delay: DelayPolicy::Adaptive,
-            max_padding_ratio: default_max_padding_ratio(),
+            max_padding_ratio: None,
             pad_values: BTreeMap::new(),
             cache_entries: 0,
             cache_ttl_ms: default_cache_ttl_ms(),
@@ -268,7 +266,7 @@ impl Config {
                     bail!("field `{field}.{name}`: must be at least 1");
                 }
             }
-            if !(0.0..1.0).contains(&model.max_padding_ratio) {
+            if model.max_padding_ratio.is_some_and(|ratio| !(0.0..1.0).contains(&ratio)) {
                 bail!("field `{field}.max_padding_ratio`: must be at least 0 and below 1");
             }
         }
@@ -352,7 +350,7 @@ mod tests {
         assert_eq!(config.models["digits"].executors, Some(2));
         let digits = &config.models["digits"];
         assert_eq!((digits.max_queue_delay_us, digits.queue_delay), (2000, DelayPolicy::Adaptive));
-        assert_eq!((digits.max_padding_ratio, digits.pad_values.len()), (0.2, 0));
+        assert_eq!((digits.max_padding_ratio, digits.pad_values.len()), (None, 0));
         let route = &config.routes[0];
         assert_eq!(route.component, Path::new("/opt/digits.wasm"));
         assert_eq!((route.timeout_ms, route.max_concurrency, route.memory_mib), (500, 64, 64));

@@ -213,7 +213,8 @@ impl Run {
     /// Sends one request due at `due` with body number `body`, and records it if it counts.
     async fn request(&self, due: Instant, body: usize, mine: &mut Totals) {
         let bodies = &self.load.bodies;
-        let outcome = send(&self.client, &self.load, bodies[body % bodies.len()].clone()).await;
+        let body = if bodies.is_empty() { Bytes::new() } else { bodies[body % bodies.len()].clone() };
+        let outcome = send(&self.client, &self.load, body).await;
         self.answered.fetch_add(1, Ordering::Relaxed);
         if due >= self.record_from {
             mine.record(outcome, due.elapsed());

@@ -38,6 +38,7 @@ impl Models {
                 backend = backend_name,
                 executors = scheduling.executors,
                 max_batch = scheduler.max_batch_items(),
+                max_padding = scheduler.max_padding_ratio(),
                 load_ms = started.elapsed().as_millis() as u64,
                 "model loaded"
             );

@@ -140,7 +140,7 @@ impl graph::Host for NnView<'_> {
                 max_batch_size: 1,
                 max_queue_delay: std::time::Duration::ZERO,
                 queue_delay: DelayPolicy::Fixed,
-                max_padding_ratio: 0.0,
+                max_padding_ratio: Some(0.0),
                 pad_values: Default::default(),
                 cache: None,
             };

@@ -33,7 +33,7 @@ use crate::cache::{self, ResultCache};
 use crate::calibration;
 use crate::metrics::{ModelMetrics, ModelOutcome};
 use crate::request::{Priority, RequestContext};
-use crate::tensor::{NamedTensor, Signature, Tensor};
+use crate::tensor::{NamedTensor, Signature, Tensor, TensorSpec};
 
 pub use crate::batcher::DelayPolicy;
 
@@ -61,8 +61,10 @@ pub struct SchedulerConfig {
     pub max_queue_delay: Duration,
     /// Whether that wait adapts to the load or is always the maximum.
     pub queue_delay: DelayPolicy,
-    /// Most padding in a batch of requests of different lengths, as a share of its elements.
-    pub max_padding_ratio: f64,
+    /// Most padding in a batch of requests of different lengths, as a share of its elements;
+    /// `None`: [`batcher::DEFAULT_MAX_PADDING_RATIO`] for models with a mask input (which
+    /// mask padded positions), 0 (equal lengths only) for others.
+    pub max_padding_ratio: Option<f64>,
     /// Pad values by input name; inputs not named pad with 0.
     pub pad_values: BTreeMap<String, f64>,
     pub cache: Option<CacheConfig>,
@@ -161,14 +163,18 @@ impl ModelScheduler {
         config: &SchedulerConfig,
     ) -> anyhow::Result<ModelScheduler> {
         let signature = backend.signature().clone();
-        let mut sessions = (0..config.executors.max(1))
+        let sessions = (0..config.executors.max(1))
             .map(|index| {
                 backend.new_session().with_context(|| format!("starting executor {index} of model {name:?}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pad_values =
             pad_values(&signature, &config.pad_values).with_context(|| format!("model {name:?}"))?;
-        let max_batch_items = batch_limit(name, &signature, config, sessions[0].as_mut());
+        let max_batch_items = batch_limit(name, &signature, config, backend.as_ref())?;
+        let max_padding_ratio = config.max_padding_ratio.unwrap_or_else(|| {
+            let masked = signature.inputs.iter().any(TensorSpec::is_mask);
+            if masked { batcher::DEFAULT_MAX_PADDING_RATIO } else { 0.0 }
+        });
         let delay = QueueDelay::new(config.queue_delay, config.max_queue_delay);
         let shared = Arc::new(Shared {
             name: name.to_string(),
@@ -177,7 +183,7 @@ impl ModelScheduler {
             changed: Condvar::new(),
             capacity: config.queue_capacity,
             max_batch_items,
-            max_padding_ratio: config.max_padding_ratio,
+            max_padding_ratio,
             pad_values,
             metrics: ModelMetrics::new(name),
         });
@@ -207,6 +213,11 @@ impl ModelScheduler {
     /// Most items the batcher puts in one run (1: no batching).
     pub fn max_batch_items(&self) -> usize {
         self.shared.max_batch_items
+    }
+
+    /// Most padding in a batch of requests of different lengths (0: equal lengths only).
+    pub fn max_padding_ratio(&self) -> f64 {
+        if self.shared.signature.pads() { self.shared.max_padding_ratio } else { 0.0 }
     }
 
     /// Runs the model on `inputs` and returns its named outputs; the time spent queued and
@@ -300,7 +311,7 @@ impl Shared {
     /// Waits for the next batch: the first live job in priority order, plus (when batching)
     /// compatible jobs up to the batch limit, waiting as long as the queue delay allows for
     /// more. `None` once the queue is closed and empty.
-    fn next_batch(&self) -> Option<(Vec<Job>, Fill)> {
+    fn next_batch(&self) -> Option<Vec<Job>> {
         let mut queue = self.queue.lock().unwrap();
         let first = loop {
             if !queue.forming {
@@ -323,15 +334,23 @@ impl Shared {
             }
             let fill_by = batch[0].enqueued + queue.delay.allowed();
             if fill.items < self.max_batch_items && Instant::now() < fill_by && !queue.closed {
-                let before = batch.len();
+                // Wait while requests keep coming: under the adaptive policy, a step of
+                // `patience` that brings none ends the wait.
+                let patience = queue.delay.patience();
+                let (before, mut last_gain) = (batch.len(), Instant::now());
                 queue.forming = true;
                 loop {
                     let now = Instant::now();
-                    if fill.items >= self.max_batch_items || now >= fill_by || queue.closed {
+                    let give_up = patience.map_or(fill_by, |step| fill_by.min(last_gain + step));
+                    if fill.items >= self.max_batch_items || now >= give_up || queue.closed {
                         break;
                     }
-                    queue = self.changed.wait_timeout(queue, fill_by - now).unwrap().0;
+                    queue = self.changed.wait_timeout(queue, give_up - now).unwrap().0;
+                    let had = batch.len();
                     self.take_compatible(&mut queue, &mut batch, &mut fill);
+                    if batch.len() > had {
+                        last_gain = Instant::now();
+                    }
                 }
                 queue.forming = false;
                 queue.delay.waited(batch.len() > before);
@@ -341,7 +360,7 @@ impl Shared {
         self.metrics.pending.set(queue.len() as i64);
         drop(queue);
         self.changed.notify_all();
-        Some((batch, fill))
+        Some(batch)
     }
 
     /// Moves queued jobs that fit `batch` into it (see [`batcher::choose`]): higher priority
@@ -378,20 +397,24 @@ impl Shared {
     fn remove_dead(&self, queue: &mut Queue) {
         let now = Instant::now();
         for lane in &mut queue.lanes {
-            lane.retain_mut(|job| {
-                if job.reply.is_closed() {
-                    self.metrics.outcome(ModelOutcome::Cancelled);
-                    false
-                } else if job.context.deadline <= now {
-                    self.metrics.outcome(ModelOutcome::Expired);
-                    // retain_mut only lends the job: swap the reply out to answer it.
-                    let (placeholder, _) = oneshot::channel();
-                    let _ = std::mem::replace(&mut job.reply, placeholder).send(Err(JobError::Expired));
-                    false
-                } else {
-                    true
-                }
-            });
+            lane.retain_mut(|job| !self.settle_if_dead(job, now));
+        }
+    }
+
+    /// If `job`'s caller is gone, counts it cancelled; if its deadline has passed, answers it
+    /// `Expired`. Returns whether it is dead (and must not run).
+    fn settle_if_dead(&self, job: &mut Job, now: Instant) -> bool {
+        if job.reply.is_closed() {
+            self.metrics.outcome(ModelOutcome::Cancelled);
+            true
+        } else if job.context.deadline <= now {
+            self.metrics.outcome(ModelOutcome::Expired);
+            // The job is only lent here: swap the reply out to answer it.
+            let (placeholder, _) = oneshot::channel();
+            let _ = std::mem::replace(&mut job.reply, placeholder).send(Err(JobError::Expired));
+            true
+        } else {
+            false
         }
     }
 }
@@ -411,62 +434,82 @@ struct Executor {
 
 impl Executor {
     fn run(mut self) {
-        while let Some((batch, fill)) = self.shared.next_batch() {
-            self.execute(batch, fill);
+        while let Some(batch) = self.shared.next_batch() {
+            self.execute(batch);
         }
     }
 
-    fn execute(&mut self, mut batch: Vec<Job>, fill: Fill) {
-        let metrics = &self.shared.metrics;
+    /// Runs a batch and answers its jobs. If a batch of several fails, each job is run alone,
+    /// so that one bad request (say, too long for the model) fails only itself.
+    fn execute(&mut self, mut batch: Vec<Job>) {
+        let shared = self.shared.clone();
+        let metrics = &shared.metrics;
+        // Callers may have gone, or deadlines passed, while the batch was forming.
+        let now = Instant::now();
+        batch.retain_mut(|job| !shared.settle_if_dead(job, now));
+        if batch.is_empty() {
+            return;
+        }
         let started = Instant::now();
         for job in &batch {
             metrics.queue_duration.observe((started - job.enqueued).as_secs_f64());
         }
-        let sizes: Vec<usize> = batch.iter().map(|job| job.items).collect();
-        let inputs = if batch.len() == 1 {
-            let inputs = std::mem::take(&mut batch[0].inputs);
-            metrics
-                .real_elements
-                .inc_by(inputs.iter().map(|t| t.shape.iter().product::<usize>() as u64).sum());
-            inputs
-        } else {
-            let requests: Vec<&[Tensor]> = batch.iter().map(|job| job.inputs.as_slice()).collect();
-            let (inputs, counts) =
-                batcher::assemble(&self.shared.signature, &requests, fill.longest, &self.shared.pad_values);
-            metrics.real_elements.inc_by(counts.real as u64);
-            metrics.padding_elements.inc_by(counts.padding as u64);
-            inputs
-        };
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.session.run(inputs)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.run_once(&mut batch)));
         let took = started.elapsed();
-        let total: usize = sizes.iter().sum();
+        let total: usize = batch.iter().map(|job| job.items).sum();
         metrics.compute_duration.observe(took.as_secs_f64());
         metrics.executions.inc();
         metrics.inferences.inc_by(total as u64);
         metrics.batch_size.observe(total as f64);
-        let outputs = match outcome {
-            Ok(Ok(outputs)) => outputs,
-            Ok(Err(e)) => {
-                return self.fail(batch, format!("model {:?} failed: {e:#}", self.shared.name));
+        let failure = match outcome {
+            Ok(Ok(per_job)) => {
+                for (job, outputs) in batch.into_iter().zip(per_job) {
+                    metrics.outcome(ModelOutcome::Success);
+                    let _ = job.reply.send(Ok(Ran { outputs, started, took }));
+                }
+                return;
             }
+            Ok(Err(e)) => format!("{e:#}"),
             Err(_) => {
                 error!(model = %self.shared.name, "the backend panicked; renewing the executor's session");
                 self.renew_session();
-                return self
-                    .fail(batch, format!("model {:?} failed: the backend panicked", self.shared.name));
+                "the backend panicked".to_string()
             }
         };
-        if batch.len() == 1 {
-            metrics.outcome(ModelOutcome::Success);
-            let _ = batch.pop().expect("one job").reply.send(Ok(Ran { outputs, started, took }));
-            return;
+        if batch.len() > 1 {
+            warn!(
+                model = %self.shared.name,
+                requests = batch.len(),
+                "a batch failed ({failure}); running its requests one at a time"
+            );
+            for job in batch {
+                self.execute(vec![job]);
+            }
+        } else {
+            self.fail(batch, format!("model {:?} failed: {failure}", self.shared.name));
         }
+    }
+
+    /// Runs the model once for `batch`: padded and joined into one batch if there are several
+    /// jobs, parted again afterwards. Returns each job's outputs, in order.
+    fn run_once(&mut self, batch: &mut [Job]) -> anyhow::Result<Vec<Vec<Tensor>>> {
+        let (shared, metrics) = (&self.shared, &self.shared.metrics);
+        if let [job] = batch {
+            let inputs = std::mem::take(&mut job.inputs);
+            metrics
+                .real_elements
+                .inc_by(inputs.iter().map(|t| t.shape.iter().product::<usize>() as u64).sum());
+            return Ok(vec![self.session.run(inputs)?]);
+        }
+        let longest = batch.iter().map(|job| job.length).max().unwrap_or(1);
+        let requests: Vec<&[Tensor]> = batch.iter().map(|job| job.inputs.as_slice()).collect();
+        let (inputs, counts) = batcher::assemble(&shared.signature, &requests, longest, &shared.pad_values);
+        metrics.real_elements.inc_by(counts.real as u64);
+        metrics.padding_elements.inc_by(counts.padding as u64);
+        let outputs = self.session.run(inputs)?;
+        let items: Vec<usize> = batch.iter().map(|job| job.items).collect();
         let lengths: Vec<usize> = batch.iter().map(|job| job.length).collect();
-        let per_job = batcher::disassemble(&self.shared.signature, outputs, &sizes, &lengths, fill.longest);
-        for (job, outputs) in batch.into_iter().zip(per_job) {
-            metrics.outcome(ModelOutcome::Success);
-            let _ = job.reply.send(Ok(Ran { outputs, started, took }));
-        }
+        Ok(batcher::disassemble(&shared.signature, outputs, &items, &lengths, longest))
     }
 
     fn fail(&self, batch: Vec<Job>, message: String) {
@@ -484,20 +527,23 @@ impl Executor {
     }
 }
 
-/// Decides the batch limit: 1 (no batching) or `max_batch_size`, measured for `auto`.
+/// Decides the batch limit: 1 (no batching) or `max_batch_size`, measured for `auto` on a
+/// session of its own (so that a model that panics on the measurement leaves no executor's
+/// state behind).
 fn batch_limit(
     name: &str,
     signature: &Signature,
     config: &SchedulerConfig,
-    session: &mut dyn Session,
-) -> usize {
+    backend: &dyn Backend,
+) -> anyhow::Result<usize> {
     if !signature.batchable() || config.max_batch_size <= 1 || config.batching == Batching::Off {
-        return 1;
+        return Ok(1);
     }
     if config.batching == Batching::On {
-        return config.max_batch_size;
+        return Ok(config.max_batch_size);
     }
-    calibration::batch_limit(name, signature, config.max_batch_size, session)
+    let mut session = backend.new_session().context("starting a session to measure batching")?;
+    Ok(calibration::batch_limit(name, signature, config.max_batch_size, session.as_mut()))
 }
 
 /// Each input's pad value as one element's bytes: the configured value, else 0.
@@ -576,8 +622,14 @@ mod tests {
         fn run(&mut self, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Tensor>> {
             self.runs.lock().unwrap().push(inputs[0].shape.clone());
             let (open, changed) = &*self.gate;
-            let _open = changed.wait_while(open.lock().unwrap(), |open| !*open).unwrap();
+            drop(changed.wait_while(open.lock().unwrap(), |open| !*open).unwrap());
             let ids = &inputs[0];
+            // Bad values, as a model meets them: an error, or (like tract on an index out of
+            // range) a panic.
+            if values(ids).contains(&ERROR_ID) {
+                anyhow::bail!("id {ERROR_ID} is out of range");
+            }
+            assert!(!values(ids).contains(&PANIC_ID), "id {PANIC_ID} makes the model panic");
             let data = ids
                 .data
                 .chunks(8)
@@ -587,6 +639,9 @@ mod tests {
         }
     }
 
+    const ERROR_ID: i64 = -1;
+    const PANIC_ID: i64 = -2;
+
     fn config(max_queue_delay: Duration) -> SchedulerConfig {
         SchedulerConfig {
             executors: 1,
@@ -595,7 +650,7 @@ mod tests {
             max_batch_size: 32,
             max_queue_delay,
             queue_delay: DelayPolicy::Adaptive,
-            max_padding_ratio: 0.5,
+            max_padding_ratio: Some(0.5),
             pad_values: BTreeMap::from([("ids".to_string(), -7.0)]),
             cache: None,
         }
@@ -661,6 +716,47 @@ mod tests {
         let metrics = &scheduler.shared.metrics;
         assert_eq!(metrics.real_elements.get(), 4 + 3 + 5 + 4 + 40 + 38);
         assert_eq!(metrics.padding_elements.get(), (2 + 1) + 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_fails_its_batch_fails_alone() {
+        let backend = Doubler::new();
+        let (runs, gate) = (backend.runs.clone(), backend.gate.clone());
+        *gate.0.lock().unwrap() = false;
+        let scheduler = Arc::new(
+            ModelScheduler::start("test-isolation", Arc::new(backend), &config(Duration::ZERO)).unwrap(),
+        );
+        // Behind a busy executor: good, erring, good, panicking, good; all the same length.
+        let seeds = [0, 10, ERROR_ID, 20, PANIC_ID, 30];
+        let mut answers = Vec::new();
+        for (i, &seed) in seeds.iter().enumerate() {
+            let caller = scheduler.clone();
+            answers.push(tokio::spawn(async move { caller.compute(request(1, seed), &context()).await }));
+            if i == 0 {
+                until(|| runs.lock().unwrap().len() == 1).await;
+            } else {
+                until(|| scheduler.shared.metrics.pending.get() == i as i64).await;
+            }
+        }
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        for (answer, &seed) in answers.into_iter().zip(&seeds) {
+            match (answer.await.unwrap(), seed) {
+                (Ok(outputs), 0 | 10 | 20 | 30) => assert_eq!(values(&outputs[0].1), vec![2 * seed]),
+                (Err(ComputeError::Failed(message)), ERROR_ID) => {
+                    assert!(message.contains("out of range"), "{message}")
+                }
+                (Err(ComputeError::Failed(message)), PANIC_ID) => {
+                    assert!(message.contains("panicked"), "{message}")
+                }
+                (other, seed) => panic!("seed {seed}: {other:?}"),
+            }
+        }
+        // The first alone, the batch of five that failed, then each of the five alone.
+        assert_eq!(runs.lock().unwrap().len(), 1 + 1 + 5);
+        // The executor survived the panic: the model still answers.
+        let outputs = scheduler.compute(request(2, 40), &context()).await.unwrap();
+        assert_eq!(values(&outputs[0].1), vec![80, 82]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

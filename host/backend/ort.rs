@@ -17,7 +17,7 @@ use ort::session::Session as OrtSessionHandle;
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 
 use super::{Backend, Session};
-use crate::tensor::{Axes, Dim, ElementType, Signature, Tensor, TensorSpec, find_axes};
+use crate::tensor::{Axes, DeclaredDim, Dim, ElementType, Signature, Tensor, TensorSpec, find_axes};
 
 /// Where a model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,13 +194,19 @@ fn element_type(ty: TensorElementType) -> anyhow::Result<ElementType> {
 /// The signature ONNX Runtime reads from the model; the batch and sequence axes come from
 /// the dimension names the model file gives (see [`find_axes`]).
 fn signature_of(session: &OrtSessionHandle) -> anyhow::Result<Signature> {
-    let symbols = |outlets: &[ort::value::Outlet]| -> Vec<Vec<Option<String>>> {
+    let symbols = |outlets: &[ort::value::Outlet]| -> Vec<Vec<DeclaredDim<String>>> {
         outlets
             .iter()
             .map(|outlet| match outlet.dtype() {
-                ValueType::Tensor { dimension_symbols, .. } => {
-                    dimension_symbols.iter().map(|s| (!s.is_empty()).then(|| s.clone())).collect()
-                }
+                ValueType::Tensor { shape, dimension_symbols, .. } => shape
+                    .iter()
+                    .zip(dimension_symbols.iter())
+                    .map(|(&size, symbol)| match size {
+                        0.. => DeclaredDim::Fixed,
+                        _ if symbol.is_empty() => DeclaredDim::Unnamed,
+                        _ => DeclaredDim::Named(symbol.clone()),
+                    })
+                    .collect(),
                 _ => Vec::new(),
             })
             .collect()

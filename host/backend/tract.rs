@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use tract_onnx::prelude::*;
 
 use super::{Backend, Session};
-use crate::tensor::{Axes, Dim, ElementType, Signature, Tensor, TensorSpec, find_axes};
+use crate::tensor::{Axes, DeclaredDim, Dim, ElementType, Signature, Tensor, TensorSpec, find_axes};
 
 /// An optimized tract plan and the signature it was made from.
 pub struct TractModel {
@@ -77,12 +77,20 @@ fn signature_of(model: &TypedModel) -> anyhow::Result<Signature> {
     let outputs = model.output_outlets()?.to_vec();
     // Each dimension's symbol, for finding the batch and sequence axes (tract keeps the
     // ONNX file's symbolic dimensions, e.g. `batch_size`, through typing).
-    let symbols = |outlets: &[OutletId]| -> anyhow::Result<Vec<Vec<Option<TDim>>>> {
+    let symbols = |outlets: &[OutletId]| -> anyhow::Result<Vec<Vec<DeclaredDim<TDim>>>> {
         outlets
             .iter()
             .map(|&outlet| {
                 let fact = model.outlet_fact(outlet)?;
-                Ok(fact.shape.iter().map(|dim| matches!(dim, TDim::Sym(_)).then(|| dim.clone())).collect())
+                Ok(fact
+                    .shape
+                    .iter()
+                    .map(|dim| match dim {
+                        _ if dim.as_i64().is_some() => DeclaredDim::Fixed,
+                        TDim::Sym(_) => DeclaredDim::Named(dim.clone()),
+                        _ => DeclaredDim::Unnamed,
+                    })
+                    .collect())
             })
             .collect()
     };
