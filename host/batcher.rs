@@ -13,8 +13,10 @@
 //! - **Adaptive queue delay.** Waiting for more requests pays only when more are coming. The
 //!   delay starts at zero and grows (up to `max_queue_delay`) when batches find more than one
 //!   request already queued, a sign of load; it halves whenever a wait brought nothing, and a
-//!   wait ends early once an eighth of the maximum passes without a new request. At one
-//!   client it stays at zero, so batching adds no latency; under load batches fill.
+//!   wait ends early once an eighth of the maximum passes without a new request. No wait
+//!   is longer than a run of the model lately took: by then the executor could have finished
+//!   this batch and taken the newcomers in the next. At one client the delay stays at zero,
+//!   so batching adds no latency; under load batches fill.
 
 use std::time::Duration;
 
@@ -53,9 +55,13 @@ impl QueueDelay {
         QueueDelay { policy, max, current }
     }
 
-    /// How long the first request of a batch may wait, now.
-    pub fn allowed(&self) -> Duration {
-        self.current
+    /// How long the first request of a batch may wait, now, given how long a run of the
+    /// model lately took: under the adaptive policy never longer than that run.
+    pub fn allowed(&self, recent_run: Duration) -> Duration {
+        match self.policy {
+            DelayPolicy::Adaptive => self.current.min(recent_run),
+            DelayPolicy::Fixed => self.current,
+        }
     }
 
     /// Under the adaptive policy, how long a wait goes on without a new request before it
@@ -252,23 +258,30 @@ mod tests {
     fn the_adaptive_delay_stays_at_zero_without_load_and_grows_with_it() {
         let max = Duration::from_millis(2);
         let mut delay = QueueDelay::new(DelayPolicy::Adaptive, max);
-        assert_eq!(delay.allowed(), Duration::ZERO, "one client: no waiting at all");
+        assert_eq!(delay.allowed(Duration::MAX), Duration::ZERO, "one client: no waiting at all");
         delay.found_queued();
-        assert_eq!(delay.allowed(), max / 8);
+        assert_eq!(delay.allowed(Duration::MAX), max / 8);
         for _ in 0..10 {
             delay.waited(true);
         }
-        assert_eq!(delay.allowed(), max, "capped at the maximum");
+        assert_eq!(delay.allowed(Duration::MAX), max, "capped at the maximum");
         delay.waited(false);
-        assert_eq!(delay.allowed(), max / 2, "a fruitless wait halves it");
+        assert_eq!(delay.allowed(Duration::MAX), max / 2, "a fruitless wait halves it");
         for _ in 0..6 {
             delay.waited(false);
         }
-        assert_eq!(delay.allowed(), Duration::ZERO, "load gone: back to zero");
+        assert_eq!(delay.allowed(Duration::MAX), Duration::ZERO, "load gone: back to zero");
+
+        delay.found_queued();
+        assert_eq!(
+            delay.allowed(Duration::from_micros(10)),
+            Duration::from_micros(10),
+            "never longer than a run"
+        );
 
         let mut fixed = QueueDelay::new(DelayPolicy::Fixed, max);
         fixed.waited(false);
-        assert_eq!(fixed.allowed(), max);
+        assert_eq!(fixed.allowed(Duration::from_micros(10)), max, "fixed means fixed");
     }
 
     #[test]

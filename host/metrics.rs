@@ -156,7 +156,7 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             let metric = GaugeVec::new(
                 Opts::new(
                     "edge_infer_model_queue_delay_seconds",
-                    "How long the first request of a batch may now wait for more (adaptive: 0 without load, up to max_queue_delay_us under load)",
+                    "How long the first request of a batch may now wait for more (adaptive: 0 without load; at most max_queue_delay_us and a recent run's time)",
                 ),
                 &["model"],
             )

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -144,6 +145,9 @@ struct Shared {
     max_padding_ratio: f64,
     /// One element's bytes per input, for padding.
     pad_values: Vec<Vec<u8>>,
+    /// How long a run of the model took lately (a moving average, in ns): no batch waits
+    /// longer than this for more work.
+    recent_run_nanos: AtomicU64,
     metrics: ModelMetrics,
 }
 
@@ -185,10 +189,11 @@ impl ModelScheduler {
             max_batch_items,
             max_padding_ratio,
             pad_values,
+            recent_run_nanos: AtomicU64::new(0),
             metrics: ModelMetrics::new(name),
         });
         shared.metrics.max_batch_size.set(max_batch_items as i64);
-        shared.metrics.queue_delay.set(delay.allowed().as_secs_f64());
+        shared.metrics.queue_delay.set(delay.allowed(Duration::ZERO).as_secs_f64());
         for (index, session) in sessions.into_iter().enumerate() {
             let executor = Executor { shared: shared.clone(), backend: backend.clone(), session };
             thread::Builder::new()
@@ -332,7 +337,8 @@ impl Shared {
             if batch.len() > 1 {
                 queue.delay.found_queued();
             }
-            let fill_by = batch[0].enqueued + queue.delay.allowed();
+            let allowed = queue.delay.allowed(self.recent_run());
+            let fill_by = batch[0].enqueued + allowed;
             if fill.items < self.max_batch_items && Instant::now() < fill_by && !queue.closed {
                 // Wait while requests keep coming: under the adaptive policy, a step of
                 // `patience` that brings none ends the wait.
@@ -355,12 +361,25 @@ impl Shared {
                 queue.forming = false;
                 queue.delay.waited(batch.len() > before);
             }
-            self.metrics.queue_delay.set(queue.delay.allowed().as_secs_f64());
+            self.metrics.queue_delay.set(allowed.as_secs_f64());
         }
         self.metrics.pending.set(queue.len() as i64);
         drop(queue);
         self.changed.notify_all();
         Some(batch)
+    }
+
+    /// How long a run of the model took lately.
+    fn recent_run(&self) -> Duration {
+        Duration::from_nanos(self.recent_run_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Counts a run's time into the moving average (an eighth of its weight to the new one).
+    fn note_run(&self, took: Duration) {
+        let took = took.as_nanos().min(u64::MAX.into()) as u64;
+        let old = self.recent_run_nanos.load(Ordering::Relaxed);
+        let new = if old == 0 { took } else { old - old / 8 + took / 8 };
+        self.recent_run_nanos.store(new, Ordering::Relaxed);
     }
 
     /// Moves queued jobs that fit `batch` into it (see [`batcher::choose`]): higher priority
@@ -456,6 +475,7 @@ impl Executor {
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| self.run_once(&mut batch)));
         let took = started.elapsed();
+        shared.note_run(took);
         let total: usize = batch.iter().map(|job| job.items).sum();
         metrics.compute_duration.observe(took.as_secs_f64());
         metrics.executions.inc();
@@ -679,32 +699,67 @@ mod tests {
         }
     }
 
+    /// A scheduler over a [`Doubler`], with its runs and gate at hand.
+    struct Harness {
+        scheduler: Arc<ModelScheduler>,
+        runs: Arc<Mutex<Vec<Vec<usize>>>>,
+        gate: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl Harness {
+        fn start(name: &str, max_queue_delay: Duration) -> Harness {
+            let backend = Doubler::new();
+            let (runs, gate) = (backend.runs.clone(), backend.gate.clone());
+            let scheduler = ModelScheduler::start(name, Arc::new(backend), &config(max_queue_delay)).unwrap();
+            Harness { scheduler: Arc::new(scheduler), runs, gate }
+        }
+
+        fn runs(&self) -> Vec<Vec<usize>> {
+            self.runs.lock().unwrap().clone()
+        }
+
+        fn set_gate(&self, open: bool) {
+            *self.gate.0.lock().unwrap() = open;
+            self.gate.1.notify_all();
+        }
+
+        /// Sends `requests` so that the first holds the executor at the closed gate while the
+        /// rest queue behind it (each queued before the next is sent), then opens the gate and
+        /// returns every answer, in order.
+        async fn behind_a_busy_executor(
+            &self,
+            requests: Vec<Vec<NamedTensor>>,
+        ) -> Vec<Result<Vec<NamedTensor>, ComputeError>> {
+            self.set_gate(false);
+            let runs_before = self.runs().len();
+            let mut answers = Vec::new();
+            for (i, inputs) in requests.into_iter().enumerate() {
+                let caller = self.scheduler.clone();
+                answers.push(tokio::spawn(async move { caller.compute(inputs, &context()).await }));
+                if i == 0 {
+                    until(|| self.runs().len() == runs_before + 1).await;
+                } else {
+                    until(|| self.scheduler.shared.metrics.pending.get() == i as i64).await;
+                }
+            }
+            self.set_gate(true);
+            let mut results = Vec::new();
+            for answer in answers {
+                results.push(answer.await.unwrap());
+            }
+            results
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn queued_requests_of_similar_length_share_a_padded_run_and_get_their_own_outputs() {
-        let backend = Doubler::new();
-        let (runs, gate) = (backend.runs.clone(), backend.gate.clone());
-        *gate.0.lock().unwrap() = false;
-        let scheduler = Arc::new(
-            ModelScheduler::start("test-padding", Arc::new(backend), &config(Duration::ZERO)).unwrap(),
-        );
-        // The first request holds the executor at the gate; the rest queue behind it.
+        let harness = Harness::start("test-padding", Duration::ZERO);
         let lengths = [4, 3, 5, 4, 40, 38];
-        let mut answers = Vec::new();
-        for (i, &length) in lengths.iter().enumerate() {
-            let caller = scheduler.clone();
-            answers.push(tokio::spawn(async move {
-                caller.compute(request(length, 100 * i as i64), &context()).await
-            }));
-            if i == 0 {
-                until(|| runs.lock().unwrap().len() == 1).await;
-            } else {
-                until(|| scheduler.shared.metrics.pending.get() == i as i64).await;
-            }
-        }
-        *gate.0.lock().unwrap() = true;
-        gate.1.notify_all();
+        let requests =
+            lengths.iter().enumerate().map(|(i, &length)| request(length, 100 * i as i64)).collect();
+        let answers = harness.behind_a_busy_executor(requests).await;
         for (i, answer) in answers.into_iter().enumerate() {
-            let outputs = answer.await.unwrap().unwrap();
+            let outputs = answer.unwrap();
             assert_eq!(outputs[0].0, "doubled");
             let expected: Vec<i64> = (0..lengths[i] as i64).map(|t| 2 * (100 * i as i64 + t)).collect();
             assert_eq!(outputs[0].1.shape, vec![1, lengths[i], 1], "request {i} gets its own length back");
@@ -712,36 +767,21 @@ mod tests {
         }
         // Alone; then the short ones, padded to 5; then the long ones, padded to 40: the
         // long requests never joined the short batch (its padding would be over half).
-        assert_eq!(*runs.lock().unwrap(), vec![vec![1, 4], vec![3, 5], vec![2, 40]]);
-        let metrics = &scheduler.shared.metrics;
+        assert_eq!(harness.runs(), vec![vec![1, 4], vec![3, 5], vec![2, 40]]);
+        let metrics = &harness.scheduler.shared.metrics;
         assert_eq!(metrics.real_elements.get(), 4 + 3 + 5 + 4 + 40 + 38);
         assert_eq!(metrics.padding_elements.get(), (2 + 1) + 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_that_fails_its_batch_fails_alone() {
-        let backend = Doubler::new();
-        let (runs, gate) = (backend.runs.clone(), backend.gate.clone());
-        *gate.0.lock().unwrap() = false;
-        let scheduler = Arc::new(
-            ModelScheduler::start("test-isolation", Arc::new(backend), &config(Duration::ZERO)).unwrap(),
-        );
+        let harness = Harness::start("test-isolation", Duration::ZERO);
         // Behind a busy executor: good, erring, good, panicking, good; all the same length.
         let seeds = [0, 10, ERROR_ID, 20, PANIC_ID, 30];
-        let mut answers = Vec::new();
-        for (i, &seed) in seeds.iter().enumerate() {
-            let caller = scheduler.clone();
-            answers.push(tokio::spawn(async move { caller.compute(request(1, seed), &context()).await }));
-            if i == 0 {
-                until(|| runs.lock().unwrap().len() == 1).await;
-            } else {
-                until(|| scheduler.shared.metrics.pending.get() == i as i64).await;
-            }
-        }
-        *gate.0.lock().unwrap() = true;
-        gate.1.notify_all();
+        let answers =
+            harness.behind_a_busy_executor(seeds.iter().map(|&seed| request(1, seed)).collect()).await;
         for (answer, &seed) in answers.into_iter().zip(&seeds) {
-            match (answer.await.unwrap(), seed) {
+            match (answer, seed) {
                 (Ok(outputs), 0 | 10 | 20 | 30) => assert_eq!(values(&outputs[0].1), vec![2 * seed]),
                 (Err(ComputeError::Failed(message)), ERROR_ID) => {
                     assert!(message.contains("out of range"), "{message}")
@@ -753,42 +793,26 @@ mod tests {
             }
         }
         // The first alone, the batch of five that failed, then each of the five alone.
-        assert_eq!(runs.lock().unwrap().len(), 1 + 1 + 5);
+        assert_eq!(harness.runs().len(), 1 + 1 + 5);
         // The executor survived the panic: the model still answers.
-        let outputs = scheduler.compute(request(2, 40), &context()).await.unwrap();
+        let outputs = harness.scheduler.compute(request(2, 40), &context()).await.unwrap();
         assert_eq!(values(&outputs[0].1), vec![80, 82]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lone_caller_never_waits_and_load_opens_the_queue_delay() {
-        let backend = Doubler::new();
-        let (runs, gate) = (backend.runs.clone(), backend.gate.clone());
         let max_delay = Duration::from_millis(2);
-        let scheduler =
-            Arc::new(ModelScheduler::start("test-delay", Arc::new(backend), &config(max_delay)).unwrap());
-        let delay = || scheduler.shared.queue.lock().unwrap().delay.allowed();
+        let harness = Harness::start("test-delay", max_delay);
+        let delay = || harness.scheduler.shared.queue.lock().unwrap().delay.allowed(Duration::MAX);
         for i in 0..20 {
-            scheduler.compute(request(3, i), &context()).await.unwrap();
+            harness.scheduler.compute(request(3, i), &context()).await.unwrap();
         }
-        assert_eq!(runs.lock().unwrap().len(), 20, "one run per request");
+        assert_eq!(harness.runs().len(), 20, "one run per request");
         assert_eq!(delay(), Duration::ZERO, "one caller at a time: no waiting");
 
         // Load: requests queue behind a busy executor and are found together.
-        *gate.0.lock().unwrap() = false;
-        let mut answers = Vec::new();
-        for i in 0..4 {
-            let caller = scheduler.clone();
-            answers.push(tokio::spawn(async move { caller.compute(request(3, i), &context()).await }));
-            if i == 0 {
-                until(|| runs.lock().unwrap().len() == 21).await;
-            } else {
-                until(|| scheduler.shared.metrics.pending.get() == i).await;
-            }
-        }
-        *gate.0.lock().unwrap() = true;
-        gate.1.notify_all();
-        for answer in answers {
-            answer.await.unwrap().unwrap();
+        for answer in harness.behind_a_busy_executor((0..4).map(|i| request(3, i)).collect()).await {
+            answer.unwrap();
         }
         assert!(delay() > Duration::ZERO, "a batch found queued requests: the delay opens");
         assert!(delay() <= max_delay);
