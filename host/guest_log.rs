@@ -1,8 +1,8 @@
 //! A guest's stderr, as lines in the host's log, tagged with the route and the request id.
 //!
 //! Guests are untrusted, so their output is bounded three ways: a line is cut at
-//! [`MAX_LINE_BYTES`], one request logs at most [`MAX_LINES_PER_REQUEST`] lines, and each
-//! route shares a token bucket of [`LINES_PER_SECOND`] (bursts up to [`BURST_LINES`]). What
+//! `MAX_LINE_BYTES`, one request logs at most `MAX_LINES_PER_REQUEST` lines, and each
+//! route shares a token bucket of `LINES_PER_SECOND` (bursts up to `BURST_LINES`). What
 //! goes over is dropped and counted in `edge_infer_guest_log_lines_dropped_total`. Writes
 //! always succeed, so a chatty guest is never failed for it.
 

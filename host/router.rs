@@ -2,7 +2,7 @@
 //! under `/v2`, else 404. Every response carries `x-request-id`, and every request gets one
 //! access-log line.
 //!
-//! For a guest route, [`serve_guest`] applies the route's limits in order: the body size
+//! For a guest route, `serve_guest` applies the route's limits in order: the body size
 //! (413), admission (503 + `Retry-After` when the queue is full, 504 when the deadline passes
 //! in it), and then runs the guest on a fresh instance. Malformed deadline or priority
 //! headers are a 400. Every failure is a JSON error; none of them affects other requests.

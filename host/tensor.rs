@@ -4,7 +4,7 @@
 //! A [`Tensor`] is plain data (element type, shape, little-endian bytes), independent of any
 //! backend, so `wasi:nn`, the scheduler and every backend agree on one representation.
 //! [`Signature::check_inputs`] is where a request's tensors are validated against a model,
-//! before they reach a queue; [`concat`] and [`split`] join requests into one batch along a
+//! before they reach a queue; [`concat()`] and [`split`] join requests into one batch along a
 //! model's batch axis and part the outputs again; [`pad`] and [`truncate`] lengthen requests
 //! along a sequence axis to a batch's longest and cut outputs back to each request's length.
 //! [`find_axes`] tells both backends which axis is which from the model's symbolic dimensions.
