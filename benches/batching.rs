@@ -23,10 +23,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Server, digits_test_split, guest, repo_file};
-use edge_infer::loadgen::{self, Load, Report};
+use edge_infer::bench::loadgen::{self, Load, Report};
+use edge_infer::inference::scheduler::{Batching, ModelScheduler, SchedulerConfig};
+use edge_infer::inference::tensor::{ElementType, Tensor};
 use edge_infer::request::{Priority, RequestContext};
-use edge_infer::scheduler::{Batching, ModelScheduler, SchedulerConfig};
-use edge_infer::tensor::{ElementType, Tensor};
 
 const CLIENTS: usize = 64;
 /// Every cell is measured this many times, interleaved with the others; the median counts.
@@ -94,11 +94,12 @@ fn http_load(server: &Server, model: &Model) -> Load {
 /// A model's scheduler with one batching setting and the config's defaults otherwise, as the
 /// server would start it.
 fn start_scheduler(model: &Model, batching: Batching) -> Arc<ModelScheduler> {
-    let kind = edge_infer::backend::BackendKind::Tract;
-    let backend = edge_infer::backend::load_file(model.name, kind, &repo_file(model.file)).unwrap();
-    let config: edge_infer::config::ModelConfig =
+    let kind = edge_infer::inference::backend::BackendKind::Tract;
+    let backend =
+        edge_infer::inference::backend::load_file(model.name, kind, &repo_file(model.file)).unwrap();
+    let config: edge_infer::node::config::ModelConfig =
         toml::from_str(&format!("file = \"{}\"", model.file)).unwrap();
-    let config = SchedulerConfig { batching, ..edge_infer::models::scheduler_config(&config, false) };
+    let config = SchedulerConfig { batching, ..edge_infer::node::models::scheduler_config(&config, false) };
     Arc::new(ModelScheduler::start(model.name, Arc::from(backend), &config).unwrap())
 }
 

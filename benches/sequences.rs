@@ -26,7 +26,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Server, guest, metric, repo_file, scrape};
-use edge_infer::loadgen::{self, Load, Report};
+use edge_infer::bench::loadgen::{self, Load, Report};
 
 const SETTINGS: [&str; 3] = ["off", "on", "auto"];
 /// A cell stops after this long even if its requests are not all answered (then it fails).

@@ -14,10 +14,10 @@ use tokio::net::TcpListener;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use crate::bench::{self, BenchArgs};
-use crate::config::Config;
-use crate::runtime::{Node, Runtime};
-use crate::server;
+use edge_infer::bench::{self, BenchArgs};
+use edge_infer::http::server;
+use edge_infer::node::config::Config;
+use edge_infer::node::{Node, Runtime};
 
 /// A WebAssembly edge inference runtime.
 #[derive(Parser)]

@@ -1,39 +1,24 @@
 //! edge-infer: a WebAssembly edge inference runtime.
 //!
-//! An HTTP request flows one way through these modules:
-//! `server` (listener) → `router` (dispatch, limits) → `admission` (per-route cap and queue)
-//! → `component` (a fresh guest instance in its `sandbox`, on the `engine`'s pool) → `nn`
-//! (the guest's `wasi:nn` calls) → `scheduler` (per-model queue and executor threads) →
-//! `backend` (tract), with the `scheduler` consulting the model's result `cache`, the
-//! `batcher` to form (and pad) batches, and `calibration` to decide whether batching pays. `config`,
-//! `models` and `runtime` build the node at start-up; `tensor`, `request` and `response`
-//! hold the types shared along the way, and `metrics` the Prometheus series every layer
-//! updates. Lower layers never import higher ones.
+//! The folders are the layers of a request's flow, top to bottom; a module imports only from
+//! its own layer or those below it (`tests/layout.rs` checks this):
+//!
+//! 1. [`http`]: the listener, dispatch by path, the Open Inference Protocol, JSON errors;
+//! 2. [`node`]: what the node serves, assembled at start-up from its configuration: routes
+//!    and models;
+//! 3. [`sandbox`]: per-route admission, a fresh guest instance per request on the engine's
+//!    pool, strict imports, the guest's `wasi:nn` host and its log;
+//! 4. [`inference`]: each model's queue, batcher and executors, calibration, result cache,
+//!    backends, and the tensors they exchange;
+//! 5. [`telemetry`]: Prometheus metrics and GPU gauges, which every layer updates.
+//!
+//! [`request`] (a request's id, deadline, priority and stats) travels through all of them.
+//! [`bench`](mod@bench) is the load generator behind `edge-infer bench`, apart from the flow.
 
-pub mod admission;
-pub mod backend;
-pub mod batcher;
 pub mod bench;
-pub mod cache;
-pub mod calibration;
-pub mod cli;
-pub mod component;
-pub mod config;
-pub mod engine;
-#[cfg(feature = "gpu")]
-pub mod gpu;
-pub mod guest_log;
-pub mod imports;
-pub mod loadgen;
-pub mod metrics;
-pub mod models;
-pub mod nn;
-pub mod oip;
+pub mod http;
+pub mod inference;
+pub mod node;
 pub mod request;
-pub mod response;
-pub mod router;
-pub mod runtime;
 pub mod sandbox;
-pub mod scheduler;
-pub mod server;
-pub mod tensor;
+pub mod telemetry;

@@ -1,5 +1,7 @@
-//! The `edge-infer` binary: see `cli` for its commands.
+//! The `edge-infer` binary: its command line (`cli`) over the `edge_infer` library.
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    edge_infer::cli::main()
+    cli::main()
 }

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{Server, client, digits_config, digits_test_split, guest, interpreted_guests, post_json};
-use edge_infer::imports::{GUEST_WORLD, imports};
+use edge_infer::sandbox::imports::{GUEST_WORLD, imports};
 use serde_json::{Value, json};
 
 fn config(grant_js: &str) -> String {

@@ -3,7 +3,7 @@
 //! A [`Backend`] is one model, loaded and optimized once, shared by every executor. Each
 //! executor thread asks it for a [`Session`], its own mutable run state, so executors run in
 //! parallel without a lock around the model. Tensors cross this boundary as
-//! [`crate::tensor::Tensor`], so nothing above this module knows which backend runs a model.
+//! [`crate::inference::tensor::Tensor`], so nothing above this module knows which backend runs a model.
 //!
 //! Backends: tract (pure Rust, on the CPU, always there: the embedded default) and, with the
 //! `ort` feature, ONNX Runtime loaded dynamically, on the CPU or (feature `gpu`) on a CUDA
@@ -18,7 +18,7 @@ use std::path::Path;
 use anyhow::Context;
 use tracing::{info, warn};
 
-use crate::tensor::{Signature, Tensor};
+use crate::inference::tensor::{Signature, Tensor};
 
 /// A loaded model, shared by all executors of that model.
 pub trait Backend: Send + Sync {

@@ -12,7 +12,9 @@ use anyhow::{Context, bail};
 use tract_onnx::prelude::*;
 
 use super::{Backend, Session};
-use crate::tensor::{Axes, DeclaredDim, Dim, ElementType, Signature, Tensor, TensorSpec, find_axes};
+use crate::inference::tensor::{
+    Axes, DeclaredDim, Dim, ElementType, Signature, Tensor, TensorSpec, find_axes,
+};
 
 /// An optimized tract plan and the signature it was made from.
 pub struct TractModel {

@@ -8,6 +8,7 @@
 //! caller goes away before the response head (the client disconnected), the task is aborted:
 //! the instance is dropped, and so is any inference it still had queued.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,15 +26,14 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::admission::Permit;
-use crate::config::RouteConfig;
-use crate::guest_log::{GuestStderr, LogBudget};
-use crate::imports;
-use crate::metrics::RouteMetrics;
-use crate::nn::NnGrant;
+use crate::inference::scheduler::ComputeError;
 use crate::request::RequestContext;
+use crate::sandbox::admission::Permit;
+use crate::sandbox::guest_log::{GuestStderr, LogBudget};
+use crate::sandbox::imports;
+use crate::sandbox::nn::NnGrant;
 use crate::sandbox::{self, GuestState};
-use crate::scheduler::ComputeError;
+use crate::telemetry::metrics::RouteMetrics;
 
 /// Bytes in a MiB, for the `memory_mib` setting.
 const MIB: usize = 1 << 20;
@@ -71,21 +71,33 @@ pub struct GuestComponent {
     instantiation: Histogram,
 }
 
+/// What a route says about its guest component.
+pub struct GuestSpec<'a> {
+    /// The `.wasm` component.
+    pub file: &'a Path,
+    /// The route's path, which tags the guest's log lines.
+    pub route_path: &'a str,
+    /// WASI packages the component may import beyond the guest world.
+    pub grants: &'a [String],
+    /// Linear memory one instance may use, in MiB.
+    pub memory_mib: u64,
+}
+
 impl GuestComponent {
-    /// Compiles `file` (or takes it from the compilation cache), links it against the
-    /// sandbox, and checks that one instance can be made.
+    /// Compiles the component (or takes it from the compilation cache), links it against
+    /// the sandbox, and checks that one instance can be made.
     pub async fn load(
         engine: &Engine,
-        route: &RouteConfig,
+        spec: GuestSpec<'_>,
         grant: Arc<NnGrant>,
         metrics: &RouteMetrics,
     ) -> anyhow::Result<GuestComponent> {
-        let file = route.component.as_path();
+        let file = spec.file;
         let started = Instant::now();
         let component = Component::from_file(engine, file)
             .with_context(|| format!("compiling the component {}", file.display()))?;
         let compiled = started.elapsed();
-        imports::check(engine, &component, &route.grant)
+        imports::check(engine, &component, spec.grants)
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         let linker = sandbox::linker(engine)?;
         let instance_pre = linker
@@ -96,8 +108,8 @@ impl GuestComponent {
         let guest = GuestComponent {
             pre,
             grant,
-            max_memory_bytes: route.memory_mib as usize * MIB,
-            log_budget: Arc::new(LogBudget::new(&route.path, metrics.log_lines_dropped.clone())),
+            max_memory_bytes: spec.memory_mib as usize * MIB,
+            log_budget: Arc::new(LogBudget::new(spec.route_path, metrics.log_lines_dropped.clone())),
             instantiation: metrics.instantiation.clone(),
         };
         let probe = RequestContext::new(Instant::now() + Duration::from_secs(10), Default::default());

@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::backend;
+use crate::inference::backend;
+use crate::inference::scheduler::{Batching, ComputeError, DelayPolicy, ModelScheduler, SchedulerConfig};
+use crate::inference::tensor::{ElementType, Tensor};
 use crate::request::RequestContext;
-use crate::scheduler::{Batching, ComputeError, DelayPolicy, ModelScheduler, SchedulerConfig};
-use crate::tensor::{ElementType, Tensor};
 
 mod generated {
     wasmtime::component::bindgen!({
@@ -26,7 +26,7 @@ mod generated {
         world: "ml",
         with: {
             "wasi:nn/graph.graph": super::Graph,
-            "wasi:nn/tensor.tensor": crate::tensor::Tensor,
+            "wasi:nn/tensor.tensor": crate::inference::tensor::Tensor,
             "wasi:nn/inference.graph-execution-context": super::ExecutionContext,
             "wasi:nn/errors.error": super::NnError,
         },

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::backend::BackendKind;
-use crate::imports::GRANTABLE;
-use crate::scheduler::{Batching, DelayPolicy};
+use crate::inference::backend::BackendKind;
+use crate::inference::scheduler::{Batching, DelayPolicy};
+use crate::sandbox::imports::GRANTABLE;
 
 /// Linear memory for the bundled Python and JavaScript guests, whose interpreters need more.
 const INTERPRETER_MEMORY_MIB: u64 = 256;
@@ -383,7 +383,7 @@ mod tests {
 
     #[test]
     fn the_readme_example_is_a_valid_config() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let section = &readme[readme.find("## Configuration").unwrap()..];
         let start = section.find("```toml\n").unwrap() + "```toml\n".len();
         let example = &section[start..start + section[start..].find("```").unwrap()];

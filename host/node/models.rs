@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tracing::info;
 
-use crate::backend;
-use crate::config::ModelConfig;
-use crate::metrics;
-use crate::scheduler::{CacheConfig, ModelScheduler, SchedulerConfig};
+use crate::inference::backend;
+use crate::inference::scheduler::{CacheConfig, ModelScheduler, SchedulerConfig};
+use crate::node::config::ModelConfig;
+use crate::telemetry::metrics;
 
 /// All loaded models, by name.
 #[derive(Default)]

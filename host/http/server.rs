@@ -17,8 +17,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::router;
-use crate::runtime::Node;
+use crate::http::router;
+use crate::node::Node;
 
 /// How long to pause accepting after an accept error (e.g. out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use nvml_wrapper::Nvml;
 
-use crate::metrics;
+use crate::telemetry::metrics;
 
 /// NVML, if the driver's library could be loaded.
 fn nvml() -> Option<&'static Nvml> {

@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use crate::tensor::{self, Signature, Tensor};
+use crate::inference::tensor::{self, Signature, Tensor};
 
 /// Most padding in a batch, as a share of its input elements, for models that take a mask.
 /// Measured on MiniLM on the CPU: 0.1 made batches too small, 0.4 spent a third of each batch
@@ -252,7 +252,7 @@ fn element_count(tensor: &Tensor) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::{Dim, ElementType, TensorSpec};
+    use crate::inference::tensor::{Dim, ElementType, TensorSpec};
 
     #[test]
     fn the_adaptive_delay_stays_at_zero_without_load_and_grows_with_it() {

@@ -10,11 +10,11 @@
 //! - with batching, the executor joins compatible jobs (same shapes but for the batch axis
 //!   and, for models with a sequence axis, the length) up to `max_batch_size` items and
 //!   within `max_padding_ratio`, waiting for more as long as the queue delay allows, runs
-//!   them once and splits the outputs back to each caller ([`crate::batcher`] says how).
+//!   them once and splits the outputs back to each caller ([`crate::inference::batcher`] says how).
 //!
 //! Batching is not always a gain (tract runs some models slower per item in batches), so the
 //! `auto` policy measures the model at start-up, alone and in a batch, and batches only if
-//! that is clearly cheaper per item ([`crate::calibration`]).
+//! that is clearly cheaper per item ([`crate::inference::calibration`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -28,15 +28,15 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
-use crate::backend::{Backend, Session};
-use crate::batcher::{self, Candidate, Fill, QueueDelay};
-use crate::cache::{self, ResultCache};
-use crate::calibration;
-use crate::metrics::{ModelMetrics, ModelOutcome};
+use crate::inference::backend::{Backend, Session};
+use crate::inference::batcher::{self, Candidate, Fill, QueueDelay};
+use crate::inference::cache::{self, ResultCache};
+use crate::inference::calibration;
+use crate::inference::tensor::{NamedTensor, Signature, Tensor, TensorSpec};
 use crate::request::{Priority, RequestContext};
-use crate::tensor::{NamedTensor, Signature, Tensor, TensorSpec};
+use crate::telemetry::metrics::{ModelMetrics, ModelOutcome};
 
-pub use crate::batcher::DelayPolicy;
+pub use crate::inference::batcher::DelayPolicy;
 
 /// Batching policy of a model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -589,7 +589,7 @@ fn pad_values(signature: &Signature, configured: &BTreeMap<String, f64>) -> anyh
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::{Dim, ElementType, TensorSpec};
+    use crate::inference::tensor::{Dim, ElementType, TensorSpec};
 
     /// A model that doubles token ids: `ids [batch, sequence]` → `doubled [batch, sequence, 1]`.
     /// Every run records its input shape, and waits while the gate is closed.

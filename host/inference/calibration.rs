@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use crate::backend::Session;
-use crate::tensor::{Dim, ElementType, Signature, Tensor, TensorSpec};
+use crate::inference::backend::Session;
+use crate::inference::tensor::{Dim, ElementType, Signature, Tensor, TensorSpec};
 
 /// Time spent measuring one input shape at start-up, at most (after a warm-up run, three
 /// timed runs at the least, or one where a run takes more than a third of this).

@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::tensor::Tensor;
+use crate::inference::tensor::Tensor;
 
 /// The exact bytes of a request's inputs: element types, shapes and data.
 pub type CacheKey = Vec<u8>;
@@ -92,7 +92,7 @@ impl ResultCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::ElementType;
+    use crate::inference::tensor::ElementType;
 
     fn tensor(byte: u8) -> Tensor {
         Tensor::new(ElementType::U8, vec![1], vec![byte]).unwrap()

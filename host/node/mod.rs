@@ -2,6 +2,12 @@
 //! [`Route`] per configured guest route. Built once at start-up; read-only afterwards.
 //! [`Node`] is what the server holds: the runtime once it has loaded, and whether the node
 //! is ready (loaded and not shutting down).
+//!
+//! `config` reads and checks the configuration; `models` loads every model behind its
+//! scheduler.
+
+pub mod config;
+pub mod models;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,13 +17,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tracing::info;
 
-use crate::admission::Admission;
-use crate::component::GuestComponent;
-use crate::config::{Config, RouteConfig, path_matches};
-use crate::engine::{EngineLimits, new_engine};
-use crate::metrics::RouteMetrics;
-use crate::models::Models;
-use crate::nn::NnGrant;
+use crate::node::config::{Config, RouteConfig, path_matches};
+use crate::node::models::Models;
+use crate::sandbox::admission::Admission;
+use crate::sandbox::component::{GuestComponent, GuestSpec};
+use crate::sandbox::engine::{EngineLimits, new_engine};
+use crate::sandbox::nn::NnGrant;
+use crate::telemetry::metrics::RouteMetrics;
 
 /// Bytes in a MiB, for the `memory_mib` settings.
 const MIB: usize = 1 << 20;
@@ -97,7 +103,7 @@ impl Runtime {
     /// Sets the gauges that are read off live state (instances in use, queue depths).
     pub fn refresh_gauges(&self) {
         #[cfg(feature = "gpu")]
-        crate::gpu::refresh_memory_gauges();
+        crate::telemetry::gpu::refresh_memory_gauges();
         for route in &self.routes {
             route.metrics.instances_in_use.set(route.admission.in_use() as i64);
             route.metrics.instances_capacity.set(route.admission.capacity() as i64);
@@ -134,7 +140,13 @@ async fn load_route(
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
     let grant = Arc::new(NnGrant { models: granted, allow_model_load: config.allow_model_load });
     let metrics = RouteMetrics::new(&config.path);
-    let guest = GuestComponent::load(engine, config, grant, &metrics)
+    let spec = GuestSpec {
+        file: &config.component,
+        route_path: &config.path,
+        grants: &config.grant,
+        memory_mib: config.memory_mib,
+    };
+    let guest = GuestComponent::load(engine, spec, grant, &metrics)
         .await
         .with_context(|| format!("route {}", config.path))?;
     info!(route = %config.path, component = %config.component.display(), "route ready");

@@ -17,13 +17,13 @@ use hyper::body::Incoming;
 use serde_json::json;
 use tracing::{error, info};
 
-use crate::admission::Rejection;
-use crate::component::GuestFailure;
-use crate::metrics;
-use crate::oip::{self, Endpoint};
+use crate::http::oip::{self, Endpoint};
+use crate::http::response::{self, Body};
+use crate::node::{Node, Route, Runtime};
 use crate::request::{ID_HEADER, RequestContext};
-use crate::response::{self, Body};
-use crate::runtime::{Node, Route, Runtime};
+use crate::sandbox::admission::Rejection;
+use crate::sandbox::component::GuestFailure;
+use crate::telemetry::metrics;
 
 /// Answers one request.
 pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {

@@ -17,7 +17,9 @@ use ort::session::Session as OrtSessionHandle;
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 
 use super::{Backend, Session};
-use crate::tensor::{Axes, DeclaredDim, Dim, ElementType, Signature, Tensor, TensorSpec, find_axes};
+use crate::inference::tensor::{
+    Axes, DeclaredDim, Dim, ElementType, Signature, Tensor, TensorSpec, find_axes,
+};
 
 /// Where a model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

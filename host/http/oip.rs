@@ -18,11 +18,11 @@ use http::{HeaderValue, Method, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::models::Models;
+use crate::http::response::{self, Body};
+use crate::inference::scheduler::{ComputeError, ModelScheduler};
+use crate::inference::tensor::{ElementType, NamedTensor, Tensor};
+use crate::node::models::Models;
 use crate::request::RequestContext;
-use crate::response::{self, Body};
-use crate::scheduler::{ComputeError, ModelScheduler};
-use crate::tensor::{ElementType, NamedTensor, Tensor};
 
 /// Header giving the length of the JSON part of a binary-extension body.
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -76,7 +76,7 @@ pub fn server_metadata() -> Response<Body> {
 /// Model metadata, or 404.
 pub fn model_metadata(models: &Models, name: &str) -> Response<Body> {
     let Some(model) = models.get(name) else { return no_model(name) };
-    let describe = |specs: &[crate::tensor::TensorSpec]| -> Vec<Value> {
+    let describe = |specs: &[crate::inference::tensor::TensorSpec]| -> Vec<Value> {
         specs
             .iter()
             .map(|spec| {

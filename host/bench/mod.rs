@@ -1,6 +1,10 @@
 //! The `edge-infer bench` command: load-tests an HTTP endpoint in steps (concurrency levels,
 //! or open-loop rates), shows progress on a terminal, prints a row per step as a table, CSV
 //! or JSON, and can plot throughput against p99 latency as an SVG.
+//!
+//! `loadgen` generates the load; the benchmarks under `benches/` use it too.
+
+pub mod loadgen;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -12,7 +16,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 
-use crate::loadgen::{self, Load, Rate, Report};
+use self::loadgen::{Load, Rate, Report};
 
 /// Options of `edge-infer bench`.
 #[derive(Args)]

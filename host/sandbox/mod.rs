@@ -5,6 +5,17 @@
 //! is present but empty: no environment variables, no arguments, no preopened folders, no
 //! sockets, no name lookups. Outgoing HTTP requests are refused. Memory is capped per store.
 //! Stderr goes to the host's log, tagged and rate-limited (see `guest_log`).
+//!
+//! The layer below HTTP: `admission` caps a route's instances, `component` makes a fresh
+//! instance per request on the `engine`'s pool, `imports` checks what a component may
+//! import, `nn` is its `wasi:nn` host and `guest_log` its stderr.
+
+pub mod admission;
+pub mod component;
+pub mod engine;
+pub mod guest_log;
+pub mod imports;
+pub mod nn;
 
 use std::sync::Arc;
 
@@ -13,9 +24,9 @@ use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::guest_log::GuestStderr;
-use crate::nn::{self, HasNn, NnGrant, NnView};
+use self::nn::{HasNn, NnGrant, NnView};
 use crate::request::RequestContext;
+use crate::sandbox::guest_log::GuestStderr;
 
 /// Everything one guest instance owns, for the length of one request.
 pub struct GuestState {

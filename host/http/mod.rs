@@ -1,0 +1,8 @@
+//! The HTTP layer, the top of the request flow: `server` accepts connections, `router`
+//! dispatches each request to health, metrics, a guest route or the Open Inference Protocol
+//! (`oip`), and `response` writes what the host answers itself (JSON errors included).
+
+pub mod oip;
+pub mod response;
+pub mod router;
+pub mod server;
