@@ -60,7 +60,7 @@ fn no_module_imports_from_a_layer_above_its_own() {
                 ("bench", target) => target == "bench",
                 (_, "bench") => false,
                 (own, target) => {
-                    let (own_rank, target_rank) = (rank(own), rank(&target));
+                    let (own_rank, target_rank) = (rank(own), rank(target));
                     assert!(
                         own_rank.is_some(),
                         "{} is in no layer: add its folder to LAYERS",

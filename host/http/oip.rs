@@ -21,11 +21,12 @@ use serde_json::{Map, Value, json};
 use crate::http::response::{self, Body};
 use crate::inference::scheduler::{ComputeError, ModelScheduler};
 use crate::inference::tensor::{ElementType, NamedTensor, Tensor};
+use crate::node::config::OIP_PREFIX;
 use crate::node::models::Models;
 use crate::request::RequestContext;
 
 /// Header giving the length of the JSON part of a binary-extension body.
-const HEADER_LENGTH: &str = "inference-header-content-length";
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
 /// Largest infer request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 << 20;
 /// Deadline of an infer request with no `x-edge-deadline-ms` header.
@@ -42,7 +43,7 @@ pub enum Endpoint<'a> {
 impl<'a> Endpoint<'a> {
     /// The endpoint `path` names, if any.
     pub fn parse(path: &'a str) -> Option<Endpoint<'a>> {
-        let rest = path.strip_prefix("/v2")?;
+        let rest = path.strip_prefix(OIP_PREFIX)?;
         if rest.is_empty() || rest == "/" {
             return Some(Endpoint::Server);
         }

@@ -19,6 +19,7 @@ use tracing::{error, info};
 
 use crate::http::oip::{self, Endpoint};
 use crate::http::response::{self, Body};
+use crate::node::config::{HEALTH_PATH, METRICS_PATH};
 use crate::node::{Node, Route, Runtime};
 use crate::request::{ID_HEADER, RequestContext};
 use crate::sandbox::admission::Rejection;
@@ -36,7 +37,7 @@ pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<B
     let context = RequestContext::from_headers(request.headers(), arrival, timeout);
     let (mut response, metrics) = match (&context, runtime) {
         (Err(message), _) => (response::error(StatusCode::BAD_REQUEST, message.clone()), None),
-        _ if path == "/healthz" || path == "/v2/health/live" => {
+        _ if path == HEALTH_PATH || path == "/v2/health/live" => {
             (response::json(StatusCode::OK, &json!({ "live": true })), None)
         }
         _ if path == "/v2/health/ready" => {
@@ -45,7 +46,7 @@ pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<B
             (response::json(status, &json!({ "ready": ready })), None)
         }
         (_, None) => (response::overloaded("the node is still loading its models and components"), None),
-        (_, Some(runtime)) if path == "/metrics" => {
+        (_, Some(runtime)) if path == METRICS_PATH => {
             runtime.refresh_gauges();
             (response::text(StatusCode::OK, "text/plain; version=0.0.4", metrics::render()), None)
         }
@@ -123,7 +124,7 @@ async fn serve_oip(
                 Ok(body) => body,
                 Err(response) => return response,
             };
-            let header_length = parts.headers.get("inference-header-content-length");
+            let header_length = parts.headers.get(oip::HEADER_LENGTH);
             oip::infer(models, model, &parts.method, header_length, body, context).await
         }
     }

@@ -19,8 +19,14 @@ use crate::sandbox::imports::GRANTABLE;
 /// Linear memory for the bundled Python and JavaScript guests, whose interpreters need more.
 const INTERPRETER_MEMORY_MIB: u64 = 256;
 
+/// The host's liveness path (also `/v2/health/live`).
+pub const HEALTH_PATH: &str = "/healthz";
+/// The host's Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
+/// The Open Inference Protocol, under this prefix.
+pub const OIP_PREFIX: &str = "/v2";
 /// Paths that the host answers itself; no route may take them.
-const RESERVED_PATHS: [&str; 3] = ["/healthz", "/v2", "/metrics"];
+const RESERVED_PATHS: [&str; 3] = [HEALTH_PATH, OIP_PREFIX, METRICS_PATH];
 
 /// The whole configuration.
 #[derive(Clone, Debug, Default, Deserialize)]
