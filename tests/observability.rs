@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{
-    Server, client, digits_config, digits_test_split, guest, metric, post_json, scrape, wait_for_metric,
+    Server, client, digits_config, digits_test_split, guest, metric, post_json, scrape, wait_for_log,
+    wait_for_metric,
 };
 use serde_json::{Value, json};
 
@@ -99,8 +98,10 @@ async fn one_json_line_per_request_and_guest_stderr_tagged_and_bounded() {
         .json(&json!({ "pixels": images[0] }));
     assert_eq!(answer.send().await.unwrap().status(), 200);
     // A guest that writes more than a request may log is cut off, and the drop counted.
-    assert_eq!(client().get(server.url("/test/log/100")).send().await.unwrap().status(), 200);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let chatty = client().get(server.url("/test/log/100")).header("x-request-id", "req-44");
+    assert_eq!(chatty.send().await.unwrap().status(), 200);
+    // Its access line comes after all its guest lines.
+    wait_for_log(&server, r#""message":"request","request_id":"req-44""#).await;
 
     let lines = json_lines(&server);
     let access = |id: &str| {

@@ -52,7 +52,7 @@ async fn a_full_route_answers_503_with_retry_after_at_once() {
 async fn sigterm_lets_in_flight_requests_finish() {
     let server = Server::start(&test_config());
     let in_flight = tokio::spawn(client().get(server.url("/test/spin")).send());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_metric(&server, r#"edge_infer_route_instances_in_use{route="/test"}"#, 1.0).await;
     server.terminate();
     // The spinning request still gets its answer (504 at its 1 s deadline)...
     let response = in_flight.await.unwrap().expect("the in-flight request was answered");

@@ -87,7 +87,7 @@ impl Server {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let mut stderr_pipe = child.stderr.take().unwrap();
         let stderr_sink = stderr.clone();
-        std::thread::spawn(move || {
+        let drained = std::thread::spawn(move || {
             let mut buffer = [0u8; 8192];
             while let Ok(n @ 1..) = stderr_pipe.read(&mut buffer) {
                 stderr_sink.lock().unwrap().extend_from_slice(&buffer[..n]);
@@ -108,8 +108,8 @@ impl Server {
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                // Give the draining thread a moment to read the last bytes.
-                std::thread::sleep(Duration::from_millis(100));
+                // The process is gone: the draining thread ends at the end of its stderr.
+                let _ = drained.join();
                 Err(String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned())
             }
         }
@@ -330,6 +330,15 @@ pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// Waits until the server has logged a line containing `needle`, for at most 20 s.
+pub async fn wait_for_log(server: &Server, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !server.logs().contains(needle) {
+        assert!(std::time::Instant::now() < deadline, "never logged {needle:?}:\n{}", server.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Polls `/metrics` until `series` reaches `value`, for at most 20 s.
