@@ -1,7 +1,9 @@
 //! The HTTP layer, the top of the request flow: `server` accepts connections, `router`
-//! dispatches each request to health, metrics, a guest route or the Open Inference Protocol
-//! (`oip`), and `response` writes what the host answers itself (JSON errors included).
+//! dispatches each request to health, metrics, the front door (`index`), a guest route or
+//! the Open Inference Protocol (`oip`), and `response` writes what the host answers itself
+//! (JSON errors included).
 
+pub mod index;
 pub mod oip;
 pub mod response;
 pub mod router;

@@ -76,7 +76,14 @@ pub fn server_metadata() -> Response<Body> {
 
 /// Model metadata, or 404.
 pub fn model_metadata(models: &Models, name: &str) -> Response<Body> {
-    let Some(model) = models.get(name) else { return no_model(name) };
+    match models.get(name) {
+        Some(model) => response::json(StatusCode::OK, &describe_model(model)),
+        None => no_model(name),
+    }
+}
+
+/// A model's metadata as the protocol gives it: name, versions, platform, inputs, outputs.
+pub fn describe_model(model: &ModelScheduler) -> Value {
     let describe = |specs: &[crate::inference::tensor::TensorSpec]| -> Vec<Value> {
         specs
             .iter()
@@ -90,16 +97,13 @@ pub fn model_metadata(models: &Models, name: &str) -> Response<Body> {
             .collect()
     };
     let signature = model.signature();
-    response::json(
-        StatusCode::OK,
-        &json!({
-            "name": name,
-            "versions": ["1"],
-            "platform": "onnx",
-            "inputs": describe(&signature.inputs),
-            "outputs": describe(&signature.outputs),
-        }),
-    )
+    json!({
+        "name": model.name(),
+        "versions": ["1"],
+        "platform": "onnx",
+        "inputs": describe(&signature.inputs),
+        "outputs": describe(&signature.outputs),
+    })
 }
 
 /// Model readiness: loaded models are ready.

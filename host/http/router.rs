@@ -1,6 +1,6 @@
-//! Request dispatch: health and metrics, guest routes by path, the Open Inference Protocol
-//! under `/v2`, else 404. Every response carries `x-request-id`, and every request gets one
-//! access-log line.
+//! Request dispatch: health and metrics, the front door (`GET /`), guest routes by path, the
+//! Open Inference Protocol under `/v2`, else 404. Every response carries `x-request-id`, and
+//! every request gets one access-log line.
 //!
 //! For a guest route, `serve_guest` applies the route's limits in order: the body size
 //! (413), admission (503 + `Retry-After` when the queue is full, 504 when the deadline passes
@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 use tracing::{error, info};
 
+use crate::http::index;
 use crate::http::oip::{self, Endpoint};
 use crate::http::response::{self, Body};
 use crate::node::config::{HEALTH_PATH, METRICS_PATH};
@@ -49,6 +50,9 @@ pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<B
         (_, Some(runtime)) if path == METRICS_PATH => {
             runtime.refresh_gauges();
             (response::text(StatusCode::OK, "text/plain; version=0.0.4", metrics::render()), None)
+        }
+        (_, Some(runtime)) if path == "/" && method == Method::GET => {
+            (index::respond(runtime, node.is_ready(), request.headers()), None)
         }
         (Ok(context), Some(runtime)) => match (route, Endpoint::parse(&path)) {
             (Some(route), _) => (serve_guest(route, request, context).await, Some(&route.metrics)),

@@ -155,6 +155,8 @@ struct Shared {
 /// the jobs already queued and exit.
 pub struct ModelScheduler {
     shared: Arc<Shared>,
+    /// Which backend runs the model, as metrics and logs name it.
+    backend: &'static str,
     cache: Option<(ResultCache, CacheConfig)>,
 }
 
@@ -202,12 +204,17 @@ impl ModelScheduler {
                 .context("spawning an executor thread")?;
         }
         let cache = config.cache.map(|c| (ResultCache::new(c.entries, c.time_to_live), c));
-        Ok(ModelScheduler { shared, cache })
+        Ok(ModelScheduler { shared, backend: backend.name(), cache })
     }
 
     /// The model's name, as routes and guests refer to it.
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// Which backend runs the model (`tract`, `ort`, `ort-cuda`).
+    pub fn backend(&self) -> &'static str {
+        self.backend
     }
 
     /// The model's inputs and outputs.

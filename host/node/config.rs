@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+use tracing::info;
 
 use crate::inference::backend::BackendKind;
 use crate::inference::scheduler::{Batching, DelayPolicy};
@@ -197,11 +198,23 @@ impl Config {
         Ok(config)
     }
 
-    /// The bundled examples: digits, voice activity and hello, from this build (and the
-    /// Python and JavaScript digits guests, if built).
+    /// The bundled examples: digits, voice activity and hello, from this build, and those
+    /// whose parts are there: the Python and JavaScript digits guests once built, `/embed`
+    /// once its model is fetched. Logs, for each one left out, the command that enables it.
     pub fn bundled() -> Config {
         let guests = Path::new(env!("EDGE_INFER_GUEST_DIR"));
         let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let (config, left_out) = Self::bundled_from(guests, &models);
+        for note in left_out {
+            info!("{note}");
+        }
+        config
+    }
+
+    /// The bundled examples with guests from `guests` and models from `models`, and a line for
+    /// each example left out, saying how to enable it.
+    fn bundled_from(guests: &Path, models: &Path) -> (Config, Vec<String>) {
+        let mut left_out = Vec::new();
         let route = |path: &str, component: &str, models: &[&str]| RouteConfig {
             path: path.into(),
             component: guests.join(component),
@@ -245,6 +258,11 @@ impl Config {
                     grant: grant.iter().map(|g| g.to_string()).collect(),
                     ..route(path, file, &["digits"])
                 });
+            } else {
+                left_out.push(format!(
+                    "example {path} is not served: its guest is not built (run guest/build-py-js.sh {})",
+                    guests.display()
+                ));
             }
         }
         let mut bundled_models = BTreeMap::from([
@@ -255,8 +273,13 @@ impl Config {
         if models.join("minilm/model.onnx").is_file() {
             bundled_models.insert("minilm".to_string(), model("minilm/model.onnx"));
             routes.push(route("/embed", "embed.wasm", &["minilm"]));
+        } else {
+            left_out.push(
+                "example /embed is not served: its model is not fetched (run python3 models/minilm/fetch.py)"
+                    .into(),
+            );
         }
-        Config { server: ServerConfig::default(), models: bundled_models, routes }
+        (Config { server: ServerConfig::default(), models: bundled_models, routes }, left_out)
     }
 
     /// Checks what the types alone cannot: unique paths, known models, sane limits.
@@ -396,6 +419,25 @@ mod tests {
         let config = parse(example).unwrap();
         assert_eq!(config.routes[0].path, "/digits");
         assert_eq!(config.models["digits"].executors, Some(2));
+    }
+
+    #[test]
+    fn bundled_examples_left_out_say_how_to_enable_them() {
+        let empty = tempfile::tempdir().unwrap();
+        let (config, left_out) = Config::bundled_from(empty.path(), empty.path());
+        let paths: Vec<&str> = config.routes.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/digits", "/hello", "/vad"]);
+        assert_eq!(left_out.len(), 3, "{left_out:?}");
+        assert!(left_out[0].contains("/digits-py") && left_out[0].contains("guest/build-py-js.sh"));
+        assert!(left_out[2].contains("/embed") && left_out[2].contains("models/minilm/fetch.py"));
+
+        std::fs::create_dir_all(empty.path().join("minilm")).unwrap();
+        std::fs::write(empty.path().join("minilm/model.onnx"), b"").unwrap();
+        std::fs::write(empty.path().join("digits-js.wasm"), b"").unwrap();
+        let (config, left_out) = Config::bundled_from(empty.path(), empty.path());
+        assert!(config.routes.iter().any(|r| r.path == "/embed") && config.models.contains_key("minilm"));
+        assert!(config.routes.iter().any(|r| r.path == "/digits-js"));
+        assert_eq!(left_out.len(), 1, "only /digits-py is left: {left_out:?}");
     }
 
     #[test]

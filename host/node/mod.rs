@@ -36,6 +36,10 @@ pub struct Route {
     pub admission: Admission,
     /// Its pre-instantiated component.
     pub guest: GuestComponent,
+    /// The component's file name, for people.
+    pub component: String,
+    /// The models its guests may load by name.
+    pub models: Vec<String>,
     /// Deadline of one request, from arrival.
     pub timeout: Duration,
     /// Largest request body accepted.
@@ -116,6 +120,11 @@ impl Runtime {
         &self.models
     }
 
+    /// Every route, in the configuration's order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
     /// The route serving `path`: the one with the longest matching path.
     pub fn route_for(&self, path: &str) -> Option<&Route> {
         self.routes
@@ -154,6 +163,11 @@ async fn load_route(
         path: config.path.clone(),
         admission: Admission::new(config.max_concurrency, config.max_queue),
         guest,
+        component: config
+            .component
+            .file_name()
+            .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+        models: config.models.clone(),
         timeout: Duration::from_millis(config.timeout_ms),
         max_body_bytes: config.max_body_bytes,
         metrics,

@@ -51,6 +51,13 @@ impl Models {
     pub fn get(&self, name: &str) -> Option<&Arc<ModelScheduler>> {
         self.by_name.get(name)
     }
+
+    /// Every model, by name in order.
+    pub fn all(&self) -> Vec<&ModelScheduler> {
+        let mut models: Vec<&ModelScheduler> = self.by_name.values().map(|m| m.as_ref()).collect();
+        models.sort_by_key(|model| model.name());
+        models
+    }
 }
 
 /// Default batch limits: a GPU is fed larger batches.
