@@ -28,8 +28,7 @@ use crate::inference::tensor::{self, Signature, Tensor};
 pub const DEFAULT_MAX_PADDING_RATIO: f64 = 0.2;
 
 /// How the batcher waits for a batch to fill.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DelayPolicy {
     /// Wait only as long as waiting has recently brought more requests (up to the maximum).
     #[default]

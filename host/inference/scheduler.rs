@@ -24,7 +24,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
@@ -39,8 +38,7 @@ use crate::telemetry::metrics::{ModelMetrics, ModelOutcome};
 pub use crate::inference::batcher::DelayPolicy;
 
 /// Batching policy of a model.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Batching {
     /// Measure at start-up and batch only where it is cheaper per item.
     #[default]

@@ -73,7 +73,7 @@ pub struct ModelConfig {
     /// The ONNX file.
     pub file: PathBuf,
     /// Which backend runs it.
-    #[serde(default)]
+    #[serde(default, with = "BackendKindSetting")]
     pub backend: BackendKind,
     /// Executor threads, each running one inference at a time. Default: one per core.
     pub executors: Option<usize>,
@@ -81,7 +81,7 @@ pub struct ModelConfig {
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
     /// Whether to batch requests: `auto` (measured at start-up), `on` or `off`.
-    #[serde(default)]
+    #[serde(default, with = "BatchingSetting")]
     pub batching: Batching,
     /// Most items (along the batch axis) in one run. Default: 32 on the CPU, 128 on a GPU.
     pub max_batch_size: Option<usize>,
@@ -90,7 +90,7 @@ pub struct ModelConfig {
     pub max_queue_delay_us: u64,
     /// `adaptive`: wait only while waiting brings more requests (0 at low load); `fixed`:
     /// always wait up to `max_queue_delay_us`.
-    #[serde(default)]
+    #[serde(default, with = "DelayPolicySetting")]
     pub queue_delay: DelayPolicy,
     /// Requests of different lengths share a batch while padding stays within this share of
     /// the batch's elements (0: only equal lengths). Default: 0.2 for models with a mask
@@ -109,6 +109,34 @@ pub struct ModelConfig {
     /// When the queue is full, serve an expired cached result instead of refusing.
     #[serde(default)]
     pub serve_stale_on_overload: bool,
+}
+
+// How the config file spells the inference layer's choices (which know nothing of file
+// formats): serde checks at compile time that these list the same variants.
+
+#[derive(Deserialize)]
+#[serde(remote = "BackendKind", rename_all = "lowercase")]
+enum BackendKindSetting {
+    Auto,
+    Cpu,
+    Gpu,
+    Tract,
+    Ort,
+}
+
+#[derive(Deserialize)]
+#[serde(remote = "Batching", rename_all = "lowercase")]
+enum BatchingSetting {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Deserialize)]
+#[serde(remote = "DelayPolicy", rename_all = "lowercase")]
+enum DelayPolicySetting {
+    Adaptive,
+    Fixed,
 }
 
 /// One guest route.

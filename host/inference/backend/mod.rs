@@ -45,8 +45,7 @@ pub trait Session: Send {
 }
 
 /// Which backend a model asks for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BackendKind {
     /// A GPU if a usable one is found at start-up, else tract.
     #[default]
