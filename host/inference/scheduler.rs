@@ -1,4 +1,6 @@
-//! Per-model scheduling: a bounded priority queue, a dynamic batcher, and executor threads.
+//! Per-model scheduling, the entry to the inference layer: [`ModelScheduler`] starts a
+//! model's executors (`executor`) over its bounded priority queue (`queue`), and is what
+//! callers (guests, the Open Inference Protocol) compute through.
 //!
 //! Inference never runs on tokio's threads. [`ModelScheduler::compute`] checks a request's
 //! tensors, answers from the result cache if it can, and otherwise queues a job and awaits it.
@@ -16,23 +18,23 @@
 //! `auto` policy measures the model at start-up, alone and in a batch, and batches only if
 //! that is clearly cheaper per item ([`crate::inference::calibration`]).
 
-use std::collections::{BTreeMap, VecDeque};
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::sync::oneshot;
-use tracing::{error, warn};
 
-use crate::inference::backend::{Backend, Session};
-use crate::inference::batcher::{self, Candidate, Fill, QueueDelay};
+use crate::inference::backend::Backend;
+use crate::inference::batcher::{self, QueueDelay};
 use crate::inference::cache::{self, ResultCache};
 use crate::inference::calibration;
+use crate::inference::executor::Executor;
+use crate::inference::queue::{Job, JobError, Queue, Shared};
 use crate::inference::tensor::{NamedTensor, Signature, Tensor, TensorSpec};
-use crate::request::{Priority, RequestContext};
+use crate::request::RequestContext;
 use crate::telemetry::metrics::{ModelMetrics, ModelOutcome};
 
 pub use crate::inference::batcher::DelayPolicy;
@@ -93,60 +95,6 @@ pub enum ComputeError {
     /// The backend failed while running the model.
     #[error("{0}")]
     Failed(String),
-}
-
-/// How a queued job ended, as its caller hears it.
-type JobResult = Result<Ran, JobError>;
-
-/// A job's outputs, with when its run started and how long it took.
-struct Ran {
-    outputs: Vec<Tensor>,
-    started: Instant,
-    took: Duration,
-}
-
-enum JobError {
-    Expired,
-    Failed(String),
-}
-
-/// One request's work for an executor.
-struct Job {
-    inputs: Vec<Tensor>,
-    items: usize,
-    /// Length along the sequence axis (1 for models without one).
-    length: usize,
-    context: RequestContext,
-    enqueued: Instant,
-    reply: oneshot::Sender<JobResult>,
-}
-
-/// The model's queue: one lane per priority.
-struct Queue {
-    lanes: [VecDeque<Job>; Priority::LEVELS],
-    /// Set while an executor waits for a batch to fill, so the others leave new jobs to it.
-    forming: bool,
-    /// How long a batch may wait to fill, now.
-    delay: QueueDelay,
-    closed: bool,
-}
-
-/// What the executors and the callers share.
-struct Shared {
-    name: String,
-    signature: Signature,
-    queue: Mutex<Queue>,
-    changed: Condvar,
-    capacity: usize,
-    /// Most items in one run: 1 when not batching.
-    max_batch_items: usize,
-    max_padding_ratio: f64,
-    /// One element's bytes per input, for padding.
-    pad_values: Vec<Vec<u8>>,
-    /// How long a run of the model took lately (a moving average, in ns): no batch waits
-    /// longer than this for more work.
-    recent_run_nanos: AtomicU64,
-    metrics: ModelMetrics,
 }
 
 /// A model's queue, cache and executors. Dropping it closes the queue; the executors finish
@@ -301,257 +249,6 @@ impl Drop for ModelScheduler {
     }
 }
 
-impl Shared {
-    /// Queues a job; false if the queue is full even after clearing out dead jobs.
-    fn push(&self, job: Job) -> bool {
-        let mut queue = self.queue.lock().unwrap();
-        if queue.len() >= self.capacity {
-            self.remove_dead(&mut queue);
-            if queue.len() >= self.capacity {
-                return false;
-            }
-        }
-        queue.lanes[job.context.priority as usize].push_back(job);
-        self.metrics.pending.set(queue.len() as i64);
-        drop(queue);
-        self.changed.notify_all();
-        true
-    }
-
-    /// Waits for the next batch: the first live job in priority order, plus (when batching)
-    /// compatible jobs up to the batch limit, waiting as long as the queue delay allows for
-    /// more. `None` once the queue is closed and empty.
-    fn next_batch(&self) -> Option<Vec<Job>> {
-        let mut queue = self.queue.lock().unwrap();
-        let first = loop {
-            if !queue.forming {
-                self.remove_dead(&mut queue);
-                if let Some(job) = queue.lanes.iter_mut().find_map(VecDeque::pop_front) {
-                    break job;
-                }
-                if queue.closed {
-                    return None;
-                }
-            }
-            queue = self.changed.wait(queue).unwrap();
-        };
-        let mut fill = Fill::new(first.items, first.length);
-        let mut batch = vec![first];
-        if self.max_batch_items > 1 {
-            self.take_compatible(&mut queue, &mut batch, &mut fill);
-            if batch.len() > 1 {
-                queue.delay.found_queued();
-            }
-            let allowed = queue.delay.allowed(self.recent_run());
-            let fill_by = batch[0].enqueued + allowed;
-            if fill.items < self.max_batch_items && Instant::now() < fill_by && !queue.closed {
-                // Wait while requests keep coming: under the adaptive policy, a step of
-                // `patience` that brings none ends the wait.
-                let patience = queue.delay.patience();
-                let (before, mut last_gain) = (batch.len(), Instant::now());
-                queue.forming = true;
-                loop {
-                    let now = Instant::now();
-                    let give_up = patience.map_or(fill_by, |step| fill_by.min(last_gain + step));
-                    if fill.items >= self.max_batch_items || now >= give_up || queue.closed {
-                        break;
-                    }
-                    queue = self.changed.wait_timeout(queue, give_up - now).unwrap().0;
-                    let had = batch.len();
-                    self.take_compatible(&mut queue, &mut batch, &mut fill);
-                    if batch.len() > had {
-                        last_gain = Instant::now();
-                    }
-                }
-                queue.forming = false;
-                queue.delay.waited(batch.len() > before);
-            }
-            self.metrics.queue_delay.set(allowed.as_secs_f64());
-        }
-        self.metrics.pending.set(queue.len() as i64);
-        drop(queue);
-        self.changed.notify_all();
-        Some(batch)
-    }
-
-    /// How long a run of the model took lately.
-    fn recent_run(&self) -> Duration {
-        Duration::from_nanos(self.recent_run_nanos.load(Ordering::Relaxed))
-    }
-
-    /// Counts a run's time into the moving average (an eighth of its weight to the new one).
-    fn note_run(&self, took: Duration) {
-        let took = took.as_nanos().min(u64::MAX.into()) as u64;
-        let old = self.recent_run_nanos.load(Ordering::Relaxed);
-        let new = if old == 0 { took } else { old - old / 8 + took / 8 };
-        self.recent_run_nanos.store(new, Ordering::Relaxed);
-    }
-
-    /// Moves queued jobs that fit `batch` into it (see [`batcher::choose`]): higher priority
-    /// first, then closest in length to the batch's first job, within the batch's limits.
-    fn take_compatible(&self, queue: &mut Queue, batch: &mut Vec<Job>, fill: &mut Fill) {
-        self.remove_dead(queue);
-        if fill.items >= self.max_batch_items {
-            return;
-        }
-        let head = &batch[0];
-        let candidates = queue
-            .lanes
-            .iter()
-            .enumerate()
-            .flat_map(|(lane, jobs)| {
-                jobs.iter().enumerate().map(move |(position, job)| (lane, position, job))
-            })
-            .filter(|(_, _, job)| self.signature.compatible(&head.inputs, &job.inputs))
-            .map(|(lane, position, job)| Candidate { lane, position, items: job.items, length: job.length })
-            .collect();
-        let mut chosen =
-            batcher::choose(fill, head.length, candidates, self.max_batch_items, self.max_padding_ratio);
-        // Remove from the back of each lane first, so positions stay valid.
-        chosen.sort_unstable_by(|a, b| b.cmp(a));
-        let mut taken: Vec<Job> = chosen
-            .into_iter()
-            .map(|(lane, position)| queue.lanes[lane].remove(position).expect("chosen jobs are queued"))
-            .collect();
-        taken.reverse();
-        batch.extend(taken);
-    }
-
-    /// Drops jobs whose caller is gone and answers those past their deadline, unrun.
-    fn remove_dead(&self, queue: &mut Queue) {
-        let now = Instant::now();
-        for lane in &mut queue.lanes {
-            lane.retain_mut(|job| !self.settle_if_dead(job, now));
-        }
-    }
-
-    /// If `job`'s caller is gone, counts it cancelled; if its deadline has passed, answers it
-    /// `Expired`. Returns whether it is dead (and must not run).
-    fn settle_if_dead(&self, job: &mut Job, now: Instant) -> bool {
-        if job.reply.is_closed() {
-            self.metrics.outcome(ModelOutcome::Cancelled);
-            true
-        } else if job.context.deadline <= now {
-            self.metrics.outcome(ModelOutcome::Expired);
-            // The job is only lent here: swap the reply out to answer it.
-            let (placeholder, _) = oneshot::channel();
-            let _ = std::mem::replace(&mut job.reply, placeholder).send(Err(JobError::Expired));
-            true
-        } else {
-            false
-        }
-    }
-}
-
-impl Queue {
-    fn len(&self) -> usize {
-        self.lanes.iter().map(VecDeque::len).sum()
-    }
-}
-
-/// One executor thread: a session of its own, batches from the model's shared queue.
-struct Executor {
-    shared: Arc<Shared>,
-    backend: Arc<dyn Backend>,
-    session: Box<dyn Session>,
-}
-
-impl Executor {
-    fn run(mut self) {
-        while let Some(batch) = self.shared.next_batch() {
-            self.execute(batch);
-        }
-    }
-
-    /// Runs a batch and answers its jobs. If a batch of several fails, each job is run alone,
-    /// so that one bad request (say, too long for the model) fails only itself.
-    fn execute(&mut self, mut batch: Vec<Job>) {
-        let shared = self.shared.clone();
-        let metrics = &shared.metrics;
-        // Callers may have gone, or deadlines passed, while the batch was forming.
-        let now = Instant::now();
-        batch.retain_mut(|job| !shared.settle_if_dead(job, now));
-        if batch.is_empty() {
-            return;
-        }
-        let started = Instant::now();
-        for job in &batch {
-            metrics.queue_duration.observe((started - job.enqueued).as_secs_f64());
-        }
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.run_once(&mut batch)));
-        let took = started.elapsed();
-        shared.note_run(took);
-        let total: usize = batch.iter().map(|job| job.items).sum();
-        metrics.compute_duration.observe(took.as_secs_f64());
-        metrics.executions.inc();
-        metrics.inferences.inc_by(total as u64);
-        metrics.batch_size.observe(total as f64);
-        let failure = match outcome {
-            Ok(Ok(per_job)) => {
-                for (job, outputs) in batch.into_iter().zip(per_job) {
-                    metrics.outcome(ModelOutcome::Success);
-                    let _ = job.reply.send(Ok(Ran { outputs, started, took }));
-                }
-                return;
-            }
-            Ok(Err(e)) => format!("{e:#}"),
-            Err(_) => {
-                error!(model = %self.shared.name, "the backend panicked; renewing the executor's session");
-                self.renew_session();
-                "the backend panicked".to_string()
-            }
-        };
-        if batch.len() > 1 {
-            warn!(
-                model = %self.shared.name,
-                requests = batch.len(),
-                "a batch failed ({failure}); running its requests one at a time"
-            );
-            for job in batch {
-                self.execute(vec![job]);
-            }
-        } else {
-            self.fail(batch, format!("model {:?} failed: {failure}", self.shared.name));
-        }
-    }
-
-    /// Runs the model once for `batch`: padded and joined into one batch if there are several
-    /// jobs, parted again afterwards. Returns each job's outputs, in order.
-    fn run_once(&mut self, batch: &mut [Job]) -> anyhow::Result<Vec<Vec<Tensor>>> {
-        let (shared, metrics) = (&self.shared, &self.shared.metrics);
-        if let [job] = batch {
-            let inputs = std::mem::take(&mut job.inputs);
-            metrics
-                .real_elements
-                .inc_by(inputs.iter().map(|t| t.shape.iter().product::<usize>() as u64).sum());
-            return Ok(vec![self.session.run(inputs)?]);
-        }
-        let longest = batch.iter().map(|job| job.length).max().unwrap_or(1);
-        let requests: Vec<&[Tensor]> = batch.iter().map(|job| job.inputs.as_slice()).collect();
-        let (inputs, counts) = batcher::assemble(&shared.signature, &requests, longest, &shared.pad_values);
-        metrics.real_elements.inc_by(counts.real as u64);
-        metrics.padding_elements.inc_by(counts.padding as u64);
-        let outputs = self.session.run(inputs)?;
-        let items: Vec<usize> = batch.iter().map(|job| job.items).collect();
-        let lengths: Vec<usize> = batch.iter().map(|job| job.length).collect();
-        Ok(batcher::disassemble(&shared.signature, outputs, &items, &lengths, longest))
-    }
-
-    fn fail(&self, batch: Vec<Job>, message: String) {
-        for job in batch {
-            self.shared.metrics.outcome(ModelOutcome::Error);
-            let _ = job.reply.send(Err(JobError::Failed(message.clone())));
-        }
-    }
-
-    fn renew_session(&mut self) {
-        match self.backend.new_session() {
-            Ok(session) => self.session = session,
-            Err(e) => warn!(model = %self.shared.name, "cannot renew the session: {e:#}"),
-        }
-    }
-}
-
 /// Decides the batch limit: 1 (no batching) or `max_batch_size`, measured for `auto` on a
 /// session of its own (so that a model that panics on the measurement leaves no executor's
 /// state behind).
@@ -593,8 +290,12 @@ fn pad_values(signature: &Signature, configured: &BTreeMap<String, f64>) -> anyh
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Condvar, Mutex};
+
     use super::*;
+    use crate::inference::backend::Session;
     use crate::inference::tensor::{Dim, ElementType, TensorSpec};
+    use crate::request::Priority;
 
     /// A model that doubles token ids: `ids [batch, sequence]` → `doubled [batch, sequence, 1]`.
     /// Every run records its input shape, and waits while the gate is closed.
