@@ -33,7 +33,7 @@ use crate::inference::cache::{self, ResultCache};
 use crate::inference::calibration;
 use crate::inference::executor::Executor;
 use crate::inference::queue::{Job, JobError, Queue, Shared};
-use crate::inference::tensor::{NamedTensor, Signature, Tensor, TensorSpec};
+use crate::inference::tensor::{NamedTensor, Signature, Tensor, TensorError, TensorSpec};
 use crate::request::RequestContext;
 use crate::telemetry::metrics::{ModelMetrics, ModelOutcome};
 
@@ -84,8 +84,8 @@ pub struct CacheConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ComputeError {
     /// The tensors do not fit the model's signature.
-    #[error("{0}")]
-    InvalidInput(String),
+    #[error(transparent)]
+    InvalidInput(#[from] TensorError),
     /// The model's queue is full.
     #[error("model {0:?} is overloaded: its queue is full")]
     Overloaded(String),

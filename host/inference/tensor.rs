@@ -35,15 +35,41 @@ impl ElementType {
     }
 }
 
+/// Why tensors are not acceptable: a tensor's own data, a value for its type, or a request's
+/// inputs against a model's signature. The message says which rule was broken.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum TensorError {
+    #[error("tensor shape {0:?} is too large")]
+    TooLarge(Vec<usize>),
+    #[error("tensor of shape {shape:?} and type {element_type} needs {expected} bytes, got {got}")]
+    WrongLength { shape: Vec<usize>, element_type: ElementType, expected: usize, got: usize },
+    #[error("{element_type} cannot hold {value}")]
+    CannotHold { element_type: ElementType, value: f64 },
+    #[error("unknown input {name:?}; the model's inputs are {inputs:?}")]
+    UnknownInput { name: String, inputs: Vec<String> },
+    #[error("missing input {0:?}")]
+    MissingInput(String),
+    #[error("input {0:?} given more than once")]
+    RepeatedInput(String),
+    #[error("input {name:?} must be {expected}, got {got}")]
+    WrongType { name: String, expected: ElementType, got: ElementType },
+    #[error("input {name:?} must have shape {expected:?} (-1: any size), got {got:?}")]
+    WrongShape { name: String, expected: Vec<i64>, got: Vec<usize> },
+    #[error(
+        "inputs {first:?} and {second:?} must have the same sequence length, got {first_length} and {second_length}"
+    )]
+    SequenceLengths { first: String, second: String, first_length: usize, second_length: usize },
+}
+
 impl ElementType {
     /// One element of this type holding `value`, as little-endian bytes; an error if the type
     /// cannot hold it exactly (a fraction in an integer type, a value out of range).
-    pub fn encode(self, value: f64) -> Result<Vec<u8>, String> {
+    pub fn encode(self, value: f64) -> Result<Vec<u8>, TensorError> {
         let integral = |min: f64, max: f64| {
             if value.fract() == 0.0 && (min..=max).contains(&value) {
                 Ok(value)
             } else {
-                Err(format!("{self} cannot hold {value}"))
+                Err(TensorError::CannotHold { element_type: self, value })
             }
         };
         Ok(match self {
@@ -83,16 +109,12 @@ pub struct Tensor {
 
 impl Tensor {
     /// Makes a tensor, checking that `data` holds exactly `shape`'s elements.
-    pub fn new(element_type: ElementType, shape: Vec<usize>, data: Vec<u8>) -> Result<Tensor, String> {
-        let expected = shape
-            .iter()
-            .try_fold(element_type.size(), |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| format!("tensor shape {shape:?} is too large"))?;
+    pub fn new(element_type: ElementType, shape: Vec<usize>, data: Vec<u8>) -> Result<Tensor, TensorError> {
+        let Some(expected) = shape.iter().try_fold(element_type.size(), |acc, &d| acc.checked_mul(d)) else {
+            return Err(TensorError::TooLarge(shape));
+        };
         if data.len() != expected {
-            return Err(format!(
-                "tensor of shape {shape:?} and type {element_type} needs {expected} bytes, got {}",
-                data.len()
-            ));
+            return Err(TensorError::WrongLength { shape, element_type, expected, got: data.len() });
         }
         Ok(Tensor { element_type, shape, data })
     }
@@ -228,36 +250,30 @@ impl Signature {
     /// Checks named tensors against the declared inputs and returns them in the model's input
     /// order. Every input must be given exactly once, with the declared type and a fitting
     /// shape; the error says which rule was broken.
-    pub fn check_inputs(&self, mut given: Vec<NamedTensor>) -> Result<Vec<Tensor>, String> {
+    pub fn check_inputs(&self, mut given: Vec<NamedTensor>) -> Result<Vec<Tensor>, TensorError> {
         if let Some((name, _)) =
             given.iter().find(|(name, _)| !self.inputs.iter().any(|spec| &spec.name == name))
         {
-            let expected: Vec<&str> = self.inputs.iter().map(|spec| spec.name.as_str()).collect();
-            return Err(format!("unknown input {name:?}; the model's inputs are {expected:?}"));
+            let inputs = self.inputs.iter().map(|spec| spec.name.clone()).collect();
+            return Err(TensorError::UnknownInput { name: name.clone(), inputs });
         }
         let mut ordered = Vec::with_capacity(self.inputs.len());
         for spec in &self.inputs {
             let position = given
                 .iter()
                 .position(|(name, _)| name == &spec.name)
-                .ok_or_else(|| format!("missing input {:?}", spec.name))?;
+                .ok_or_else(|| TensorError::MissingInput(spec.name.clone()))?;
             let (_, tensor) = given.swap_remove(position);
             if given.iter().any(|(name, _)| name == &spec.name) {
-                return Err(format!("input {:?} given more than once", spec.name));
+                return Err(TensorError::RepeatedInput(spec.name.clone()));
             }
             if tensor.element_type != spec.element_type {
-                return Err(format!(
-                    "input {:?} must be {}, got {}",
-                    spec.name, spec.element_type, tensor.element_type
-                ));
+                let (expected, got) = (spec.element_type, tensor.element_type);
+                return Err(TensorError::WrongType { name: spec.name.clone(), expected, got });
             }
             if !spec.accepts_shape(&tensor.shape) {
-                return Err(format!(
-                    "input {:?} must have shape {:?} (-1: any size), got {:?}",
-                    spec.name,
-                    spec.shape_for_display(),
-                    tensor.shape
-                ));
+                let (expected, got) = (spec.shape_for_display(), tensor.shape);
+                return Err(TensorError::WrongShape { name: spec.name.clone(), expected, got });
             }
             ordered.push(tensor);
         }
@@ -271,9 +287,12 @@ impl Signature {
             match first {
                 None => first = Some((name, length)),
                 Some((first_name, first_length)) if first_length != length => {
-                    return Err(format!(
-                        "inputs {first_name:?} and {name:?} must have the same sequence length, got {first_length} and {length}"
-                    ));
+                    return Err(TensorError::SequenceLengths {
+                        first: first_name.clone(),
+                        second: name.clone(),
+                        first_length,
+                        second_length: length,
+                    });
                 }
                 Some(_) => {}
             }
@@ -462,7 +481,7 @@ mod tests {
     #[test]
     fn tensor_data_length_must_match_shape() {
         assert!(Tensor::new(ElementType::F32, vec![2, 3], vec![0; 24]).is_ok());
-        let err = Tensor::new(ElementType::F32, vec![2, 3], vec![0; 23]).unwrap_err();
+        let err = Tensor::new(ElementType::F32, vec![2, 3], vec![0; 23]).unwrap_err().to_string();
         assert!(err.contains("needs 24 bytes, got 23"), "{err}");
         assert!(Tensor::new(ElementType::F32, vec![usize::MAX, 2], vec![]).is_err());
     }
@@ -472,7 +491,7 @@ mod tests {
         assert_eq!(ElementType::I64.encode(-1.0).unwrap(), (-1i64).to_le_bytes());
         assert_eq!(ElementType::F32.encode(0.5).unwrap(), 0.5f32.to_le_bytes());
         assert_eq!(ElementType::U8.encode(255.0).unwrap(), vec![255]);
-        assert!(ElementType::U8.encode(256.0).unwrap_err().contains("UINT8 cannot hold 256"));
+        assert_eq!(ElementType::U8.encode(256.0).unwrap_err().to_string(), "UINT8 cannot hold 256");
         assert!(ElementType::I32.encode(0.5).is_err());
     }
 
@@ -488,7 +507,7 @@ mod tests {
     #[test]
     fn rejects_wrong_name_type_shape_and_duplicates() {
         let signature = digits_signature();
-        let check = |inputs: Vec<NamedTensor>| signature.check_inputs(inputs).unwrap_err();
+        let check = |inputs: Vec<NamedTensor>| signature.check_inputs(inputs).unwrap_err().to_string();
         let good = || zeros(ElementType::F32, vec![1, 64]);
         assert!(check(vec![("image".into(), good())]).contains("unknown input \"image\""));
         assert!(check(vec![]).contains("missing input \"pixels\""));
@@ -588,7 +607,7 @@ mod tests {
             ("ids".to_string(), zeros(ElementType::I64, vec![1, 5])),
             ("mask".to_string(), zeros(ElementType::I64, vec![1, 6])),
         ];
-        let error = signature.check_inputs(inputs).unwrap_err();
+        let error = signature.check_inputs(inputs).unwrap_err().to_string();
         assert!(error.contains("same sequence length, got 5 and 6"), "{error}");
     }
 
