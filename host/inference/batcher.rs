@@ -201,7 +201,7 @@ pub fn assemble(
                 .collect();
             let batch_axis = spec.batch_axis.expect("batched models have batch axes");
             let parts: Vec<&Tensor> = padded.iter().map(|t| t.as_ref()).collect();
-            let joined = if parts.len() == 1 { parts[0].clone() } else { tensor::concat(&parts, batch_axis) };
+            let joined = tensor::concat(&parts, batch_axis);
             counts.padding += element_count(&joined);
             joined
         })
@@ -223,7 +223,7 @@ pub fn disassemble(
     let mut per_request: Vec<Vec<Tensor>> = items.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
     for (output, spec) in outputs.into_iter().zip(&signature.outputs) {
         let batch_axis = spec.batch_axis.expect("batched models have batch axes");
-        let pieces = if items.len() == 1 { vec![output] } else { tensor::split(&output, batch_axis, items) };
+        let pieces = tensor::split(&output, batch_axis, items);
         for ((request, piece), &length) in per_request.iter_mut().zip(pieces).zip(lengths) {
             let piece = match spec.sequence_axis {
                 Some(axis) if length < longest && piece.shape[axis] == longest => {

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -20,6 +20,8 @@ pub struct Server {
     /// Everything the server wrote to stderr so far (drained by a thread, so the server
     /// never blocks on a full pipe).
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// Notified each time the draining thread appends to `stderr`.
+    logged: Arc<Condvar>,
     /// `http://127.0.0.1:PORT`
     pub base: String,
     _config_dir: tempfile::TempDir,
@@ -86,11 +88,13 @@ impl Server {
             .expect("starting edge-infer");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let mut stderr_pipe = child.stderr.take().unwrap();
-        let stderr_sink = stderr.clone();
+        let logged = Arc::new(Condvar::new());
+        let (stderr_sink, logged_signal) = (stderr.clone(), logged.clone());
         let drained = std::thread::spawn(move || {
             let mut buffer = [0u8; 8192];
             while let Ok(n @ 1..) = stderr_pipe.read(&mut buffer) {
                 stderr_sink.lock().unwrap().extend_from_slice(&buffer[..n]);
+                logged_signal.notify_all();
             }
         });
         let stdout = child.stdout.take().unwrap();
@@ -103,7 +107,7 @@ impl Server {
         match receiver.recv_timeout(START_TIMEOUT) {
             Ok(line) if line.contains("listening on ") => {
                 let base = line.trim().rsplit(' ').next().unwrap().to_string();
-                Ok(Server { child, stderr, base, _config_dir: config_dir })
+                Ok(Server { child, stderr, logged, base, _config_dir: config_dir })
             }
             _ => {
                 let _ = child.kill();
@@ -332,13 +336,17 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
-/// Waits until the server has logged a line containing `needle`, for at most 20 s.
+/// Waits until the server has logged a line containing `needle`, for at most 20 s: woken by
+/// each write the server makes to its log.
 pub async fn wait_for_log(server: &Server, needle: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !server.logs().contains(needle) {
-        assert!(std::time::Instant::now() < deadline, "never logged {needle:?}:\n{}", server.logs());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (stderr, logged, needle) = (server.stderr.clone(), server.logged.clone(), needle.to_string());
+    let found = tokio::task::spawn_blocking(move || {
+        let missing = |log: &mut Vec<u8>| !String::from_utf8_lossy(log).contains(&needle);
+        let (_log, waited) =
+            logged.wait_timeout_while(stderr.lock().unwrap(), Duration::from_secs(20), missing).unwrap();
+        !waited.timed_out()
+    });
+    assert!(found.await.unwrap(), "never logged the line:\n{}", server.logs());
 }
 
 /// Polls `/metrics` until `series` reaches `value`, for at most 20 s.
