@@ -4,7 +4,8 @@
 use std::path::Path;
 
 fn main() {
-    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/minilm/vocab.txt");
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
+    let vocab = Path::new(&manifest_dir).join("../../models/minilm/vocab.txt");
     println!("cargo:rerun-if-changed={}", vocab.display());
     let text = std::fs::read_to_string(&vocab).expect("models/minilm/vocab.txt (run models/minilm/fetch.py)");
     let mut entries: Vec<(&str, usize)> = text.lines().enumerate().map(|(id, token)| (token, id)).collect();

@@ -5,10 +5,8 @@
 //! for `pixels`, a JSON array of those, one per image, for `images`.
 //! Malformed input gets 400 with a message saying what is wrong.
 
-use edge_infer_guest::nn::{graph, inference::GraphExecutionContext, tensor};
-use edge_infer_guest::{read_body, respond_error, respond_json, respond_nn_error};
+use edge_infer_guest::{Error, Handler, Request, Response, Tensor, TensorExt, infer};
 use serde_json::{Value, json};
-use wasip2::http::types::{IncomingRequest, Method, ResponseOutparam};
 
 /// Pixels in one 8x8 image.
 const PIXELS: usize = 64;
@@ -21,30 +19,18 @@ const MAX_IMAGES: usize = 1024;
 
 struct Digits;
 
-wasip2::http::proxy::export!(Digits);
+edge_infer_guest::export!(Digits);
 
-impl wasip2::exports::http::incoming_handler::Guest for Digits {
-    fn handle(request: IncomingRequest, out: ResponseOutparam) {
-        if !matches!(request.method(), Method::Post) {
-            return respond_error(out, 405, "use POST with a JSON body");
-        }
-        let body = match read_body(&request) {
-            Ok(body) => body,
-            Err(message) => return respond_error(out, 400, &message),
-        };
-        let input = match parse_request(&body) {
-            Ok(input) => input,
-            Err(message) => return respond_error(out, 400, &message),
-        };
-        let probabilities = match classify(&input.images) {
-            Ok(probabilities) => probabilities,
-            Err(error) => return respond_nn_error(out, "digits model", &error),
-        };
+impl Handler for Digits {
+    fn handle(request: Request) -> Result<Response, Error> {
+        request.expect_method("POST", "use POST with a JSON body")?;
+        let input = parse_request(request.body()).map_err(Error::bad_request)?;
+        let probabilities = classify(&input.images)?;
         let mut predictions = probabilities.chunks(CLASSES).map(prediction);
         if input.single {
-            respond_json(out, 200, &predictions.next().expect("one image in, one prediction out"));
+            Response::json(&predictions.next().expect("one image in, one prediction out"))
         } else {
-            respond_json(out, 200, &predictions.collect::<Vec<_>>());
+            Response::json(&predictions.collect::<Vec<_>>())
         }
     }
 }
@@ -98,18 +84,10 @@ fn parse_image(value: &Value, field: &str) -> Result<Vec<f32>, String> {
 }
 
 /// Runs the model on `images` (n x 64 pixels) and returns n x 10 probabilities.
-fn classify(images: &[f32]) -> Result<Vec<f32>, edge_infer_guest::nn::errors::Error> {
+fn classify(images: &[f32]) -> Result<Vec<f32>, Error> {
     let count = (images.len() / PIXELS) as u32;
-    let bytes: Vec<u8> = images.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let input = tensor::Tensor::new(&[count, PIXELS as u32], tensor::TensorType::Fp32, &bytes);
-    let model = graph::load_by_name("digits")?;
-    let context: GraphExecutionContext = model.init_execution_context()?;
-    let outputs = context.compute(vec![("pixels".to_string(), input)])?;
-    let (_, probabilities) = outputs
-        .into_iter()
-        .find(|(name, _)| name == "probabilities")
-        .expect("the digits model has a `probabilities` output");
-    Ok(probabilities.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    let input = Tensor::from_f32(&[count, PIXELS as u32], images);
+    infer("digits", [("pixels", input)])?.f32("probabilities")
 }
 
 fn prediction(probabilities: &[f32]) -> Value {

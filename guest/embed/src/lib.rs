@@ -7,10 +7,8 @@
 
 mod tokenizer;
 
-use edge_infer_guest::nn::{errors::Error, graph, tensor};
-use edge_infer_guest::{read_body, respond_error, respond_json, respond_nn_error};
+use edge_infer_guest::{Error, Handler, Request, Response, Tensor, TensorExt, infer};
 use serde_json::{Value, json};
-use wasip2::http::types::{IncomingRequest, Method, ResponseOutparam};
 
 /// Most tokens per text, `[CLS]` and `[SEP]` included.
 const MAX_TOKENS: usize = 256;
@@ -21,21 +19,13 @@ const DIMENSIONS: usize = 384;
 
 struct Embed;
 
-wasip2::http::proxy::export!(Embed);
+edge_infer_guest::export!(Embed);
 
-impl wasip2::exports::http::incoming_handler::Guest for Embed {
-    fn handle(request: IncomingRequest, out: ResponseOutparam) {
-        if !matches!(request.method(), Method::Post) {
-            return respond_error(out, 405, r#"use POST with {"texts": [...]}"#);
-        }
-        let texts = match read_body(&request).and_then(|body| parse_request(&body)) {
-            Ok(texts) => texts,
-            Err(message) => return respond_error(out, 400, &message),
-        };
-        match embed(&texts) {
-            Ok(embeddings) => respond_json(out, 200, &json!({ "embeddings": embeddings })),
-            Err(error) => respond_nn_error(out, "minilm model", &error),
-        }
+impl Handler for Embed {
+    fn handle(request: Request) -> Result<Response, Error> {
+        request.expect_method("POST", r#"use POST with {"texts": [...]}"#)?;
+        let texts = parse_request(request.body()).map_err(Error::bad_request)?;
+        Response::json(&json!({ "embeddings": embed(&texts)? }))
     }
 }
 
@@ -73,26 +63,22 @@ fn token_ids(texts: &[String]) -> Vec<Vec<u32>> {
 fn embed(texts: &[String]) -> Result<Vec<Vec<f32>>, Error> {
     let ids = token_ids(texts);
     let length = ids.iter().map(Vec::len).max().unwrap_or(0);
-    let int64 =
-        |values: &mut dyn Iterator<Item = i64>| values.flat_map(i64::to_le_bytes).collect::<Vec<u8>>();
-    let padded = |value: &dyn Fn(&Vec<u32>, usize) -> i64| -> Vec<u8> {
-        int64(&mut ids.iter().flat_map(|row| (0..length).map(move |i| value(row, i))))
+    let padded = |value: &dyn Fn(&Vec<u32>, usize) -> i64| -> Vec<i64> {
+        ids.iter().flat_map(|row| (0..length).map(move |i| value(row, i))).collect()
     };
     let input_ids = padded(&|row, i| row.get(i).map_or(0, |&id| i64::from(id)));
     let attention_mask = padded(&|row, i| i64::from(i < row.len()));
-    let token_types = vec![0u8; texts.len() * length * 8];
+    let token_types = vec![0i64; texts.len() * length];
     let dims = [texts.len() as u32, length as u32];
-    let inputs = vec![
-        ("input_ids".to_string(), tensor::Tensor::new(&dims, tensor::TensorType::I64, &input_ids)),
-        ("attention_mask".to_string(), tensor::Tensor::new(&dims, tensor::TensorType::I64, &attention_mask)),
-        ("token_type_ids".to_string(), tensor::Tensor::new(&dims, tensor::TensorType::I64, &token_types)),
-    ];
-    let context = graph::load_by_name("minilm")?.init_execution_context()?;
-    let outputs = context.compute(inputs)?;
-    let (_, hidden) =
-        outputs.into_iter().find(|(name, _)| name == "last_hidden_state").expect("MiniLM's output");
-    let hidden: Vec<f32> =
-        hidden.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let hidden = infer(
+        "minilm",
+        [
+            ("input_ids", Tensor::from_i64(&dims, &input_ids)),
+            ("attention_mask", Tensor::from_i64(&dims, &attention_mask)),
+            ("token_type_ids", Tensor::from_i64(&dims, &token_types)),
+        ],
+    )?
+    .f32("last_hidden_state")?;
     Ok(ids
         .iter()
         .enumerate()

@@ -6,20 +6,19 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use edge_infer_guest::respond_json;
+use edge_infer_guest::{Error, Handler, Request, Response};
 use serde_json::json;
-use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 /// Requests served by this instance.
 static SERVED: AtomicU64 = AtomicU64::new(0);
 
 struct Hello;
 
-wasip2::http::proxy::export!(Hello);
+edge_infer_guest::export!(Hello);
 
-impl wasip2::exports::http::incoming_handler::Guest for Hello {
-    fn handle(_request: IncomingRequest, out: ResponseOutparam) {
+impl Handler for Hello {
+    fn handle(_request: Request) -> Result<Response, Error> {
         let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
-        respond_json(out, 200, &json!({ "served": served }));
+        Response::json(&json!({ "served": served }))
     }
 }

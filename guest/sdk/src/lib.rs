@@ -1,67 +1,251 @@
-//! Helpers shared by edge-infer guests.
+//! The edge-infer guest SDK: an HTTP handler that returns `Result`, and models through
+//! `wasi:nn` in a few calls.
 //!
-//! A guest is a `wasi:http/proxy` component that may call models through `wasi:nn`. This
-//! crate holds the few pieces every guest needs and nothing else:
-//! - [`nn`]: `wasi:nn@0.2.0-rc-2024-10-28` bindings, generated from the repo's `wit/`;
-//! - [`read_body`]: the whole request body as bytes;
-//! - [`respond_json`] / [`respond_error`]: a JSON response with a status code, errors shaped
-//!   as `{"error": "..."}` like every other edge-infer error;
-//! - [`nn_error_status`] / [`nn_error_name`]: the HTTP status and the WIT name of a
-//!   `wasi:nn` error.
+//! A guest is a `wasi:http/proxy` component that may call models through `wasi:nn`. With this
+//! crate it is a type that implements [`Handler`], exported with [`export!`]:
+//!
+//! ```no_run
+//! use edge_infer_guest::{Error, Handler, Request, Response, Tensor, TensorExt, infer};
+//!
+//! struct Digits;
+//! edge_infer_guest::export!(Digits);
+//!
+//! impl Handler for Digits {
+//!     fn handle(request: Request) -> Result<Response, Error> {
+//!         let pixels: Vec<f32> = request.json()?; // malformed JSON: 400
+//!         if pixels.len() != 64 {
+//!             return Err(Error::bad_request("expected 64 numbers"));
+//!         }
+//!         let outputs = infer("digits", [("pixels", Tensor::from_f32(&[1, 64], &pixels))])?;
+//!         Response::json(&outputs.f32("probabilities")?)
+//!     }
+//! }
+//! ```
+//!
+//! - [`Request`]: method, path, headers and the whole body, with [`Request::json`];
+//! - [`Response`]: a status, a content type and a body; [`Response::json`] for JSON;
+//! - [`Error`]: a status and a message, answered as `{"error": "..."}` like every other
+//!   edge-infer error. A `wasi:nn` error converts with `?` into the status that fits it
+//!   ([`nn_error_status`]);
+//! - [`infer`] / [`Model`]: load a model the route grants and run it; [`Outputs`] finds an
+//!   output by name; [`TensorExt`] builds tensors from `f32`/`i64` slices and reads them back;
+//! - [`nn`]: the raw `wasi:nn@0.2.0-rc-2024-10-28` bindings, generated from the WIT vendored
+//!   in this crate (`wit/nn.wit`), so the crate builds wherever it is.
 
+use std::fmt;
 use std::io::{Read, Write};
 
 use serde::Serialize;
-use wasip2::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use serde::de::DeserializeOwned;
+use wasip2::http::types::{Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
 /// `wasi:nn` bindings: `nn::graph`, `nn::tensor`, `nn::inference`, `nn::errors`.
 pub mod nn {
     wit_bindgen::generate!({
-        path: "../../wit/deps/nn.wit",
+        path: "wit/nn.wit",
         world: "ml",
     });
     pub use self::wasi::nn::*;
 }
 
-/// Reads the whole request body.
-pub fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
-    let body = request.consume().map_err(|()| "request body already consumed".to_string())?;
-    let mut bytes = Vec::new();
-    {
-        let mut stream = body.stream().map_err(|()| "request body stream unavailable".to_string())?;
-        stream.read_to_end(&mut bytes).map_err(|e| format!("reading the request body: {e}"))?;
+pub use nn::tensor::{Tensor, TensorType};
+
+/// A guest's request handler. A fresh instance serves each request, so it keeps no state.
+pub trait Handler {
+    /// Answers one request; an `Err` is answered with its status and `{"error": message}`.
+    fn handle(request: Request) -> Result<Response, Error>;
+}
+
+/// Exports a [`Handler`] as the component's `wasi:http/incoming-handler`.
+#[macro_export]
+macro_rules! export {
+    ($handler:ident) => {
+        impl $crate::__private::IncomingHandler for $handler {
+            fn handle(request: $crate::__private::IncomingRequest, out: $crate::__private::ResponseOutparam) {
+                $crate::__private::serve::<$handler>(request, out)
+            }
+        }
+        $crate::__private::wasip2::http::proxy::export!($handler);
+    };
+}
+
+/// What [`export!`] expands to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use wasip2;
+    pub use wasip2::exports::http::incoming_handler::Guest as IncomingHandler;
+    pub use wasip2::http::types::{IncomingRequest, ResponseOutparam};
+
+    /// Reads the request, runs the handler and writes its answer.
+    pub fn serve<H: super::Handler>(request: IncomingRequest, out: ResponseOutparam) {
+        let response = super::Request::read(&request).and_then(H::handle).unwrap_or_else(super::Error::into_response);
+        response.send(out);
     }
-    Ok(bytes)
 }
 
-/// Answers with `status` and `value` serialised as JSON.
-pub fn respond_json(out: ResponseOutparam, status: u16, value: &impl Serialize) {
-    let body = serde_json::to_vec(value)
-        .unwrap_or_else(|e| format!(r#"{{"error":"serialising the response: {e}"}}"#).into_bytes());
-    respond(out, status, "application/json", &body);
+/// An HTTP request, its body read whole.
+pub struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
 }
 
-/// Answers with `status` and the body `{"error": message}`.
-pub fn respond_error(out: ResponseOutparam, status: u16, message: &str) {
-    respond_json(out, status, &serde_json::json!({ "error": message }));
-}
-
-/// Answers with `status`, a content type and a body.
-pub fn respond(out: ResponseOutparam, status: u16, content_type: &str, body: &[u8]) {
-    let headers = Fields::new();
-    // Both header values are valid by construction, so `append` cannot fail here.
-    let _ = headers.append("content-type", content_type.as_bytes());
-    let _ = headers.append("content-length", body.len().to_string().as_bytes());
-    let response = OutgoingResponse::new(headers);
-    let _ = response.set_status_code(status);
-    let outgoing = response.body().expect("a new response has a body");
-    ResponseOutparam::set(out, Ok(response));
-    {
-        let mut stream = outgoing.write().expect("a new body has a stream");
-        // A failed write means the client went away: nothing is left to tell it.
-        let _ = stream.write_all(body).and_then(|()| Write::flush(&mut stream));
+impl Request {
+    fn read(request: &IncomingRequest) -> Result<Request, Error> {
+        let method = match request.method() {
+            Method::Get => "GET".to_string(),
+            Method::Head => "HEAD".to_string(),
+            Method::Post => "POST".to_string(),
+            Method::Put => "PUT".to_string(),
+            Method::Delete => "DELETE".to_string(),
+            Method::Connect => "CONNECT".to_string(),
+            Method::Options => "OPTIONS".to_string(),
+            Method::Trace => "TRACE".to_string(),
+            Method::Patch => "PATCH".to_string(),
+            Method::Other(other) => other,
+        };
+        let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
+        let headers = request.headers().entries();
+        let body = request.consume().map_err(|()| Error::bad_request("request body already consumed"))?;
+        let mut bytes = Vec::new();
+        {
+            let mut stream = body.stream().map_err(|()| Error::bad_request("request body stream unavailable"))?;
+            stream
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::bad_request(format!("reading the request body: {e}")))?;
+        }
+        Ok(Request { method, path, headers, body: bytes })
     }
-    let _ = OutgoingBody::finish(outgoing, None);
+
+    /// The method, upper case: `GET`, `POST`, ...
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The path with its query, as the client sent it (the route's prefix included).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The first value of header `name` (case-insensitive), if it is present and UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+    }
+
+    /// The whole body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The body parsed as JSON; malformed JSON is a 400 saying what is wrong.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| Error::bad_request(format!("malformed JSON: {e}")))
+    }
+
+    /// `Ok` if the method is `method`, else a 405 with `hint` as its message.
+    pub fn expect_method(&self, method: &str, hint: &str) -> Result<(), Error> {
+        if self.method == method { Ok(()) } else { Err(Error::new(405, hint)) }
+    }
+}
+
+/// An HTTP response: status, content type and body.
+pub struct Response {
+    status: u16,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+impl Response {
+    /// A response with `status`, a content type and a body.
+    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response {
+        Response { status, content_type: content_type.to_string(), body: body.into() }
+    }
+
+    /// A 200 with `value` serialised as JSON.
+    pub fn json(value: &impl Serialize) -> Result<Response, Error> {
+        let body = serde_json::to_vec(value).map_err(|e| Error::new(500, format!("serialising the response: {e}")))?;
+        Ok(Response::new(200, "application/json", body))
+    }
+
+    /// The same response with another status.
+    pub fn with_status(self, status: u16) -> Response {
+        Response { status, ..self }
+    }
+
+    fn send(self, out: ResponseOutparam) {
+        let headers = Fields::new();
+        // Both header values are valid by construction, so `append` cannot fail here.
+        let _ = headers.append("content-type", self.content_type.as_bytes());
+        let _ = headers.append("content-length", self.body.len().to_string().as_bytes());
+        let response = OutgoingResponse::new(headers);
+        // A status outside 100..=999 is refused; the host then answers 500.
+        let _ = response.set_status_code(self.status);
+        let outgoing = response.body().expect("a new response has a body");
+        ResponseOutparam::set(out, Ok(response));
+        {
+            let mut stream = outgoing.write().expect("a new body has a stream");
+            // A failed write means the client went away: nothing is left to tell it.
+            let _ = stream.write_all(&self.body).and_then(|()| Write::flush(&mut stream));
+        }
+        let _ = OutgoingBody::finish(outgoing, None);
+    }
+}
+
+/// A failed request: answered with `status` and `{"error": message}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Error {
+    status: u16,
+    message: String,
+}
+
+impl Error {
+    /// An error answered with `status`.
+    pub fn new(status: u16, message: impl Into<String>) -> Error {
+        Error { status, message: message.into() }
+    }
+
+    /// A 400: the request is malformed.
+    pub fn bad_request(message: impl Into<String>) -> Error {
+        Error::new(400, message)
+    }
+
+    /// The status it is answered with.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// Its message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The same error, its message prefixed with `context: `.
+    pub fn context(self, context: &str) -> Error {
+        Error { message: format!("{context}: {}", self.message), ..self }
+    }
+
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message }).to_string();
+        Response::new(self.status, "application/json", body)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<nn::errors::Error> for Error {
+    fn from(error: nn::errors::Error) -> Error {
+        Error::new(nn_error_status(error.code()), error.data())
+    }
 }
 
 /// The HTTP status that fits a `wasi:nn` error returned by the host.
@@ -93,8 +277,100 @@ pub fn nn_error_name(code: nn::errors::ErrorCode) -> &'static str {
     }
 }
 
-/// Answers with the status and message of a `wasi:nn` error.
-pub fn respond_nn_error(out: ResponseOutparam, context: &str, error: &nn::errors::Error) {
-    let status = nn_error_status(error.code());
-    respond_error(out, status, &format!("{context}: {}", error.data()));
+/// Loads model `model` and runs it once on `inputs` (input name, tensor).
+///
+/// Errors carry the model's name: `digits model: ...`.
+pub fn infer<'a>(model: &str, inputs: impl IntoIterator<Item = (&'a str, Tensor)>) -> Result<Outputs, Error> {
+    Model::load(model)?.compute(inputs)
+}
+
+/// A model the route grants, with an execution context to run it (several times if needed).
+pub struct Model {
+    name: String,
+    // Declared first so it is dropped before the graph it belongs to.
+    context: nn::inference::GraphExecutionContext,
+    _graph: nn::graph::Graph,
+}
+
+impl Model {
+    /// Loads model `name`; a model the route does not grant is a 404.
+    pub fn load(name: &str) -> Result<Model, Error> {
+        let in_context = |error: nn::errors::Error| Error::from(error).context(&format!("{name} model"));
+        let graph = nn::graph::load_by_name(name).map_err(in_context)?;
+        let context = graph.init_execution_context().map_err(in_context)?;
+        Ok(Model { name: name.to_string(), context, _graph: graph })
+    }
+
+    /// Runs the model on `inputs` (input name, tensor) and returns its outputs.
+    pub fn compute<'a>(&self, inputs: impl IntoIterator<Item = (&'a str, Tensor)>) -> Result<Outputs, Error> {
+        let inputs = inputs.into_iter().map(|(name, tensor)| (name.to_string(), tensor)).collect();
+        match self.context.compute(inputs) {
+            Ok(outputs) => Ok(Outputs { model: self.name.clone(), outputs }),
+            Err(error) => Err(Error::from(error).context(&format!("{} model", self.name))),
+        }
+    }
+}
+
+/// A model's outputs, found by name.
+pub struct Outputs {
+    model: String,
+    outputs: Vec<(String, Tensor)>,
+}
+
+impl Outputs {
+    /// The output named `name`; a model without it is a 500 naming the outputs it has.
+    pub fn get(&self, name: &str) -> Result<&Tensor, Error> {
+        self.outputs.iter().find(|(output, _)| output == name).map(|(_, tensor)| tensor).ok_or_else(|| {
+            let names: Vec<&str> = self.outputs.iter().map(|(output, _)| output.as_str()).collect();
+            Error::new(500, format!("the {} model has no output {name} (it has {})", self.model, names.join(", ")))
+        })
+    }
+
+    /// The `f32` values of output `name`.
+    pub fn f32(&self, name: &str) -> Result<Vec<f32>, Error> {
+        self.get(name)?.to_f32()
+    }
+}
+
+/// Tensors from and to Rust slices: row-major, little-endian, as `wasi:nn` exchanges them.
+pub trait TensorExt: Sized {
+    /// A `fp32` tensor of shape `dims` holding `values`.
+    fn from_f32(dims: &[u32], values: &[f32]) -> Self;
+    /// An `i64` tensor of shape `dims` holding `values`.
+    fn from_i64(dims: &[u32], values: &[i64]) -> Self;
+    /// The values of a `fp32` tensor; another type is a 500.
+    fn to_f32(&self) -> Result<Vec<f32>, Error>;
+    /// The values of an `i64` tensor; another type is a 500.
+    fn to_i64(&self) -> Result<Vec<i64>, Error>;
+}
+
+impl TensorExt for Tensor {
+    fn from_f32(dims: &[u32], values: &[f32]) -> Tensor {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Tensor::new(dims, TensorType::Fp32, &bytes)
+    }
+
+    fn from_i64(dims: &[u32], values: &[i64]) -> Tensor {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Tensor::new(dims, TensorType::I64, &bytes)
+    }
+
+    fn to_f32(&self) -> Result<Vec<f32>, Error> {
+        expect_type(self, TensorType::Fp32)?;
+        Ok(self.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    fn to_i64(&self) -> Result<Vec<i64>, Error> {
+        expect_type(self, TensorType::I64)?;
+        Ok(self.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect())
+    }
+}
+
+fn expect_type(tensor: &Tensor, expected: TensorType) -> Result<(), Error> {
+    let actual = tensor.ty();
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(Error::new(500, format!("expected a {expected:?} tensor, the model gave {actual:?}")))
+    }
 }

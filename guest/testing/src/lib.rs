@@ -18,18 +18,16 @@
 //! `wasi:nn` outcomes are answered as `{"ok": bool, "code": "...", "message": "..."}`.
 
 use edge_infer_guest::nn::{errors, graph, tensor};
-use edge_infer_guest::{nn_error_name, respond_error, respond_json, respond_nn_error};
+use edge_infer_guest::{Error, Handler, Request, Response, nn_error_name};
 use serde_json::{Value, json};
-use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 struct Testing;
 
-wasip2::http::proxy::export!(Testing);
+edge_infer_guest::export!(Testing);
 
-impl wasip2::exports::http::incoming_handler::Guest for Testing {
-    fn handle(request: IncomingRequest, out: ResponseOutparam) {
-        let path = request.path_with_query().unwrap_or_default();
-        let action = path.strip_prefix("/test").unwrap_or(&path);
+impl Handler for Testing {
+    fn handle(request: Request) -> Result<Response, Error> {
+        let action = request.path().strip_prefix("/test").unwrap_or(request.path());
         match action {
             "/spin" => spin(),
             "/trap" => panic!("trapping on purpose"),
@@ -37,31 +35,28 @@ impl wasip2::exports::http::incoming_handler::Guest for Testing {
             "/nn/load-raw" => {
                 let bytes = b"not really a model".to_vec();
                 let result = graph::load(&[bytes], graph::GraphEncoding::Onnx, graph::ExecutionTarget::Cpu);
-                respond_json(out, 200, &outcome(result.map(|_| ())));
+                Response::json(&outcome(result.map(|_| ())))
             }
-            "/nn/bad-input" => respond_json(out, 200, &bad_inputs()),
+            "/nn/bad-input" => Response::json(&bad_inputs()),
             other => {
                 if let Some(name) = other.strip_prefix("/nn/load-by-name/") {
-                    respond_json(out, 200, &outcome(graph::load_by_name(name).map(|_| ())));
+                    Response::json(&outcome(graph::load_by_name(name).map(|_| ())))
                 } else if let Some(spec) = other.strip_prefix("/nn/zeros/") {
-                    match ZerosRequest::parse(spec) {
-                        Some(request) => match request.run() {
-                            Ok(()) => respond_json(out, 200, &json!({ "dims": request.dims })),
-                            Err(error) => respond_nn_error(out, request.model, &error),
-                        },
-                        None => respond_error(out, 400, "expected /nn/zeros/MODEL/INPUT/DIMS"),
-                    }
+                    let request =
+                        ZerosRequest::parse(spec).ok_or(Error::bad_request("expected /nn/zeros/MODEL/INPUT/DIMS"))?;
+                    request.run().map_err(|error| Error::from(error).context(request.model))?;
+                    Response::json(&json!({ "dims": request.dims }))
                 } else if let Some(lines) = other.strip_prefix("/log/").and_then(|n| n.parse::<u32>().ok()) {
                     for line in 0..lines {
                         eprintln!("guest line {line}");
                     }
-                    respond_json(out, 200, &json!({ "logged": lines }));
+                    Response::json(&json!({ "logged": lines }))
                 } else if let Some(millis) = other.strip_prefix("/sleep/").and_then(|m| m.parse::<u64>().ok())
                 {
                     wasip2::clocks::monotonic_clock::subscribe_duration(millis * 1_000_000).block();
-                    respond_json(out, 200, &json!({ "slept_ms": millis }));
+                    Response::json(&json!({ "slept_ms": millis }))
                 } else {
-                    respond_error(out, 404, &format!("no test action {other}"));
+                    Err(Error::new(404, format!("no test action {other}")))
                 }
             }
         }

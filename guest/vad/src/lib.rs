@@ -7,10 +7,8 @@
 //! `{"probabilities": [one per window], "speech": bool}`, `speech` being true if any window
 //! is above 0.5. A trailing part shorter than a window is ignored.
 
-use edge_infer_guest::nn::{errors::Error, graph, inference::GraphExecutionContext, tensor};
-use edge_infer_guest::{read_body, respond_error, respond_json, respond_nn_error};
+use edge_infer_guest::{Error, Handler, Model, Request, Response, Tensor, TensorExt};
 use serde_json::{Value, json};
-use wasip2::http::types::{IncomingRequest, Method, ResponseOutparam};
 
 /// New samples per window at 16 kHz.
 const WINDOW: usize = 512;
@@ -25,35 +23,17 @@ const SPEECH_THRESHOLD: f32 = 0.5;
 
 struct Vad;
 
-wasip2::http::proxy::export!(Vad);
+edge_infer_guest::export!(Vad);
 
-impl wasip2::exports::http::incoming_handler::Guest for Vad {
-    fn handle(request: IncomingRequest, out: ResponseOutparam) {
-        if !matches!(request.method(), Method::Post) {
-            return respond_error(out, 405, "use POST with 16 kHz audio as the body");
-        }
-        let is_json = header(&request, "content-type").is_some_and(|t| t.contains("json"));
-        let body = match read_body(&request) {
-            Ok(body) => body,
-            Err(message) => return respond_error(out, 400, &message),
-        };
-        let samples = match if is_json { parse_json(&body) } else { parse_pcm(&body) } {
-            Ok(samples) => samples,
-            Err(message) => return respond_error(out, 400, &message),
-        };
-        match detect(&samples) {
-            Ok(probabilities) => {
-                let speech = probabilities.iter().any(|&p| p > SPEECH_THRESHOLD);
-                respond_json(out, 200, &json!({ "probabilities": probabilities, "speech": speech }));
-            }
-            Err(error) => respond_nn_error(out, "vad model", &error),
-        }
+impl Handler for Vad {
+    fn handle(request: Request) -> Result<Response, Error> {
+        request.expect_method("POST", "use POST with 16 kHz audio as the body")?;
+        let is_json = request.header("content-type").is_some_and(|t| t.to_lowercase().contains("json"));
+        let samples = if is_json { parse_json(request.body()) } else { parse_pcm(request.body()) };
+        let probabilities = detect(&samples.map_err(Error::bad_request)?)?;
+        let speech = probabilities.iter().any(|&p| p > SPEECH_THRESHOLD);
+        Response::json(&json!({ "probabilities": probabilities, "speech": speech }))
     }
-}
-
-fn header(request: &IncomingRequest, name: &str) -> Option<String> {
-    let values = request.headers().get(name);
-    values.first().map(|value| String::from_utf8_lossy(value).to_lowercase())
 }
 
 fn check_length(samples: usize) -> Result<(), String> {
@@ -93,8 +73,7 @@ fn parse_json(body: &[u8]) -> Result<Vec<f32>, String> {
 
 /// Speech probability of each 512-sample window, carrying context and state along.
 fn detect(samples: &[f32]) -> Result<Vec<f32>, Error> {
-    let model = graph::load_by_name("vad")?;
-    let context: GraphExecutionContext = model.init_execution_context()?;
+    let model = Model::load("vad")?;
     let mut state = vec![0f32; STATE];
     let mut probabilities = Vec::with_capacity(samples.len() / WINDOW);
     for (index, window) in samples.chunks_exact(WINDOW).enumerate() {
@@ -104,27 +83,12 @@ fn detect(samples: &[f32]) -> Result<Vec<f32>, Error> {
             _ => input.extend(&samples[index * WINDOW - CONTEXT..index * WINDOW]),
         }
         input.extend(window);
-        let outputs = context.compute(vec![
-            ("input".to_string(), tensor_of(&[1, (CONTEXT + WINDOW) as u32], &input)),
-            ("state".to_string(), tensor_of(&[2, 1, 128], &state)),
+        let outputs = model.compute([
+            ("input", Tensor::from_f32(&[1, (CONTEXT + WINDOW) as u32], &input)),
+            ("state", Tensor::from_f32(&[2, 1, 128], &state)),
         ])?;
-        for (name, output) in outputs {
-            let values = floats(&output.data());
-            match name.as_str() {
-                "output" => probabilities.push(values[0]),
-                "stateN" => state = values,
-                _ => {}
-            }
-        }
+        probabilities.push(outputs.f32("output")?[0]);
+        state = outputs.f32("stateN")?;
     }
     Ok(probabilities)
-}
-
-fn tensor_of(dimensions: &[u32], values: &[f32]) -> tensor::Tensor {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    tensor::Tensor::new(dimensions, tensor::TensorType::Fp32, &bytes)
-}
-
-fn floats(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
