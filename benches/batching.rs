@@ -23,10 +23,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Server, digits_test_split, guest, repo_file};
-use edge_infer::bench::loadgen::{self, Load, Report};
 use edge_infer::inference::scheduler::{Batching, ModelScheduler, SchedulerConfig};
 use edge_infer::inference::tensor::{ElementType, Tensor};
 use edge_infer::request::{Priority, RequestContext};
+use edge_infer_bench::loadgen::{self, Load, Report};
 
 const CLIENTS: usize = 64;
 /// Every cell is measured this many times, interleaved with the others; the median counts.

@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Server, digits_test_split, guest, interpreted_guests, metric, repo_file, scrape};
-use edge_infer::bench::loadgen::{self, Load};
+use edge_infer_bench::loadgen::{self, Load};
 
 const ROUTES: [(&str, &str, &str); 3] = [
     ("Rust", "/digits", "digits.wasm"),

@@ -26,7 +26,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Server, guest, metric, repo_file, scrape};
-use edge_infer::bench::loadgen::{self, Load, Report};
+use edge_infer_bench::loadgen::{self, Load, Report};
 
 const SETTINGS: [&str; 3] = ["off", "on", "auto"];
 /// A cell stops after this long even if its requests are not all answered (then it fails).
@@ -133,7 +133,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (clients, rounds) = (clients(), setting("EDGE_INFER_BENCH_ROUNDS", 3usize));
     let passes = setting("EDGE_INFER_BENCH_PASSES", 1usize);
-    let texts = edge_infer::bench::embed_bodies();
+    let texts = edge_infer_bench::embed_bodies();
     println!(
         "edge-infer sequence batching benchmark: /embed, one text per request from {} of 1-70 words; \
          {passes} x max(3, clients/16) passes over them per cell, median of {rounds} interleaved rounds, {cores} cores",

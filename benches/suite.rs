@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Server, compat_python, metric, repo_file, scrape};
-use edge_infer::bench::loadgen::{self, Load, Report};
 use edge_infer::inference::backend::{Backend, BackendKind, load_file};
 use edge_infer::inference::tensor::{ElementType, Tensor};
+use edge_infer_bench::loadgen::{self, Load, Report};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};

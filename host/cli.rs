@@ -14,10 +14,10 @@ use tokio::net::TcpListener;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use edge_infer::bench::{self, BenchArgs};
 use edge_infer::http::server;
 use edge_infer::node::config::Config;
 use edge_infer::node::{Node, Runtime};
+use edge_infer_bench::{self as bench, BenchArgs};
 
 /// A WebAssembly edge inference runtime.
 #[derive(Parser)]

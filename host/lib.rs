@@ -13,9 +13,9 @@
 //! 5. [`telemetry`]: Prometheus metrics and GPU gauges, which every layer updates.
 //!
 //! [`request`] (a request's id, deadline, priority and stats) travels through all of them.
-//! [`bench`](mod@bench) is the load generator behind `edge-infer bench`, apart from the flow.
+//! The command line and `edge-infer bench` (the `edge-infer-bench` crate) belong to the
+//! binary, behind the default feature `cli`; this library uses neither.
 
-pub mod bench;
 pub mod http;
 pub mod inference;
 pub mod node;

@@ -55,7 +55,7 @@ fn an_even_open_loop_rate_sends_rate_times_duration_requests() {
     let url = server.url("/hello");
     let csv = bench(&[&url, "--rate", "100", "--duration", "2", "--warm-up", "0.2", "--format", "csv"]);
     let mut lines = csv.lines();
-    assert_eq!(lines.next().unwrap(), edge_infer::bench::loadgen::Report::CSV_HEADER);
+    assert_eq!(lines.next().unwrap(), edge_infer_bench::loadgen::Report::CSV_HEADER);
     let row: Vec<&str> = lines.next().unwrap().split(',').collect();
     assert_eq!(row[0], "rate=100/s");
     let requests: u64 = row[1].parse().unwrap();

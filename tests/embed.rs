@@ -79,7 +79,7 @@ async fn bad_requests_get_400() {
 /// 64 different texts of 1 to 70 words (about 3 to 100 tokens): `edge-infer bench
 /// --example embed` sends the same.
 fn corpus() -> Vec<String> {
-    let texts: Vec<String> = std::fs::read_to_string(repo_file("host/bench/embed_corpus.txt"))
+    let texts: Vec<String> = std::fs::read_to_string(repo_file("bench/src/embed_corpus.txt"))
         .unwrap()
         .lines()
         .map(str::to_string)

@@ -18,7 +18,7 @@ fn sources(folder: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
-/// The layer (or `bench`) a library source belongs to: its folder under `host/`, or its
+/// The layer a library source belongs to: its folder under `host/`, or its
 /// own name for a file directly in `host/`. `None` for the crate root and the binary.
 fn layer_of(host: &Path, file: &Path) -> Option<String> {
     let relative = file.strip_prefix(host).unwrap();
@@ -55,26 +55,10 @@ fn no_module_imports_from_a_layer_above_its_own() {
         let text = std::fs::read_to_string(file).unwrap();
         for target in imported_layers(&text) {
             checked += 1;
-            let allowed = match (own.as_str(), target.as_str()) {
-                // The load generator stands apart from the flow, both ways.
-                ("bench", target) => target == "bench",
-                (_, "bench") => false,
-                (own, target) => {
-                    let (own_rank, target_rank) = (rank(own), rank(target));
-                    assert!(
-                        own_rank.is_some(),
-                        "{} is in no layer: add its folder to LAYERS",
-                        file.display()
-                    );
-                    assert!(
-                        target_rank.is_some(),
-                        "{} uses crate::{target}, which is in no layer",
-                        file.display()
-                    );
-                    target_rank >= own_rank
-                }
-            };
-            if !allowed {
+            let (own_rank, target_rank) = (rank(&own), rank(&target));
+            assert!(own_rank.is_some(), "{} is in no layer: add its folder to LAYERS", file.display());
+            assert!(target_rank.is_some(), "{} uses crate::{target}, which is in no layer", file.display());
+            if target_rank < own_rank {
                 upward.push(format!(
                     "{} ({own}) uses crate::{target}",
                     file.strip_prefix(&host).unwrap().display()
@@ -93,4 +77,21 @@ fn the_checker_sees_an_upward_import() {
         ["http", "request"]
     );
     assert!(rank("inference") > rank("sandbox"));
+}
+
+#[test]
+fn the_runtime_library_uses_none_of_the_binarys_crates() {
+    // The command line and the load generator are the binary's (feature `cli`); a library
+    // source naming them would break `default-features = false` users.
+    let host = Path::new(env!("CARGO_MANIFEST_DIR")).join("host");
+    let mut files = Vec::new();
+    sources(&host, &mut files);
+    let library: Vec<&PathBuf> = files.iter().filter(|file| layer_of(&host, file).is_some()).collect();
+    assert!(library.len() > 20, "only {} library sources found", library.len());
+    for file in library {
+        let text = std::fs::read_to_string(file).unwrap();
+        for binary_only in ["edge_infer_bench", "clap::", "tracing_subscriber"] {
+            assert!(!text.contains(binary_only), "{} uses {binary_only}", file.display());
+        }
+    }
 }
