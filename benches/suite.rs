@@ -153,14 +153,17 @@ fn model_inputs() -> [InProcessModel; 2] {
         .iter()
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
-    let pixels =
-        Tensor::new(ElementType::F32, vec![1, 64], pixels.iter().flat_map(|p| p.to_le_bytes()).collect());
+    let pixels = Tensor::new(
+        ElementType::F32,
+        vec![1, 64],
+        pixels.iter().flat_map(|p| p.to_le_bytes()).collect::<Vec<u8>>(),
+    );
     let minilm = load_file("minilm", BackendKind::Tract, &repo_file("models/minilm/model.onnx")).unwrap();
     let ints = |values: Vec<i64>| {
         Tensor::new(
             ElementType::I64,
             vec![1, values.len()],
-            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
         )
         .unwrap()
     };

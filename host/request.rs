@@ -18,6 +18,20 @@ pub const DEADLINE_HEADER: &str = "x-edge-deadline-ms";
 /// Header giving the request's priority: `high`, `normal` or `low`.
 pub const PRIORITY_HEADER: &str = "x-edge-priority";
 
+/// A request header the host reads that the client got wrong; answered 400.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum HeaderError {
+    /// The header's value is not visible ASCII.
+    #[error("{0} is not text")]
+    NotText(&'static str),
+    /// The deadline header is not a whole number of milliseconds.
+    #[error("{DEADLINE_HEADER} must be a whole number of milliseconds, got {0:?}")]
+    Deadline(String),
+    /// The priority header is none of the three priorities.
+    #[error("{PRIORITY_HEADER} must be high, normal or low, got {0:?}")]
+    Priority(String),
+}
+
 /// Queue order: higher priorities are served first; equal priorities in arrival order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
@@ -72,19 +86,14 @@ impl RequestContext {
         headers: &HeaderMap,
         arrival: Instant,
         route_timeout: Duration,
-    ) -> Result<RequestContext, String> {
-        let header = |name: &str| -> Result<Option<&str>, String> {
-            headers
-                .get(name)
-                .map(|value| value.to_str().map_err(|_| format!("{name} is not text")))
-                .transpose()
+    ) -> Result<RequestContext, HeaderError> {
+        let header = |name: &'static str| -> Result<Option<&str>, HeaderError> {
+            headers.get(name).map(|value| value.to_str().map_err(|_| HeaderError::NotText(name))).transpose()
         };
         let timeout = match header(DEADLINE_HEADER)? {
             None => route_timeout,
             Some(text) => {
-                let millis: u64 = text.trim().parse().map_err(|_| {
-                    format!("{DEADLINE_HEADER} must be a whole number of milliseconds, got {text:?}")
-                })?;
+                let millis: u64 = text.trim().parse().map_err(|_| HeaderError::Deadline(text.to_string()))?;
                 route_timeout.min(Duration::from_millis(millis))
             }
         };
@@ -93,9 +102,7 @@ impl RequestContext {
             Some(p) if p == "high" => Priority::High,
             Some(p) if p == "normal" => Priority::Normal,
             Some(p) if p == "low" => Priority::Low,
-            Some(p) => {
-                return Err(format!("{PRIORITY_HEADER} must be high, normal or low, got {p:?}"));
-            }
+            Some(p) => return Err(HeaderError::Priority(p)),
         };
         let given_id = header(ID_HEADER)?.filter(|id| {
             !id.is_empty() && id.len() <= MAX_ID_LENGTH && id.bytes().all(|b| b.is_ascii_graphic())
@@ -122,7 +129,7 @@ fn new_id() -> String {
 mod tests {
     use super::*;
 
-    fn context(pairs: &[(&'static str, &'static str)]) -> Result<RequestContext, String> {
+    fn context(pairs: &[(&'static str, &'static str)]) -> Result<RequestContext, HeaderError> {
         let mut headers = HeaderMap::new();
         for (name, value) in pairs {
             headers.insert(*name, value.parse().unwrap());
@@ -137,14 +144,17 @@ mod tests {
         assert!(short.deadline <= now + Duration::from_millis(60));
         let long = context(&[(DEADLINE_HEADER, "999999")]).unwrap();
         assert!(long.deadline <= Instant::now() + Duration::from_secs(10));
-        assert!(context(&[(DEADLINE_HEADER, "soon")]).unwrap_err().contains(DEADLINE_HEADER));
+        let error = context(&[(DEADLINE_HEADER, "soon")]).unwrap_err();
+        assert_eq!(error, HeaderError::Deadline("soon".into()));
+        assert!(error.to_string().contains(DEADLINE_HEADER));
     }
 
     #[test]
     fn priorities_parse_and_order() {
         assert_eq!(context(&[]).unwrap().priority, Priority::Normal);
         assert_eq!(context(&[(PRIORITY_HEADER, "HIGH")]).unwrap().priority, Priority::High);
-        assert!(context(&[(PRIORITY_HEADER, "urgent")]).unwrap_err().contains("high, normal or low"));
+        let error = context(&[(PRIORITY_HEADER, "urgent")]).unwrap_err();
+        assert!(error.to_string().contains("high, normal or low"), "{error}");
         assert!(Priority::High < Priority::Normal && Priority::Normal < Priority::Low);
     }
 

@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 
 use crate::http::response::{self, Body};
 use crate::inference::scheduler::{ComputeError, ModelScheduler};
-use crate::inference::tensor::{ElementType, NamedTensor, Tensor};
+use crate::inference::tensor::{ElementType, NamedTensor, Tensor, TensorError};
 use crate::node::config::OIP_PREFIX;
 use crate::node::models::Models;
 use crate::request::RequestContext;
@@ -159,13 +159,11 @@ pub async fn infer(
         return response::error(StatusCode::METHOD_NOT_ALLOWED, "infer takes POST");
     }
     let Some(model) = models.get(name) else { return no_model(name) };
-    let (request, binary) = match parse_request(header_length, body) {
+    let parsed = parse_request(header_length, body)
+        .and_then(|(request, binary)| Ok((input_tensors(&request.inputs, binary)?, request)));
+    let (inputs, request) = match parsed {
         Ok(parsed) => parsed,
-        Err(message) => return response::error(StatusCode::BAD_REQUEST, message),
-    };
-    let inputs = match input_tensors(&request.inputs, binary) {
-        Ok(inputs) => inputs,
-        Err(message) => return response::error(StatusCode::BAD_REQUEST, message),
+        Err(error) => return response::error(StatusCode::BAD_REQUEST, error.to_string()),
     };
     let deadline = tokio::time::Instant::from_std(context.deadline);
     let outputs = match tokio::time::timeout_at(deadline, model.compute(inputs, context)).await {
@@ -180,14 +178,47 @@ fn compute_error(error: ComputeError) -> Response<Body> {
     let message = error.to_string();
     match error {
         ComputeError::InvalidInput(_) => response::error(StatusCode::UNPROCESSABLE_ENTITY, message),
-        ComputeError::Overloaded(_) => response::overloaded(message),
-        ComputeError::DeadlineExpired(_) => response::error(StatusCode::GATEWAY_TIMEOUT, message),
-        ComputeError::Failed(_) => response::error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        ComputeError::Overloaded { .. } => response::overloaded(message),
+        ComputeError::DeadlineExpired { .. } => response::error(StatusCode::GATEWAY_TIMEOUT, message),
+        ComputeError::Failed { .. } => response::error(StatusCode::INTERNAL_SERVER_ERROR, message),
     }
 }
 
+/// What is wrong with an infer request; answered 400.
+#[derive(Debug, thiserror::Error)]
+enum BadRequest {
+    #[error("{HEADER_LENGTH} must be a length within the body")]
+    HeaderLength,
+    #[error("malformed infer request: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("datatype {0} is not supported")]
+    Datatype(String),
+    #[error("input {0:?} has no data")]
+    NoData(String),
+    #[error("input {input:?}: binary data is shorter than {size} bytes")]
+    ShortBinary { input: String, size: usize },
+    #[error("input {input:?}: {reason}")]
+    Data { input: String, reason: DataError },
+    #[error("input {input:?}: {reason}")]
+    Tensor { input: String, reason: TensorError },
+}
+
+/// Why an input's JSON data cannot be its tensor's bytes.
+#[derive(Debug, thiserror::Error)]
+enum DataError {
+    #[error("{0} is not a number")]
+    NotANumber(Value),
+    #[error("{0} is not an integer in range")]
+    OutOfRange(Value),
+    #[error("send {0} data with the binary tensor data extension")]
+    BinaryOnly(ElementType),
+}
+
 /// Splits the body into its JSON request and binary tensor data.
-fn parse_request(header_length: Option<&HeaderValue>, body: Bytes) -> Result<(InferRequest, Bytes), String> {
+fn parse_request(
+    header_length: Option<&HeaderValue>,
+    body: Bytes,
+) -> Result<(InferRequest, Bytes), BadRequest> {
     let json_length = match header_length {
         None => body.len(),
         Some(value) => value
@@ -195,14 +226,13 @@ fn parse_request(header_length: Option<&HeaderValue>, body: Bytes) -> Result<(In
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|&n| n <= body.len())
-            .ok_or_else(|| format!("{HEADER_LENGTH} must be a length within the body"))?,
+            .ok_or(BadRequest::HeaderLength)?,
     };
-    let request: InferRequest =
-        serde_json::from_slice(&body[..json_length]).map_err(|e| format!("malformed infer request: {e}"))?;
+    let request: InferRequest = serde_json::from_slice(&body[..json_length])?;
     Ok((request, body.slice(json_length..)))
 }
 
-fn element_type(datatype: &str) -> Result<ElementType, String> {
+fn element_type(datatype: &str) -> Result<ElementType, BadRequest> {
     Ok(match datatype {
         "FP16" => ElementType::F16,
         "FP32" => ElementType::F32,
@@ -211,12 +241,12 @@ fn element_type(datatype: &str) -> Result<ElementType, String> {
         "UINT8" => ElementType::U8,
         "INT32" => ElementType::I32,
         "INT64" => ElementType::I64,
-        other => return Err(format!("datatype {other} is not supported")),
+        other => return Err(BadRequest::Datatype(other.to_string())),
     })
 }
 
 /// The request's input tensors, from JSON data or the binary part, in request order.
-fn input_tensors(inputs: &[InputTensor], mut binary: Bytes) -> Result<Vec<NamedTensor>, String> {
+fn input_tensors(inputs: &[InputTensor], mut binary: Bytes) -> Result<Vec<NamedTensor>, BadRequest> {
     inputs
         .iter()
         .map(|input| {
@@ -225,28 +255,25 @@ fn input_tensors(inputs: &[InputTensor], mut binary: Bytes) -> Result<Vec<NamedT
                 Some(size) => {
                     let size = size as usize;
                     if size > binary.len() {
-                        return Err(format!(
-                            "input {:?}: binary data is shorter than {size} bytes",
-                            input.name
-                        ));
+                        return Err(BadRequest::ShortBinary { input: input.name.clone(), size });
                     }
-                    binary.split_to(size).to_vec()
+                    binary.split_to(size)
                 }
                 None => {
-                    let data =
-                        input.data.as_ref().ok_or_else(|| format!("input {:?} has no data", input.name))?;
-                    encode(data, element_type).map_err(|e| format!("input {:?}: {e}", input.name))?
+                    let data = input.data.as_ref().ok_or_else(|| BadRequest::NoData(input.name.clone()))?;
+                    let encoded = encode(data, element_type);
+                    encoded.map_err(|reason| BadRequest::Data { input: input.name.clone(), reason })?.into()
                 }
             };
             let tensor = Tensor::new(element_type, input.shape.clone(), data)
-                .map_err(|e| format!("input {:?}: {e}", input.name))?;
+                .map_err(|reason| BadRequest::Tensor { input: input.name.clone(), reason })?;
             Ok((input.name.clone(), tensor))
         })
         .collect()
 }
 
 /// Little-endian bytes of a (possibly nested) JSON array of numbers.
-fn encode(data: &Value, element_type: ElementType) -> Result<Vec<u8>, String> {
+fn encode(data: &Value, element_type: ElementType) -> Result<Vec<u8>, DataError> {
     let mut bytes = Vec::new();
     let mut pending = vec![data];
     let mut flat = Vec::new();
@@ -254,7 +281,7 @@ fn encode(data: &Value, element_type: ElementType) -> Result<Vec<u8>, String> {
         match value {
             Value::Array(items) => pending.extend(items.iter().rev()),
             Value::Number(_) => flat.push(value),
-            other => return Err(format!("{other} is not a number")),
+            other => return Err(DataError::NotANumber(other.clone())),
         }
     }
     for value in flat {
@@ -268,18 +295,15 @@ fn encode(data: &Value, element_type: ElementType) -> Result<Vec<u8>, String> {
             }
             ElementType::I64 => bytes.extend(integer(value, i64::MIN, i64::MAX)?.to_le_bytes()),
             ElementType::F16 | ElementType::Bf16 => {
-                return Err(format!("send {element_type} data with the binary tensor data extension"));
+                return Err(DataError::BinaryOnly(element_type));
             }
         }
     }
     Ok(bytes)
 }
 
-fn integer(value: &Value, min: i64, max: i64) -> Result<i64, String> {
-    value
-        .as_i64()
-        .filter(|v| (min..=max).contains(v))
-        .ok_or_else(|| format!("{value} is not an integer in range"))
+fn integer(value: &Value, min: i64, max: i64) -> Result<i64, DataError> {
+    value.as_i64().filter(|v| (min..=max).contains(v)).ok_or_else(|| DataError::OutOfRange(value.clone()))
 }
 
 /// JSON numbers of a tensor's data.

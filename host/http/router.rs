@@ -37,7 +37,7 @@ pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<B
     let timeout = route.map_or(oip::DEFAULT_TIMEOUT, |route| route.timeout);
     let context = RequestContext::from_headers(request.headers(), arrival, timeout);
     let (mut response, metrics) = match (&context, runtime) {
-        (Err(message), _) => (response::error(StatusCode::BAD_REQUEST, message.clone()), None),
+        (Err(error), _) => (response::error(StatusCode::BAD_REQUEST, error.to_string()), None),
         _ if path == HEALTH_PATH || path == "/v2/health/live" => {
             (response::json(StatusCode::OK, &json!({ "live": true })), None)
         }
@@ -163,8 +163,11 @@ fn failure_response(route: &Route, failure: GuestFailure, request_id: &str) -> R
         GuestFailure::DeadlineExceeded => deadline_exceeded(message),
         GuestFailure::NoInstance(_) | GuestFailure::ModelOverloaded(_) => response::overloaded(message),
         GuestFailure::BadRequest(_) => response::error(StatusCode::BAD_REQUEST, message),
-        GuestFailure::Trapped(_) | GuestFailure::NoResponse(_) => {
-            if matches!(failure, GuestFailure::Trapped(_)) {
+        GuestFailure::Trapped(_)
+        | GuestFailure::TaskFailed(_)
+        | GuestFailure::NoResponse
+        | GuestFailure::AnsweredWithError(_) => {
+            if matches!(failure, GuestFailure::Trapped(_) | GuestFailure::TaskFailed(_)) {
                 route.metrics.traps.inc();
             }
             error!(route = %route.path, %request_id, "{message}");

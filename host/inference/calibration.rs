@@ -125,7 +125,7 @@ fn synthesize_one(spec: &TensorSpec, batch: usize, length: Option<usize>) -> Opt
         ElementType::U8 if spec.is_mask() => vec![1],
         other => vec![0; other.size()],
     };
-    let data = one.iter().copied().cycle().take(count * one.len()).collect();
+    let data: Vec<u8> = one.iter().copied().cycle().take(count * one.len()).collect();
     Tensor::new(spec.element_type, shape, data).ok()
 }
 

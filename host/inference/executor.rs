@@ -12,6 +12,7 @@ use tracing::{error, warn};
 use crate::inference::backend::{Backend, Session};
 use crate::inference::batcher;
 use crate::inference::queue::{Job, JobError, Ran, Shared};
+use crate::inference::scheduler::RunFailure;
 use crate::inference::tensor::Tensor;
 use crate::telemetry::metrics::ModelOutcome;
 
@@ -60,11 +61,11 @@ impl Executor {
                 }
                 return;
             }
-            Ok(Err(e)) => format!("{e:#}"),
+            Ok(Err(e)) => RunFailure::Backend(format!("{e:#}")),
             Err(_) => {
                 error!(model = %self.shared.name, "the backend panicked; renewing the executor's session");
                 self.renew_session();
-                "the backend panicked".to_string()
+                RunFailure::Panicked
             }
         };
         if batch.len() > 1 {
@@ -77,7 +78,7 @@ impl Executor {
                 self.execute(vec![job]);
             }
         } else {
-            self.fail(batch, format!("model {:?} failed: {failure}", self.shared.name));
+            self.fail(batch, failure);
         }
     }
 
@@ -103,10 +104,10 @@ impl Executor {
         Ok(batcher::disassemble(&shared.signature, outputs, &items, &lengths, longest))
     }
 
-    fn fail(&self, batch: Vec<Job>, message: String) {
+    fn fail(&self, batch: Vec<Job>, failure: RunFailure) {
         for job in batch {
             self.shared.metrics.outcome(ModelOutcome::Error);
-            let _ = job.reply.send(Err(JobError::Failed(message.clone())));
+            let _ = job.reply.send(Err(JobError::Failed(failure.clone())));
         }
     }
 

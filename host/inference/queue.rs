@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::inference::batcher::{self, Candidate, Fill, QueueDelay};
+use crate::inference::scheduler::RunFailure;
 use crate::inference::tensor::{Signature, Tensor};
 use crate::request::{Priority, RequestContext};
 use crate::telemetry::metrics::{ModelMetrics, ModelOutcome};
@@ -27,7 +28,7 @@ pub(super) struct Ran {
 
 pub(super) enum JobError {
     Expired,
-    Failed(String),
+    Failed(RunFailure),
 }
 
 /// One request's work for an executor.

@@ -87,14 +87,29 @@ pub enum ComputeError {
     #[error(transparent)]
     InvalidInput(#[from] TensorError),
     /// The model's queue is full.
-    #[error("model {0:?} is overloaded: its queue is full")]
-    Overloaded(String),
+    #[error("model {model:?} is overloaded: its queue is full")]
+    Overloaded { model: String },
     /// The request's deadline passed while it waited in the queue.
-    #[error("the deadline passed while the request waited for model {0:?}")]
-    DeadlineExpired(String),
-    /// The backend failed while running the model.
+    #[error("the deadline passed while the request waited for model {model:?}")]
+    DeadlineExpired { model: String },
+    /// The model ran, or was to run, and gave no outputs.
+    #[error("model {model:?} failed: {reason}")]
+    Failed { model: String, reason: RunFailure },
+}
+
+/// Why a run of a model gave no outputs.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RunFailure {
+    /// The backend returned an error (its whole chain, as text: one failed run may answer
+    /// several requests).
     #[error("{0}")]
-    Failed(String),
+    Backend(String),
+    /// The backend panicked; the executor renewed its session.
+    #[error("the backend panicked")]
+    Panicked,
+    /// The executors stopped before the request ran.
+    #[error("its executors stopped before the request ran")]
+    Stopped,
 }
 
 /// A model's queue, cache and executors. Dropping it closes the queue; the executors finish
@@ -216,7 +231,7 @@ impl ModelScheduler {
                 return Ok(self.named(outputs));
             }
             metrics.outcome(ModelOutcome::Rejected);
-            return Err(ComputeError::Overloaded(self.name().to_string()));
+            return Err(ComputeError::Overloaded { model: self.name().to_string() });
         }
         let outputs = match answer.await {
             Ok(Ok(ran)) => {
@@ -224,11 +239,14 @@ impl ModelScheduler {
                 ran.outputs
             }
             Ok(Err(JobError::Expired)) => {
-                return Err(ComputeError::DeadlineExpired(self.name().to_string()));
+                return Err(ComputeError::DeadlineExpired { model: self.name().to_string() });
             }
-            Ok(Err(JobError::Failed(message))) => return Err(ComputeError::Failed(message)),
+            Ok(Err(JobError::Failed(reason))) => {
+                return Err(ComputeError::Failed { model: self.name().to_string(), reason });
+            }
             Err(_) => {
-                return Err(ComputeError::Failed(format!("model {:?} dropped the job", self.name())));
+                let reason = RunFailure::Stopped;
+                return Err(ComputeError::Failed { model: self.name().to_string(), reason });
             }
         };
         if let (Some((cache, _)), Some(key)) = (&self.cache, cache_key) {
@@ -360,7 +378,7 @@ mod tests {
                 .data
                 .chunks(8)
                 .flat_map(|b| (i64::from_le_bytes(b.try_into().unwrap()) * 2).to_le_bytes())
-                .collect();
+                .collect::<Vec<u8>>();
             Ok(vec![Tensor::new(ElementType::I64, vec![ids.shape[0], ids.shape[1], 1], data).unwrap()])
         }
     }
@@ -384,7 +402,7 @@ mod tests {
 
     /// One request of token ids `seed, seed + 1, …`, `length` long.
     fn request(length: usize, seed: i64) -> Vec<NamedTensor> {
-        let data = (0..length as i64).flat_map(|i| (seed + i).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..length as i64).flat_map(|i| (seed + i).to_le_bytes()).collect();
         vec![("ids".to_string(), Tensor::new(ElementType::I64, vec![1, length], data).unwrap())]
     }
 
@@ -489,12 +507,10 @@ mod tests {
         for (answer, &seed) in answers.into_iter().zip(&seeds) {
             match (answer, seed) {
                 (Ok(outputs), 0 | 10 | 20 | 30) => assert_eq!(values(&outputs[0].1), vec![2 * seed]),
-                (Err(ComputeError::Failed(message)), ERROR_ID) => {
+                (Err(ComputeError::Failed { reason: RunFailure::Backend(message), .. }), ERROR_ID) => {
                     assert!(message.contains("out of range"), "{message}")
                 }
-                (Err(ComputeError::Failed(message)), PANIC_ID) => {
-                    assert!(message.contains("panicked"), "{message}")
-                }
+                (Err(ComputeError::Failed { reason: RunFailure::Panicked, .. }), PANIC_ID) => {}
                 (other, seed) => panic!("seed {seed}: {other:?}"),
             }
         }

@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use bytes::Bytes;
+
 /// The element types `wasi:nn` can carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ElementType {
@@ -100,16 +102,24 @@ impl fmt::Display for ElementType {
 }
 
 /// A dense tensor: element type, shape and row-major little-endian bytes.
+///
+/// The bytes are shared ([`Bytes`]): cloning a tensor, caching it, answering it from the
+/// cache or parting a batch along its first axis copies no data.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     pub element_type: ElementType,
     pub shape: Vec<usize>,
-    pub data: Vec<u8>,
+    pub data: Bytes,
 }
 
 impl Tensor {
     /// Makes a tensor, checking that `data` holds exactly `shape`'s elements.
-    pub fn new(element_type: ElementType, shape: Vec<usize>, data: Vec<u8>) -> Result<Tensor, TensorError> {
+    pub fn new(
+        element_type: ElementType,
+        shape: Vec<usize>,
+        data: impl Into<Bytes>,
+    ) -> Result<Tensor, TensorError> {
+        let data = data.into();
         let Some(expected) = shape.iter().try_fold(element_type.size(), |acc, &d| acc.checked_mul(d)) else {
             return Err(TensorError::TooLarge(shape));
         };
@@ -393,34 +403,32 @@ pub fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
             data.extend_from_slice(&part.data[block * block_len..(block + 1) * block_len]);
         }
     }
-    Tensor { element_type: first.element_type, shape, data }
+    Tensor { element_type: first.element_type, shape, data: data.into() }
 }
 
-/// Parts a tensor along `axis` into pieces of the given sizes, in order.
+/// Parts a tensor along `axis` into pieces of the given sizes, in order. Along the first
+/// axis (a batch) each piece shares the tensor's bytes.
 pub fn split(tensor: &Tensor, axis: usize, sizes: &[usize]) -> Vec<Tensor> {
     let outer: usize = tensor.shape[..axis].iter().product();
     let per_item = tensor.data.len() / outer.max(1) / tensor.shape[axis].max(1);
-    let mut pieces: Vec<Tensor> = sizes
+    let block_len = tensor.data.len() / outer.max(1);
+    let mut offset = 0;
+    sizes
         .iter()
         .map(|&size| {
+            let (start, end) = (offset, offset + size * per_item);
+            offset = end;
+            let data = if outer == 1 {
+                tensor.data.slice(start..end)
+            } else {
+                let blocks = tensor.data.chunks(block_len.max(1)).take(outer);
+                blocks.flat_map(|block| &block[start..end]).copied().collect::<Vec<u8>>().into()
+            };
             let mut shape = tensor.shape.clone();
             shape[axis] = size;
-            Tensor {
-                element_type: tensor.element_type,
-                shape,
-                data: Vec::with_capacity(outer * size * per_item),
-            }
+            Tensor { element_type: tensor.element_type, shape, data }
         })
-        .collect();
-    let block_len = tensor.data.len() / outer.max(1);
-    for block in tensor.data.chunks(block_len.max(1)).take(outer) {
-        let mut offset = 0;
-        for (piece, &size) in pieces.iter_mut().zip(sizes) {
-            piece.data.extend_from_slice(&block[offset..offset + size * per_item]);
-            offset += size * per_item;
-        }
-    }
-    pieces
+        .collect()
 }
 
 /// Lengthens a tensor along `axis` to `length`, filling the new positions with `fill` (one
@@ -440,7 +448,7 @@ pub fn pad(tensor: &Tensor, axis: usize, length: usize, fill: &[u8]) -> Tensor {
     }
     let mut shape = tensor.shape.clone();
     shape[axis] = length;
-    Tensor { element_type: tensor.element_type, shape, data }
+    Tensor { element_type: tensor.element_type, shape, data: data.into() }
 }
 
 /// Keeps the first `length` positions of a tensor along `axis`.
@@ -455,7 +463,7 @@ pub fn truncate(tensor: &Tensor, axis: usize, length: usize) -> Tensor {
     }
     let mut shape = tensor.shape.clone();
     shape[axis] = length;
-    Tensor { element_type: tensor.element_type, shape, data }
+    Tensor { element_type: tensor.element_type, shape, data: data.into() }
 }
 
 #[cfg(test)]
@@ -524,7 +532,7 @@ mod tests {
 
     fn counting(shape: Vec<usize>, start: u8) -> Tensor {
         let len = shape.iter().product::<usize>();
-        Tensor::new(ElementType::U8, shape, (0..len).map(|i| start + i as u8).collect()).unwrap()
+        Tensor::new(ElementType::U8, shape, (0..len).map(|i| start + i as u8).collect::<Vec<u8>>()).unwrap()
     }
 
     #[test]
@@ -623,7 +631,7 @@ mod tests {
         let ids = Tensor::new(
             ElementType::I32,
             vec![1, 2],
-            [7i32, 8].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            [7i32, 8].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
         )
         .unwrap();
         let padded = pad(&ids, 1, 4, &(-1i32).to_le_bytes());

@@ -23,7 +23,7 @@ use wasmtime::error::Context as _;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::inference::scheduler::ComputeError;
@@ -45,20 +45,26 @@ pub enum GuestFailure {
     #[error("the guest did not answer within its deadline")]
     DeadlineExceeded,
     /// No instance could be made (e.g. the instance pool is exhausted).
-    #[error("no guest instance available: {0}")]
-    NoInstance(String),
-    /// A model the guest called was overloaded.
-    #[error("{0}")]
-    ModelOverloaded(String),
+    #[error("no guest instance available: {0:#}")]
+    NoInstance(wasmtime::Error),
+    /// A model the guest called was overloaded (a [`ComputeError::Overloaded`]).
+    #[error(transparent)]
+    ModelOverloaded(ComputeError),
     /// The guest trapped (panic, out of memory, ...).
-    #[error("the guest trapped: {0}")]
-    Trapped(String),
-    /// The guest returned without setting a response, or answered with an HTTP error code.
-    #[error("the guest gave no response{0}")]
-    NoResponse(String),
+    #[error("the guest trapped: {0:#}")]
+    Trapped(wasmtime::Error),
+    /// The task running the guest panicked or was cancelled.
+    #[error("the guest task failed: {0}")]
+    TaskFailed(tokio::task::JoinError),
+    /// The guest returned without setting a response.
+    #[error("the guest gave no response")]
+    NoResponse,
+    /// The guest set an HTTP error code instead of a response.
+    #[error("the guest gave no response: it answered with {0:?}")]
+    AnsweredWithError(ErrorCode),
     /// The request could not be handed to the guest.
-    #[error("the request cannot be passed to the guest: {0}")]
-    BadRequest(String),
+    #[error("the request cannot be passed to the guest: {0:#}")]
+    BadRequest(wasmtime::Error),
 }
 
 /// A compiled, pre-instantiated guest and what its instances may use.
@@ -97,8 +103,7 @@ impl GuestComponent {
         let component = Component::from_file(engine, file)
             .with_context(|| format!("compiling the component {}", file.display()))?;
         let compiled = started.elapsed();
-        imports::check(engine, &component, spec.grants)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        imports::check(engine, &component, spec.grants).with_context(|| file.display().to_string())?;
         let linker = sandbox::linker(engine)?;
         let instance_pre = linker
             .instantiate_pre(&component)
@@ -135,29 +140,22 @@ impl GuestComponent {
         let mut store = self.new_store(context);
         let (sender, receiver) = oneshot::channel();
         let http = store.data_mut();
-        let request = http
-            .http()
-            .new_incoming_request(Scheme::Http, request)
-            .map_err(|e| GuestFailure::BadRequest(format!("{e:#}")))?;
-        let outparam = http
-            .http()
-            .new_response_outparam(sender)
-            .map_err(|e| GuestFailure::BadRequest(format!("{e:#}")))?;
+        let request =
+            http.http().new_incoming_request(Scheme::Http, request).map_err(GuestFailure::BadRequest)?;
+        let outparam = http.http().new_response_outparam(sender).map_err(GuestFailure::BadRequest)?;
         let (pre, instantiation) = (self.pre.clone(), self.instantiation.clone());
         let task = tokio::spawn(tokio::time::timeout_at(deadline, async move {
             let _permit = permit;
             let instantiating = Instant::now();
-            let proxy = pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| GuestFailure::NoInstance(format!("{e:#}")))?;
+            let proxy = pre.instantiate_async(&mut store).await.map_err(GuestFailure::NoInstance)?;
             instantiation.observe(instantiating.elapsed().as_secs_f64());
             proxy.wasi_http_incoming_handler().call_handle(&mut store, request, outparam).await.map_err(|e| {
-                match e.downcast_ref::<ComputeError>() {
-                    Some(overloaded @ ComputeError::Overloaded(_)) => {
-                        GuestFailure::ModelOverloaded(overloaded.to_string())
+                match e.downcast::<ComputeError>() {
+                    Ok(overloaded @ ComputeError::Overloaded { .. }) => {
+                        GuestFailure::ModelOverloaded(overloaded)
                     }
-                    _ => GuestFailure::Trapped(format!("{e:#}")),
+                    Ok(other) => GuestFailure::Trapped(other.into()),
+                    Err(trap) => GuestFailure::Trapped(trap),
                 }
             })
         }));
@@ -168,13 +166,13 @@ impl GuestComponent {
                 abort_if_abandoned.disarm();
                 Ok(response)
             }
-            Ok(Err(code)) => Err(GuestFailure::NoResponse(format!(": it answered with {code:?}"))),
+            Ok(Err(code)) => Err(GuestFailure::AnsweredWithError(code)),
             // The guest ended (or was stopped) without setting a response: ask its task why.
             Err(_) => match task.await {
-                Ok(Ok(Ok(()))) => Err(GuestFailure::NoResponse(String::new())),
+                Ok(Ok(Ok(()))) => Err(GuestFailure::NoResponse),
                 Ok(Ok(Err(failure))) => Err(failure),
                 Ok(Err(_elapsed)) => Err(GuestFailure::DeadlineExceeded),
-                Err(join) => Err(GuestFailure::Trapped(format!("the guest task failed: {join}"))),
+                Err(join) => Err(GuestFailure::TaskFailed(join)),
             },
         }
     }

@@ -46,19 +46,21 @@ pub fn imports(engine: &Engine, component: &Component) -> Vec<String> {
     component.component_type().imports(engine).map(|(name, _)| name.to_string()).collect()
 }
 
+/// Imports a component makes that its route does not allow; the component is refused.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the component imports {}, which its route does not grant (the guest world is \
+     wasi:http/proxy + wasi:nn; a route can grant {GRANTABLE:?} with `grant = [...]`)",
+    .0.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+)]
+pub struct RefusedImports(pub Vec<String>);
+
 /// Checks a component's imports against the guest world and the route's grants; the error
 /// names every import refused.
-pub fn check(engine: &Engine, component: &Component, grants: &[String]) -> Result<(), String> {
+pub fn check(engine: &Engine, component: &Component, grants: &[String]) -> Result<(), RefusedImports> {
     let refused: Vec<String> =
         imports(engine, component).into_iter().filter(|import| !allowed(import, grants)).collect();
-    if refused.is_empty() {
-        return Ok(());
-    }
-    Err(format!(
-        "the component imports {}, which its route does not grant (the guest world is \
-         wasi:http/proxy + wasi:nn; a route can grant {GRANTABLE:?} with `grant = [...]`)",
-        refused.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
-    ))
+    if refused.is_empty() { Ok(()) } else { Err(RefusedImports(refused)) }
 }
 
 /// Whether one import (e.g. `wasi:io/poll@0.2.12`) is in the world or granted.

@@ -202,14 +202,18 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 }
                 Ok(Ok(handles))
             }
-            Err(error @ ComputeError::Overloaded(_)) => Err(error.into()),
+            Err(error @ ComputeError::Overloaded { .. }) => Err(error.into()),
             Err(error) => {
-                let code = match &error {
-                    ComputeError::InvalidInput(_) => ErrorCode::InvalidArgument,
-                    ComputeError::DeadlineExpired(_) => ErrorCode::Timeout,
-                    ComputeError::Overloaded(_) | ComputeError::Failed(_) => ErrorCode::RuntimeError,
-                };
-                self.fail(code, format!("model {:?}: {error}", model.name()))
+                match &error {
+                    ComputeError::InvalidInput(_) => {
+                        self.fail(ErrorCode::InvalidArgument, format!("model {:?}: {error}", model.name()))
+                    }
+                    // These name the model themselves.
+                    ComputeError::DeadlineExpired { .. } => self.fail(ErrorCode::Timeout, error.to_string()),
+                    ComputeError::Overloaded { .. } | ComputeError::Failed { .. } => {
+                        self.fail(ErrorCode::RuntimeError, error.to_string())
+                    }
+                }
             }
         }
     }
@@ -233,7 +237,7 @@ impl tensor::HostTensor for NnView<'_> {
         let tensor = Tensor {
             element_type: element_type(ty),
             shape: dimensions.into_iter().map(|d| d as usize).collect(),
-            data,
+            data: data.into(),
         };
         Ok(self.table.push(tensor)?)
     }
@@ -247,7 +251,7 @@ impl tensor::HostTensor for NnView<'_> {
     }
 
     fn data(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u8>> {
-        Ok(self.table.get(&tensor)?.data.clone())
+        Ok(self.table.get(&tensor)?.data.to_vec())
     }
 
     fn drop(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<()> {

@@ -168,7 +168,8 @@ fn from_ort(value: &DynValue) -> anyhow::Result<Tensor> {
     ) -> anyhow::Result<Tensor> {
         let (shape, items) = value.try_extract_tensor::<T>()?;
         let shape = shape.iter().map(|&d| d as usize).collect();
-        Tensor::new(element_type, shape, items.iter().flat_map(to).collect()).map_err(anyhow::Error::msg)
+        Tensor::new(element_type, shape, items.iter().flat_map(to).collect::<Vec<u8>>())
+            .map_err(anyhow::Error::msg)
     }
     match value.dtype().tensor_type() {
         Some(TensorElementType::Float32) => bytes(value, ElementType::F32, |v: &f32| v.to_le_bytes()),
