@@ -322,7 +322,7 @@ impl Outputs {
     pub fn get(&self, name: &str) -> Result<&Tensor, Error> {
         self.outputs.iter().find(|(output, _)| output == name).map(|(_, tensor)| tensor).ok_or_else(|| {
             let names: Vec<&str> = self.outputs.iter().map(|(output, _)| output.as_str()).collect();
-            Error::new(500, format!("the {} model has no output {name} (it has {})", self.model, names.join(", ")))
+            Error::new(500, format!("model {} gave no output named {name} (it gave {})", self.model, names.join(", ")))
         })
     }
 
