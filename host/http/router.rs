@@ -170,17 +170,17 @@ fn failure_response(route: &Route, failure: GuestFailure, request_id: &str) -> R
             if matches!(failure, GuestFailure::Trapped(_) | GuestFailure::TaskFailed(_)) {
                 route.metrics.traps.inc();
             }
-            error!(route = %route.path, %request_id, "{message}");
-            response::error(StatusCode::INTERNAL_SERVER_ERROR, first_line(&message))
+            // The answer names the reason; the log has the whole chain and the wasm backtrace.
+            let details = match &failure {
+                GuestFailure::Trapped(trap) => format!("{trap:?}"),
+                other => other.to_string(),
+            };
+            error!(route = %route.path, %request_id, %details, "{message}");
+            response::error(StatusCode::INTERNAL_SERVER_ERROR, message)
         }
     }
 }
 
 fn deadline_exceeded(message: impl Into<String>) -> Response<Body> {
     response::error(StatusCode::GATEWAY_TIMEOUT, message)
-}
-
-/// The first line of a possibly long trap report (backtraces go to the log only).
-fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or(message).to_string()
 }

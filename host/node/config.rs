@@ -159,6 +159,13 @@ pub struct RouteConfig {
     /// Linear memory one instance may use, in MiB.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u64,
+    /// Host memory one instance may make the host hold for it (`wasi:nn` tensors, model
+    /// outputs, models loaded from bytes), in MiB [default: `memory_mib`].
+    #[serde(default)]
+    pub host_memory_mib: Option<u64>,
+    /// Resource handles (tensors, HTTP fields, streams, ...) one instance may hold at once.
+    #[serde(default = "default_max_host_resources")]
+    pub max_host_resources: usize,
     /// Deadline of one request, from arrival to the end of the guest's work, in ms.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -175,6 +182,9 @@ pub struct RouteConfig {
     pub grant: Vec<String>,
 }
 
+fn default_max_host_resources() -> usize {
+    1_000
+}
 fn default_queue_capacity() -> usize {
     1024
 }
@@ -250,6 +260,8 @@ impl Config {
             max_concurrency: default_max_concurrency(),
             max_queue: default_max_queue(),
             memory_mib: default_memory_mib(),
+            host_memory_mib: None,
+            max_host_resources: default_max_host_resources(),
             timeout_ms: default_timeout_ms(),
             max_body_bytes: default_max_body_bytes(),
             allow_model_load: false,
@@ -357,6 +369,8 @@ impl Config {
             for (name, value) in [
                 ("max_concurrency", route.max_concurrency as u64),
                 ("memory_mib", route.memory_mib),
+                ("host_memory_mib", route.host_memory_mib.unwrap_or(route.memory_mib)),
+                ("max_host_resources", route.max_host_resources as u64),
                 ("timeout_ms", route.timeout_ms),
             ] {
                 if value == 0 {

@@ -19,6 +19,7 @@ use tracing::info;
 
 use crate::node::config::{Config, RouteConfig, path_matches};
 use crate::node::models::Models;
+use crate::sandbox::InstanceLimits;
 use crate::sandbox::admission::Admission;
 use crate::sandbox::component::{GuestComponent, GuestSpec};
 use crate::sandbox::engine::{EngineLimits, new_engine};
@@ -153,7 +154,11 @@ async fn load_route(
         file: &config.component,
         route_path: &config.path,
         grants: &config.grant,
-        memory_mib: config.memory_mib,
+        limits: InstanceLimits {
+            memory_bytes: config.memory_mib as usize * MIB,
+            host_memory_bytes: config.host_memory_mib.unwrap_or(config.memory_mib) as usize * MIB,
+            max_host_resources: config.max_host_resources,
+        },
     };
     let guest = GuestComponent::load(engine, spec, grant, &metrics)
         .await

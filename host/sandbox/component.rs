@@ -18,7 +18,7 @@ use prometheus::Histogram;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tracing::debug;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, ResourceTableError};
 use wasmtime::error::Context as _;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::WasiHttpView;
@@ -32,11 +32,8 @@ use crate::sandbox::admission::Permit;
 use crate::sandbox::guest_log::{GuestStderr, LogBudget};
 use crate::sandbox::imports;
 use crate::sandbox::nn::NnGrant;
-use crate::sandbox::{self, GuestState};
+use crate::sandbox::{self, GuestState, InstanceLimits};
 use crate::telemetry::metrics::RouteMetrics;
-
-/// Bytes in a MiB, for the `memory_mib` setting.
-const MIB: usize = 1 << 20;
 
 /// Why a guest produced no response.
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +47,8 @@ pub enum GuestFailure {
     /// A model the guest called was overloaded (a [`ComputeError::Overloaded`]).
     #[error(transparent)]
     ModelOverloaded(ComputeError),
-    /// The guest trapped (panic, out of memory, ...).
-    #[error("the guest trapped: {0:#}")]
+    /// The guest trapped (panic, stack overflow, out of memory, over its host budget, ...).
+    #[error("the guest trapped: {}", trap_reason(.0))]
     Trapped(wasmtime::Error),
     /// The task running the guest panicked or was cancelled.
     #[error("the guest task failed: {0}")]
@@ -67,11 +64,24 @@ pub enum GuestFailure {
     BadRequest(wasmtime::Error),
 }
 
+/// Why a guest trapped, in one line: the WebAssembly trap (stack overflow, `unreachable`
+/// after a panic, out-of-bounds access, ...) or the host error that stopped it. The whole
+/// chain, with the wasm backtrace, is in the error's `Debug` form.
+fn trap_reason(error: &wasmtime::Error) -> String {
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        return trap.to_string();
+    }
+    if let Some(ResourceTableError::Full) = error.downcast_ref::<ResourceTableError>() {
+        return "it holds as many resource handles as its route allows (max_host_resources)".into();
+    }
+    error.root_cause().to_string()
+}
+
 /// A compiled, pre-instantiated guest and what its instances may use.
 pub struct GuestComponent {
     pre: ProxyPre<GuestState>,
     grant: Arc<NnGrant>,
-    max_memory_bytes: usize,
+    limits: InstanceLimits,
     log_budget: Arc<LogBudget>,
     /// Observes how long making each instance takes.
     instantiation: Histogram,
@@ -85,8 +95,8 @@ pub struct GuestSpec<'a> {
     pub route_path: &'a str,
     /// WASI packages the component may import beyond the guest world.
     pub grants: &'a [String],
-    /// Linear memory one instance may use, in MiB.
-    pub memory_mib: u64,
+    /// What one instance may use.
+    pub limits: InstanceLimits,
 }
 
 impl GuestComponent {
@@ -113,7 +123,7 @@ impl GuestComponent {
         let guest = GuestComponent {
             pre,
             grant,
-            max_memory_bytes: spec.memory_mib as usize * MIB,
+            limits: spec.limits,
             log_budget: Arc::new(LogBudget::new(spec.route_path, metrics.log_lines_dropped.clone())),
             instantiation: metrics.instantiation.clone(),
         };
@@ -145,19 +155,22 @@ impl GuestComponent {
         let outparam = http.http().new_response_outparam(sender).map_err(GuestFailure::BadRequest)?;
         let (pre, instantiation) = (self.pre.clone(), self.instantiation.clone());
         let task = tokio::spawn(tokio::time::timeout_at(deadline, async move {
-            let _permit = permit;
+            // However the task ends (an answer, a trap, the deadline, an abort), the instance
+            // is freed before the route's slot is released.
+            let mut instance = Instance { store, _permit: permit };
+            let store = &mut instance.store;
             let instantiating = Instant::now();
-            let proxy = pre.instantiate_async(&mut store).await.map_err(GuestFailure::NoInstance)?;
+            let proxy = pre.instantiate_async(&mut *store).await.map_err(GuestFailure::NoInstance)?;
             instantiation.observe(instantiating.elapsed().as_secs_f64());
-            proxy.wasi_http_incoming_handler().call_handle(&mut store, request, outparam).await.map_err(|e| {
-                match e.downcast::<ComputeError>() {
+            proxy.wasi_http_incoming_handler().call_handle(&mut *store, request, outparam).await.map_err(
+                |e| match e.downcast::<ComputeError>() {
                     Ok(overloaded @ ComputeError::Overloaded { .. }) => {
                         GuestFailure::ModelOverloaded(overloaded)
                     }
                     Ok(other) => GuestFailure::Trapped(other.into()),
                     Err(trap) => GuestFailure::Trapped(trap),
-                }
-            })
+                },
+            )
         }));
         let abort_if_abandoned = AbortOnDrop(Some(task.abort_handle()));
 
@@ -185,7 +198,7 @@ impl GuestComponent {
             self.pre.engine(),
             GuestState::new(
                 self.grant.clone(),
-                self.max_memory_bytes,
+                self.limits,
                 context.clone(),
                 GuestStderr::new(self.log_budget.clone(), context.id.clone()),
             ),
@@ -195,6 +208,14 @@ impl GuestComponent {
         store.epoch_deadline_async_yield_and_update(1);
         store
     }
+}
+
+/// One request's instance and the route slot it occupies. Fields drop in order: the store
+/// (and with it the instance's slot in the engine's pool) first, then the admission permit,
+/// so a request admitted next always finds a free slot in a pool sized to the routes' caps.
+struct Instance {
+    store: Store<GuestState>,
+    _permit: Permit,
 }
 
 /// Aborts the guest's task when dropped, unless disarmed: the response head was delivered,

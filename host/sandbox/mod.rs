@@ -11,6 +11,7 @@
 //! import, `nn` is its `wasi:nn` host and `guest_log` its stderr.
 
 pub mod admission;
+pub mod budget;
 pub mod component;
 pub mod engine;
 pub mod guest_log;
@@ -24,13 +25,24 @@ use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use self::budget::HostBudget;
 use self::nn::{HasNn, NnGrant, NnView};
 use crate::request::RequestContext;
 use crate::sandbox::guest_log::GuestStderr;
 
+/// What one instance may use: its linear memory, the host memory it may make the host hold
+/// for it, and the resource handles it may hold at once.
+#[derive(Clone, Copy, Debug)]
+pub struct InstanceLimits {
+    pub memory_bytes: usize,
+    pub host_memory_bytes: usize,
+    pub max_host_resources: usize,
+}
+
 /// Everything one guest instance owns, for the length of one request.
 pub struct GuestState {
     table: ResourceTable,
+    budget: HostBudget,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     hooks: RefuseOutgoingHttp,
@@ -41,11 +53,11 @@ pub struct GuestState {
 }
 
 impl GuestState {
-    /// State for a fresh instance: the route's model grant and memory cap, and the
-    /// request's deadline and priority; nothing else.
+    /// State for a fresh instance: the route's model grant and limits, and the request's
+    /// deadline and priority; nothing else.
     pub fn new(
         grant: Arc<NnGrant>,
-        max_memory_bytes: usize,
+        limits: InstanceLimits,
         context: RequestContext,
         stderr: GuestStderr,
     ) -> GuestState {
@@ -55,16 +67,20 @@ impl GuestState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let limits =
-            StoreLimitsBuilder::new().memory_size(max_memory_bytes).trap_on_grow_failure(true).build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.max_host_resources);
         GuestState {
-            table: ResourceTable::new(),
+            table,
+            budget: HostBudget::new(limits.host_memory_bytes),
             wasi,
             http: WasiHttpCtx::new(),
             hooks: RefuseOutgoingHttp,
             grant,
             context,
-            limits,
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
         }
     }
 }
@@ -83,7 +99,12 @@ impl WasiHttpView for GuestState {
 
 impl HasNn for GuestState {
     fn nn(&mut self) -> NnView<'_> {
-        NnView { grant: &self.grant, context: &self.context, table: &mut self.table }
+        NnView {
+            grant: &self.grant,
+            context: &self.context,
+            table: &mut self.table,
+            budget: &mut self.budget,
+        }
     }
 }
 

@@ -9,6 +9,10 @@
 //!   `wasi:nn` error code for "busy", and the guest could not do better than the host.
 //! - `load` of raw model bytes is refused (`security`) unless the route allows it.
 //! - Bad tensors (name, type, shape, length) are `invalid-argument` errors, never a trap.
+//! - What the guest makes the host hold is charged to its [`HostBudget`]: tensor data when
+//!   made (over budget, `tensor` traps: its constructor cannot fail), outputs after
+//!   `compute` (over budget, a `too-large` error), model bytes on `load`; refunded when
+//!   dropped or handed to `compute`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use crate::inference::backend;
 use crate::inference::scheduler::{Batching, ComputeError, DelayPolicy, ModelScheduler, SchedulerConfig};
 use crate::inference::tensor::{ElementType, Tensor};
 use crate::request::RequestContext;
+use crate::sandbox::budget::HostBudget;
 
 mod generated {
     wasmtime::component::bindgen!({
@@ -54,6 +59,8 @@ pub struct NnGrant {
 /// A `graph` resource: a model the guest may run.
 pub struct Graph {
     model: Arc<ModelScheduler>,
+    /// Host bytes charged for it: the model's bytes if the guest loaded it from bytes.
+    charged: usize,
 }
 
 /// A `graph-execution-context` resource.
@@ -73,6 +80,7 @@ pub struct NnView<'a> {
     pub grant: &'a NnGrant,
     pub context: &'a RequestContext,
     pub table: &'a mut ResourceTable,
+    pub budget: &'a mut HostBudget,
 }
 
 /// Store data that can lend out an [`NnView`].
@@ -104,8 +112,8 @@ impl NnView<'_> {
         Ok(Err(error))
     }
 
-    fn graph(&mut self, model: Arc<ModelScheduler>) -> NnResult<Resource<Graph>> {
-        Ok(Ok(self.table.push(Graph { model })?))
+    fn graph(&mut self, model: Arc<ModelScheduler>, charged: usize) -> NnResult<Resource<Graph>> {
+        Ok(Ok(self.table.push(Graph { model, charged })?))
     }
 }
 
@@ -130,6 +138,10 @@ impl graph::Host for NnView<'_> {
             Ok(one) => one,
             Err(_) => return self.fail(ErrorCode::InvalidArgument, "an ONNX model is one builder"),
         };
+        if let Err(over) = self.budget.charge(bytes.len(), "a model loaded from bytes") {
+            return self.fail(ErrorCode::TooLarge, over.to_string());
+        }
+        let charged = bytes.len();
         let want_gpu = matches!(target, ExecutionTarget::Gpu);
         let loaded = tokio::task::spawn_blocking(move || {
             let backend = backend::load_bytes(&bytes, want_gpu)?;
@@ -148,14 +160,17 @@ impl graph::Host for NnView<'_> {
         })
         .await?;
         match loaded {
-            Ok(model) => self.graph(Arc::new(model)),
-            Err(e) => self.fail(ErrorCode::InvalidEncoding, format!("cannot load the model: {e:#}")),
+            Ok(model) => self.graph(Arc::new(model), charged),
+            Err(e) => {
+                self.budget.refund(charged);
+                self.fail(ErrorCode::InvalidEncoding, format!("cannot load the model: {e:#}"))
+            }
         }
     }
 
     fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
         match self.grant.models.get(&name) {
-            Some(model) => self.graph(model.clone()),
+            Some(model) => self.graph(model.clone(), 0),
             None => self.fail(ErrorCode::NotFound, format!("no model {name:?} is granted to this route")),
         }
     }
@@ -168,7 +183,8 @@ impl graph::HostGraph for NnView<'_> {
     }
 
     fn drop(&mut self, graph: Resource<Graph>) -> wasmtime::Result<()> {
-        self.table.delete(graph)?;
+        let graph = self.table.delete(graph)?;
+        self.budget.refund(graph.charged);
         Ok(())
     }
 }
@@ -184,8 +200,10 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         let model = self.table.get(&context)?.model.clone();
         let mut named = Vec::with_capacity(inputs.len());
         for (name, handle) in inputs {
-            // The guest handed these tensors over: take them out of the table, no copy.
+            // The guest handed these tensors over: take them out of the table, no copy. The
+            // scheduler holds them from here, within the model's queue limits.
             let raw = self.table.delete(handle)?;
+            self.budget.refund(raw.data.len());
             match Tensor::new(raw.element_type, raw.shape, raw.data) {
                 Ok(tensor) => named.push((name, tensor)),
                 Err(message) => {
@@ -196,6 +214,10 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         let context = self.context.clone();
         match model.compute(named, &context).await {
             Ok(outputs) => {
+                let bytes = outputs.iter().map(|(_, tensor)| tensor.data.len()).sum();
+                if let Err(over) = self.budget.charge(bytes, "a model's outputs") {
+                    return self.fail(ErrorCode::TooLarge, format!("model {:?}: {over}", model.name()));
+                }
                 let mut handles = Vec::with_capacity(outputs.len());
                 for (name, tensor) in outputs {
                     handles.push((name, self.table.push(tensor)?));
@@ -233,7 +255,9 @@ impl tensor::HostTensor for NnView<'_> {
         ty: TensorType,
         data: Vec<u8>,
     ) -> wasmtime::Result<Resource<Tensor>> {
-        // The constructor cannot fail in WIT: the tensor is checked when it is used.
+        // The constructor cannot fail in WIT: the tensor is checked when it is used, and one
+        // over the budget traps.
+        self.budget.charge(data.len(), "a tensor")?;
         let tensor = Tensor {
             element_type: element_type(ty),
             shape: dimensions.into_iter().map(|d| d as usize).collect(),
@@ -255,7 +279,8 @@ impl tensor::HostTensor for NnView<'_> {
     }
 
     fn drop(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<()> {
-        self.table.delete(tensor)?;
+        let tensor = self.table.delete(tensor)?;
+        self.budget.refund(tensor.data.len());
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ edge_infer_guest::export!(Digits);
 impl Handler for Digits {
     fn handle(request: Request) -> Result<Response, Error> {
         request.expect_method("POST", "use POST with a JSON body")?;
-        let input = parse_request(request.body()).map_err(Error::bad_request)?;
+        let input = parse_request(request.body()?).map_err(Error::bad_request)?;
         let probabilities = classify(&input.images)?;
         let mut predictions = probabilities.chunks(CLASSES).map(prediction);
         if input.single {

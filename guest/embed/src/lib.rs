@@ -24,7 +24,7 @@ edge_infer_guest::export!(Embed);
 impl Handler for Embed {
     fn handle(request: Request) -> Result<Response, Error> {
         request.expect_method("POST", r#"use POST with {"texts": [...]}"#)?;
-        let texts = parse_request(request.body()).map_err(Error::bad_request)?;
+        let texts = parse_request(request.body()?).map_err(Error::bad_request)?;
         Response::json(&json!({ "embeddings": embed(&texts)? }))
     }
 }

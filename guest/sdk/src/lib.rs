@@ -22,7 +22,8 @@
 //! }
 //! ```
 //!
-//! - [`Request`]: method, path, headers and the whole body, with [`Request::json`];
+//! - [`Request`]: method, path, headers and the whole body (read when first asked for),
+//!   with [`Request::json`];
 //! - [`Response`]: a status, a content type and a body; [`Response::json`] for JSON;
 //! - [`Error`]: a status and a message, answered as `{"error": "..."}` like every other
 //!   edge-infer error. A `wasi:nn` error converts with `?` into the status that fits it
@@ -32,12 +33,15 @@
 //! - [`nn`]: the raw `wasi:nn@0.2.0-rc-2024-10-28` bindings, generated from the WIT vendored
 //!   in this crate (`wit/nn.wit`), so the crate builds wherever it is.
 
+use std::cell::OnceCell;
 use std::fmt;
 use std::io::{Read, Write};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wasip2::http::types::{Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use wasip2::http::types::{
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
 
 /// `wasi:nn` bindings: `nn::graph`, `nn::tensor`, `nn::inference`, `nn::errors`.
 pub mod nn {
@@ -78,22 +82,24 @@ pub mod __private {
 
     /// Reads the request, runs the handler and writes its answer.
     pub fn serve<H: super::Handler>(request: IncomingRequest, out: ResponseOutparam) {
-        let response = super::Request::read(&request).and_then(H::handle).unwrap_or_else(super::Error::into_response);
+        let response = H::handle(super::Request::new(request)).unwrap_or_else(super::Error::into_response);
         response.send(out);
     }
 }
 
-/// An HTTP request, its body read whole.
+/// An HTTP request. Its headers and body are read from the host when first asked for, so a
+/// handler that needs neither pays for neither.
 pub struct Request {
+    incoming: IncomingRequest,
     method: String,
     path: String,
-    headers: Vec<(String, Vec<u8>)>,
-    body: Vec<u8>,
+    headers: OnceCell<Vec<(String, Vec<u8>)>>,
+    body: OnceCell<Vec<u8>>,
 }
 
 impl Request {
-    fn read(request: &IncomingRequest) -> Result<Request, Error> {
-        let method = match request.method() {
+    fn new(incoming: IncomingRequest) -> Request {
+        let method = match incoming.method() {
             Method::Get => "GET".to_string(),
             Method::Head => "HEAD".to_string(),
             Method::Post => "POST".to_string(),
@@ -105,17 +111,8 @@ impl Request {
             Method::Patch => "PATCH".to_string(),
             Method::Other(other) => other,
         };
-        let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
-        let headers = request.headers().entries();
-        let body = request.consume().map_err(|()| Error::bad_request("request body already consumed"))?;
-        let mut bytes = Vec::new();
-        {
-            let mut stream = body.stream().map_err(|()| Error::bad_request("request body stream unavailable"))?;
-            stream
-                .read_to_end(&mut bytes)
-                .map_err(|e| Error::bad_request(format!("reading the request body: {e}")))?;
-        }
-        Ok(Request { method, path, headers, body: bytes })
+        let path = incoming.path_with_query().unwrap_or_else(|| "/".to_string());
+        Request { incoming, method, path, headers: OnceCell::new(), body: OnceCell::new() }
     }
 
     /// The method, upper case: `GET`, `POST`, ...
@@ -131,19 +128,33 @@ impl Request {
     /// The first value of header `name` (case-insensitive), if it is present and UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
+            .get_or_init(|| self.incoming.headers().entries())
             .iter()
             .find(|(key, _)| key.eq_ignore_ascii_case(name))
             .and_then(|(_, value)| std::str::from_utf8(value).ok())
     }
 
-    /// The whole body.
-    pub fn body(&self) -> &[u8] {
-        &self.body
+    /// The whole body; one that cannot be read is a 400.
+    pub fn body(&self) -> Result<&[u8], Error> {
+        if let Some(body) = self.body.get() {
+            return Ok(body);
+        }
+        let body =
+            self.incoming.consume().map_err(|()| Error::bad_request("request body already consumed"))?;
+        let mut bytes = Vec::new();
+        {
+            let mut stream =
+                body.stream().map_err(|()| Error::bad_request("request body stream unavailable"))?;
+            stream
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::bad_request(format!("reading the request body: {e}")))?;
+        }
+        Ok(self.body.get_or_init(|| bytes))
     }
 
     /// The body parsed as JSON; malformed JSON is a 400 saying what is wrong.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_slice(&self.body).map_err(|e| Error::bad_request(format!("malformed JSON: {e}")))
+        serde_json::from_slice(self.body()?).map_err(|e| Error::bad_request(format!("malformed JSON: {e}")))
     }
 
     /// `Ok` if the method is `method`, else a 405 with `hint` as its message.
@@ -167,7 +178,8 @@ impl Response {
 
     /// A 200 with `value` serialised as JSON.
     pub fn json(value: &impl Serialize) -> Result<Response, Error> {
-        let body = serde_json::to_vec(value).map_err(|e| Error::new(500, format!("serialising the response: {e}")))?;
+        let body = serde_json::to_vec(value)
+            .map_err(|e| Error::new(500, format!("serialising the response: {e}")))?;
         Ok(Response::new(200, "application/json", body))
     }
 
@@ -322,7 +334,10 @@ impl Outputs {
     pub fn get(&self, name: &str) -> Result<&Tensor, Error> {
         self.outputs.iter().find(|(output, _)| output == name).map(|(_, tensor)| tensor).ok_or_else(|| {
             let names: Vec<&str> = self.outputs.iter().map(|(output, _)| output.as_str()).collect();
-            Error::new(500, format!("model {} gave no output named {name} (it gave {})", self.model, names.join(", ")))
+            Error::new(
+                500,
+                format!("model {} gave no output named {name} (it gave {})", self.model, names.join(", ")),
+            )
         })
     }
 

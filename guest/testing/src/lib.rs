@@ -4,6 +4,9 @@
 //! - `/test/spin`: loops forever (the host must cut it off at the route's deadline);
 //! - `/test/trap`: traps (the host must answer 500 and keep serving);
 //! - `/test/oom`: allocates until its memory limit stops it;
+//! - `/test/hoard`: makes 1 MiB `wasi:nn` tensors and keeps them, until the host stops it;
+//! - `/test/handles`: makes `wasi:http` fields and keeps them, until the host stops it;
+//! - `/test/recurse`: recurses until the stack overflows;
 //! - `/test/nn/load-by-name/NAME`: loads model NAME and answers the outcome;
 //! - `/test/nn/load-raw`: tries to load raw ONNX bytes (refused unless the route allows it);
 //! - `/test/nn/bad-input`: sends the `digits` model a tensor of the wrong shape, of the wrong
@@ -32,6 +35,9 @@ impl Handler for Testing {
             "/spin" => spin(),
             "/trap" => panic!("trapping on purpose"),
             "/oom" => exhaust_memory(),
+            "/hoard" => hoard_tensors(),
+            "/handles" => hoard_handles(),
+            "/recurse" => Response::json(&recurse(0)),
             "/nn/load-raw" => {
                 let bytes = b"not really a model".to_vec();
                 let result = graph::load(&[bytes], graph::GraphEncoding::Onnx, graph::ExecutionTarget::Cpu);
@@ -42,8 +48,8 @@ impl Handler for Testing {
                 if let Some(name) = other.strip_prefix("/nn/load-by-name/") {
                     Response::json(&outcome(graph::load_by_name(name).map(|_| ())))
                 } else if let Some(spec) = other.strip_prefix("/nn/zeros/") {
-                    let request =
-                        ZerosRequest::parse(spec).ok_or(Error::bad_request("expected /nn/zeros/MODEL/INPUT/DIMS"))?;
+                    let request = ZerosRequest::parse(spec)
+                        .ok_or(Error::bad_request("expected /nn/zeros/MODEL/INPUT/DIMS"))?;
                     request.run().map_err(|error| Error::from(error).context(request.model))?;
                     Response::json(&json!({ "dims": request.dims }))
                 } else if let Some(lines) = other.strip_prefix("/log/").and_then(|n| n.parse::<u32>().ok()) {
@@ -76,6 +82,26 @@ fn exhaust_memory() -> ! {
         hoard.push(vec![1u8; 1 << 20]);
         std::hint::black_box(&hoard);
     }
+}
+
+fn hoard_tensors() -> ! {
+    let mut kept = Vec::new();
+    let megabyte = vec![0u8; 1 << 20];
+    loop {
+        kept.push(tensor::Tensor::new(&[1 << 18], tensor::TensorType::Fp32, &megabyte));
+    }
+}
+
+fn hoard_handles() -> ! {
+    let mut kept = Vec::new();
+    loop {
+        kept.push(wasip2::http::types::Fields::new());
+    }
+}
+
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 32]);
+    if depth == u64::MAX { frame[0] } else { recurse(depth + 1).wrapping_add(frame[31]) }
 }
 
 /// A model run on zeros: `MODEL/INPUT/DIMS`, DIMS like `4x256`.

@@ -29,7 +29,8 @@ impl Handler for Vad {
     fn handle(request: Request) -> Result<Response, Error> {
         request.expect_method("POST", "use POST with 16 kHz audio as the body")?;
         let is_json = request.header("content-type").is_some_and(|t| t.to_lowercase().contains("json"));
-        let samples = if is_json { parse_json(request.body()) } else { parse_pcm(request.body()) };
+        let body = request.body()?;
+        let samples = if is_json { parse_json(body) } else { parse_pcm(body) };
         let probabilities = detect(&samples.map_err(Error::bad_request)?)?;
         let speech = probabilities.iter().any(|&p| p > SPEECH_THRESHOLD);
         Response::json(&json!({ "probabilities": probabilities, "speech": speech }))

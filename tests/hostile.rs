@@ -1,0 +1,99 @@
+//! Hostile guests harm only their own request: a guest that hoards host memory through
+//! `wasi:nn` tensors, piles up resource handles or overflows its stack fails alone, with
+//! the reason in the answer, the next request is served, and the server's memory stays
+//! under a bound computed from the routes' budgets. At full load, every admitted request
+//! finds an instance in a pool sized exactly to the routes' caps.
+
+mod common;
+
+use common::{Server, client, guest};
+use serde_json::Value;
+
+/// The hostile route's limits, in MiB, and how many of its instances may run at once.
+const MEMORY_MIB: u64 = 16;
+const HOST_MEMORY_MIB: u64 = 32;
+const HOSTILE_CONCURRENCY: u64 = 4;
+
+fn config() -> String {
+    format!(
+        r#"
+[[routes]]
+path = "/test"
+component = "{testing}"
+memory_mib = {MEMORY_MIB}
+host_memory_mib = {HOST_MEMORY_MIB}
+max_host_resources = 500
+max_concurrency = {HOSTILE_CONCURRENCY}
+timeout_ms = 20000
+
+[[routes]]
+path = "/hello"
+component = "{hello}"
+max_concurrency = 2
+max_queue = 1000
+"#,
+        testing = guest("testing").display(),
+        hello = guest("hello").display(),
+    )
+}
+
+async fn get(url: String) -> (u16, Value) {
+    let response = client().get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guests_fail_alone_with_the_reason_and_host_memory_stays_bounded() {
+    let server = tokio::task::spawn_blocking(|| Server::start(&config())).await.unwrap();
+    assert_eq!(get(server.url("/hello")).await.0, 200);
+    let baseline_kib = server.memory_kib("VmRSS");
+
+    // As many hoarders as the route admits at once, twice over: each is stopped at its budget.
+    for _ in 0..2 {
+        let hoarders: Vec<_> =
+            (0..HOSTILE_CONCURRENCY).map(|_| tokio::spawn(get(server.url("/test/hoard")))).collect();
+        for hoarder in hoarders {
+            let (status, answer) = hoarder.await.unwrap();
+            assert_eq!(status, 500, "{answer}");
+            let error = answer["error"].as_str().unwrap();
+            assert!(error.contains("host budget") && error.contains("host_memory_mib"), "{error}");
+        }
+        assert_eq!(get(server.url("/hello")).await, (200, serde_json::json!({ "served": 1 })));
+    }
+    // Peak resident memory: at most every admitted instance's linear memory and host budget
+    // at once, plus room for transient copies and the allocator's slack.
+    let per_instance_kib = (MEMORY_MIB + HOST_MEMORY_MIB) * 1024;
+    let bound_kib = baseline_kib + HOSTILE_CONCURRENCY * per_instance_kib + 128 * 1024;
+    let peak_kib = server.memory_kib("VmHWM");
+    assert!(peak_kib < bound_kib, "peak RSS {peak_kib} KiB over the bound {bound_kib} KiB");
+
+    let (status, answer) = get(server.url("/test/handles")).await;
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("max_host_resources"), "{answer}");
+
+    let (status, answer) = get(server.url("/test/recurse")).await;
+    assert_eq!(status, 500, "{answer}");
+    // Deep recursion in a Rust guest runs its shadow stack (in linear memory) out of bounds
+    // before wasm's own call stack; either way the answer names the trap.
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        ["call stack exhausted", "out of bounds memory access"].iter().any(|reason| error.contains(reason)),
+        "the reason: {answer}"
+    );
+    assert!(server.logs().contains("wasm backtrace"), "the log has the backtrace");
+
+    assert_eq!(get(server.url("/hello")).await.0, 200, "the server goes on serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_full_load_every_admitted_request_finds_an_instance() {
+    // The pool holds exactly Σ max_concurrency instances; a slot must be free again before
+    // the route admits the next request.
+    let server = tokio::task::spawn_blocking(|| Server::start(&config())).await.unwrap();
+    let requests: Vec<_> = (0..400).map(|_| tokio::spawn(get(server.url("/hello")))).collect();
+    for request in requests {
+        let (status, answer) = request.await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+    }
+}
