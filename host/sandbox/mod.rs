@@ -3,12 +3,14 @@
 //! The sandbox is closed by default. A guest gets the `wasi:http/proxy` world and `wasi:nn`;
 //! the rest of WASI that Rust's std links in (`wasi:cli/environment`, `wasi:filesystem`, ...)
 //! is present but empty: no environment variables, no arguments, no preopened folders, no
-//! sockets, no name lookups. Outgoing HTTP requests are refused. Memory is capped per store.
+//! sockets, no name lookups. Outgoing HTTP requests are refused. Linear memory is capped per
+//! store; host memory and resource handles per instance (`budget`).
 //! Stderr goes to the host's log, tagged and rate-limited (see `guest_log`).
 //!
 //! The layer below HTTP: `admission` caps a route's instances, `component` makes a fresh
 //! instance per request on the `engine`'s pool, `imports` checks what a component may
-//! import, `nn` is its `wasi:nn` host and `guest_log` its stderr.
+//! import, `nn` is its `wasi:nn` host, `budget` bounds what it makes the host hold, and
+//! `guest_log` carries its stderr.
 
 pub mod admission;
 pub mod budget;
