@@ -97,3 +97,34 @@ async fn at_full_load_every_admitted_request_finds_an_instance() {
         assert_eq!(status, 200, "{answer}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_the_guest_could_not_finish_is_an_error_for_the_client() {
+    let config = format!(
+        "[[routes]]\npath = \"/test\"\ncomponent = \"{}\"\ntimeout_ms = 1500\nmax_response_bytes = 100000\n",
+        guest("testing").display()
+    );
+    let server = tokio::task::spawn_blocking(move || Server::start(&config)).await.unwrap();
+    let http1 = reqwest::Client::builder().http1_only().build().unwrap();
+    let http2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    for (version, client) in [("HTTP/1.1", &http1), ("HTTP/2", &http2)] {
+        // A trap after the head, the deadline while streaming, a body over max_response_bytes.
+        for path in ["/test/trap-mid-body", "/test/stream-forever", "/test/bytes/200000"] {
+            // The head may have gone out (then the body fails) or not (then the request does).
+            let answer = match client.get(server.url(path)).send().await {
+                Ok(response) => response.bytes().await.map(|body| body.len()),
+                Err(error) => Err(error),
+            };
+            assert!(answer.is_err(), "{path} over {version}: a cut answer must be an error, got {answer:?}");
+        }
+        // A finished response still ends cleanly, on a new connection or the same one.
+        let body = client.get(server.url("/test/bytes/1000")).send().await.unwrap().bytes().await.unwrap();
+        assert_eq!(body.len(), 1000, "over {version}");
+    }
+    // Each of the six is logged with its reason.
+    let logs = server.logs();
+    assert_eq!(logs.matches("response cut off").count(), 6, "{logs}");
+    for reason in ["wasm trap", "deadline", "max_response_bytes"] {
+        assert_eq!(logs.matches(reason).count(), 2, "{reason}: {logs}");
+    }
+}

@@ -172,6 +172,10 @@ pub struct RouteConfig {
     /// Largest request body accepted, in bytes; larger gets 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Longest response body a guest may send, in bytes; beyond it the response is cut off
+    /// as unfinished (the connection closed, or the HTTP/2 stream reset).
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
     /// Whether the guest may load models from raw bytes (`wasi:nn/graph.load`). Guests are
     /// untrusted, so this is off unless granted.
     #[serde(default)]
@@ -182,6 +186,9 @@ pub struct RouteConfig {
     pub grant: Vec<String>,
 }
 
+fn default_max_response_bytes() -> u64 {
+    64 << 20
+}
 fn default_max_host_resources() -> usize {
     1_000
 }
@@ -264,6 +271,7 @@ impl Config {
             max_host_resources: default_max_host_resources(),
             timeout_ms: default_timeout_ms(),
             max_body_bytes: default_max_body_bytes(),
+            max_response_bytes: default_max_response_bytes(),
             allow_model_load: false,
             grant: Vec::new(),
         };

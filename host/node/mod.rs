@@ -158,6 +158,7 @@ async fn load_route(
             memory_bytes: config.memory_mib as usize * MIB,
             host_memory_bytes: config.host_memory_mib.unwrap_or(config.memory_mib) as usize * MIB,
             max_host_resources: config.max_host_resources,
+            max_response_bytes: config.max_response_bytes,
         },
     };
     let guest = GuestComponent::load(engine, spec, grant, &metrics)

@@ -29,6 +29,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use crate::inference::scheduler::ComputeError;
 use crate::request::RequestContext;
 use crate::sandbox::admission::Permit;
+use crate::sandbox::body::{BodyLimits, GuestEnd, HonestBody};
 use crate::sandbox::guest_log::{GuestStderr, LogBudget};
 use crate::sandbox::imports;
 use crate::sandbox::nn::NnGrant;
@@ -83,6 +84,8 @@ pub struct GuestComponent {
     grant: Arc<NnGrant>,
     limits: InstanceLimits,
     log_budget: Arc<LogBudget>,
+    /// The route's path, for log lines.
+    route: Arc<str>,
     /// Observes how long making each instance takes.
     instantiation: Histogram,
 }
@@ -125,6 +128,7 @@ impl GuestComponent {
             grant,
             limits: spec.limits,
             log_budget: Arc::new(LogBudget::new(spec.route_path, metrics.log_lines_dropped.clone())),
+            route: spec.route_path.into(),
             instantiation: metrics.instantiation.clone(),
         };
         let probe = RequestContext::new(Instant::now() + Duration::from_secs(10), Default::default());
@@ -147,6 +151,7 @@ impl GuestComponent {
         permit: Permit,
     ) -> Result<http::Response<HyperOutgoingBody>, GuestFailure> {
         let deadline = tokio::time::Instant::from_std(context.deadline);
+        let request_id = context.id.clone();
         let mut store = self.new_store(context);
         let (sender, receiver) = oneshot::channel();
         let http = store.data_mut();
@@ -154,7 +159,9 @@ impl GuestComponent {
             http.http().new_incoming_request(Scheme::Http, request).map_err(GuestFailure::BadRequest)?;
         let outparam = http.http().new_response_outparam(sender).map_err(GuestFailure::BadRequest)?;
         let (pre, instantiation) = (self.pre.clone(), self.instantiation.clone());
-        let task = tokio::spawn(tokio::time::timeout_at(deadline, async move {
+        // How the guest's work ended, for the body: it ends cleanly only after a clean end.
+        let (ended_sender, ended) = oneshot::channel::<GuestEnd>();
+        let work = tokio::time::timeout_at(deadline, async move {
             // However the task ends (an answer, a trap, the deadline, an abort), the instance
             // is freed before the route's slot is released.
             let mut instance = Instance { store, _permit: permit };
@@ -171,13 +178,27 @@ impl GuestComponent {
                     Err(trap) => GuestFailure::Trapped(trap),
                 },
             )
-        }));
+        });
+        let task = tokio::spawn(async move {
+            let outcome = work.await;
+            let _ = ended_sender.send(match &outcome {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(failure)) => Err(failure.to_string()),
+                Err(_elapsed) => Err(GuestFailure::DeadlineExceeded.to_string()),
+            });
+            outcome
+        });
         let abort_if_abandoned = AbortOnDrop(Some(task.abort_handle()));
 
         match receiver.await {
             Ok(Ok(response)) => {
                 abort_if_abandoned.disarm();
-                Ok(response)
+                let limits = BodyLimits {
+                    max_bytes: self.limits.max_response_bytes,
+                    route: self.route.clone(),
+                    request_id: request_id.clone(),
+                };
+                Ok(response.map(|body| HonestBody::wrap(body, ended, limits)))
             }
             Ok(Err(code)) => Err(GuestFailure::AnsweredWithError(code)),
             // The guest ended (or was stopped) without setting a response: ask its task why.

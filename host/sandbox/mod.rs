@@ -9,10 +9,12 @@
 //!
 //! The layer below HTTP: `admission` caps a route's instances, `component` makes a fresh
 //! instance per request on the `engine`'s pool, `imports` checks what a component may
-//! import, `nn` is its `wasi:nn` host, `budget` bounds what it makes the host hold, and
-//! `guest_log` carries its stderr.
+//! import, `nn` is its `wasi:nn` host, `budget` bounds what it makes the host hold, `body`
+//! makes its response end as unfinished if its work did not end cleanly, and `guest_log`
+//! carries its stderr.
 
 pub mod admission;
+pub mod body;
 pub mod budget;
 pub mod component;
 pub mod engine;
@@ -33,12 +35,14 @@ use crate::request::RequestContext;
 use crate::sandbox::guest_log::GuestStderr;
 
 /// What one instance may use: its linear memory, the host memory it may make the host hold
-/// for it, and the resource handles it may hold at once.
+/// for it, the resource handles it may hold at once, and the response it may send.
 #[derive(Clone, Copy, Debug)]
 pub struct InstanceLimits {
     pub memory_bytes: usize,
     pub host_memory_bytes: usize,
     pub max_host_resources: usize,
+    /// Longest response body the instance may send.
+    pub max_response_bytes: u64,
 }
 
 /// Everything one guest instance owns, for the length of one request.

@@ -66,7 +66,7 @@ macro_rules! export {
     ($handler:ident) => {
         impl $crate::__private::IncomingHandler for $handler {
             fn handle(request: $crate::__private::IncomingRequest, out: $crate::__private::ResponseOutparam) {
-                $crate::__private::serve::<$handler>(request, out)
+                $crate::serve::<$handler>(request, out)
             }
         }
         $crate::__private::wasip2::http::proxy::export!($handler);
@@ -79,12 +79,14 @@ pub mod __private {
     pub use wasip2;
     pub use wasip2::exports::http::incoming_handler::Guest as IncomingHandler;
     pub use wasip2::http::types::{IncomingRequest, ResponseOutparam};
+}
 
-    /// Reads the request, runs the handler and writes its answer.
-    pub fn serve<H: super::Handler>(request: IncomingRequest, out: ResponseOutparam) {
-        let response = H::handle(super::Request::new(request)).unwrap_or_else(super::Error::into_response);
-        response.send(out);
-    }
+/// Answers one request with `H`: what [`export!`] does for every request. A guest that
+/// answers some requests itself (to stream a body, say) exports its own handler and hands
+/// the others to this.
+pub fn serve<H: Handler>(request: IncomingRequest, out: ResponseOutparam) {
+    let response = H::handle(Request::new(request)).unwrap_or_else(Error::into_response);
+    response.send(out);
 }
 
 /// An HTTP request. Its headers and body are read from the host when first asked for, so a

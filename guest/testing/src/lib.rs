@@ -7,6 +7,9 @@
 //! - `/test/hoard`: makes 1 MiB `wasi:nn` tensors and keeps them, until the host stops it;
 //! - `/test/handles`: makes `wasi:http` fields and keeps them, until the host stops it;
 //! - `/test/recurse`: recurses until the stack overflows;
+//! - `/test/trap-mid-body`: sends the head and part of a chunked body, then traps;
+//! - `/test/stream-forever`: sends a chunk every 10 ms until its deadline stops it;
+//! - `/test/bytes/N`: answers N bytes (with a `content-length`);
 //! - `/test/nn/load-by-name/NAME`: loads model NAME and answers the outcome;
 //! - `/test/nn/load-raw`: tries to load raw ONNX bytes (refused unless the route allows it);
 //! - `/test/nn/bad-input`: sends the `digits` model a tensor of the wrong shape, of the wrong
@@ -23,10 +26,38 @@
 use edge_infer_guest::nn::{errors, graph, tensor};
 use edge_infer_guest::{Error, Handler, Request, Response, nn_error_name};
 use serde_json::{Value, json};
+use wasip2::http::types::{Fields, IncomingRequest, OutgoingResponse, ResponseOutparam};
 
 struct Testing;
 
-edge_infer_guest::export!(Testing);
+wasip2::http::proxy::export!(Testing);
+
+impl wasip2::exports::http::incoming_handler::Guest for Testing {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        match request.path_with_query().as_deref() {
+            Some("/test/trap-mid-body") => stream_chunks(out, Some(3)),
+            Some("/test/stream-forever") => stream_chunks(out, None),
+            _ => edge_infer_guest::serve::<Testing>(request, out),
+        }
+    }
+}
+
+/// Sends a head, then chunks every 10 ms: `limit` of them and a trap, or until stopped.
+fn stream_chunks(out: ResponseOutparam, limit: Option<u32>) {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().expect("a new response has a body");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = body.write().expect("a new body has a stream");
+    for chunk in 0.. {
+        if limit == Some(chunk) {
+            panic!("trapping mid-body after {chunk} chunks");
+        }
+        stream
+            .blocking_write_and_flush(b"a chunk of a body that will not end well\n")
+            .expect("the client is there");
+        wasip2::clocks::monotonic_clock::subscribe_duration(10_000_000).block();
+    }
+}
 
 impl Handler for Testing {
     fn handle(request: Request) -> Result<Response, Error> {
@@ -57,6 +88,10 @@ impl Handler for Testing {
                         eprintln!("guest line {line}");
                     }
                     Response::json(&json!({ "logged": lines }))
+                } else if let Some(count) =
+                    other.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok())
+                {
+                    Ok(Response::new(200, "application/octet-stream", vec![b'x'; count]))
                 } else if let Some(millis) = other.strip_prefix("/sleep/").and_then(|m| m.parse::<u64>().ok())
                 {
                     wasip2::clocks::monotonic_clock::subscribe_duration(millis * 1_000_000).block();
