@@ -137,12 +137,8 @@ async fn the_guides_guests_build_outside_the_repo_and_serve() {
         digits = digits_config(),
         routes = [
             ("/rust", rust_wasm, ""),
-            (
-                "/python",
-                python.join("app.wasm"),
-                "memory_mib = 256\ngrant = [\"wasi:filesystem\", \"wasi:sockets\"]"
-            ),
-            ("/js", js.join("app.wasm"), "memory_mib = 256\ngrant = [\"wasi:filesystem\"]"),
+            ("/python", python.join("app.wasm"), "memory_mib = 256"),
+            ("/js", js.join("app.wasm"), "memory_mib = 256"),
         ]
         .iter()
         .map(|(path, wasm, extra)| {

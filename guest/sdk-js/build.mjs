@@ -1,4 +1,4 @@
-// Builds a JavaScript guest into a component: node /path/to/edge-infer/guest/sdk-js/build.mjs SOURCE.js OUT.wasm
+// Builds a JavaScript guest into a component: node /path/to/edge-infer/guest/sdk-js/build.mjs SOURCE.js OUT.wasm [WORLD]
 // (paths relative to the current folder; run `npm install` in this folder once first: it
 // installs what package-lock.json pins. Not `npm ci`: the lock lacks other platforms' optional
 // native packages, which `npm ci` refuses.)
@@ -9,7 +9,8 @@
 // 2. Targets a copy of the repo's wit/ relabelled: StarlingMonkey (the JS engine inside
 //    componentize-js) implements wasi:http 0.2.10, the repo's WIT says 0.2.12. The host
 //    serves any wasi:http 0.2.x guest, so the component runs unchanged.
-// 3. componentize-js builds the component for the world edge-infer:guest/inference.
+// 3. componentize-js builds the component for the world edge-infer:guest/inference, or WORLD
+//    (e.g. wasi:http/proxy@0.2.10 for a plain HTTP component without wasi:nn).
 import { cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -17,9 +18,10 @@ import { fileURLToPath } from 'node:url';
 
 const STARLINGMONKEY_WASI = '0.2.10';
 const here = dirname(fileURLToPath(import.meta.url));
-const [source, out] = process.argv.slice(2).map((path) => resolve(path));
+const [source, out] = process.argv.slice(2, 4).map((path) => resolve(path));
+const worldName = process.argv[4] ?? 'edge-infer:guest/inference';
 if (!source || !out) {
-  console.error('usage: node build.mjs SOURCE.js OUT.wasm');
+  console.error('usage: node build.mjs SOURCE.js OUT.wasm [WORLD]');
   process.exit(2);
 }
 
@@ -66,7 +68,7 @@ try {
   const { component } = await componentize({
     sourcePath: bundled,
     witPath: wit,
-    worldName: 'edge-infer:guest/inference',
+    worldName,
   });
   await writeFile(out, component);
   console.log(`wrote ${out} (${component.byteLength} bytes)`);

@@ -180,8 +180,12 @@ pub struct RouteConfig {
     /// untrusted, so this is off unless granted.
     #[serde(default)]
     pub allow_model_load: bool,
-    /// WASI packages beyond the guest world the component may import (`wasi:filesystem`,
-    /// `wasi:sockets`): linked, but without access (no preopened folders, no network).
+    /// Allow only the guest world (`wasi:http/proxy` + `wasi:nn`) and `grant`ed packages as
+    /// imports, instead of all of WASI 0.2 with its capabilities closed.
+    #[serde(default)]
+    pub strict_imports: bool,
+    /// With `strict_imports`: WASI packages beyond the guest world the component may import
+    /// (`wasi:filesystem`, `wasi:sockets`), linked but without access.
     #[serde(default)]
     pub grant: Vec<String>,
 }
@@ -273,6 +277,7 @@ impl Config {
             max_body_bytes: default_max_body_bytes(),
             max_response_bytes: default_max_response_bytes(),
             allow_model_load: false,
+            strict_imports: false,
             grant: Vec::new(),
         };
         let model = |file: &str| ModelConfig {
@@ -296,14 +301,10 @@ impl Config {
             route("/vad", "vad.wasm", &["vad"]),
         ];
         // The Python and JavaScript guests, when guest/build-py-js.sh has built them.
-        for (path, file, grant) in [
-            ("/digits-py", "digits-py.wasm", &["wasi:filesystem", "wasi:sockets"][..]),
-            ("/digits-js", "digits-js.wasm", &["wasi:filesystem"][..]),
-        ] {
+        for (path, file) in [("/digits-py", "digits-py.wasm"), ("/digits-js", "digits-js.wasm")] {
             if guests.join(file).is_file() {
                 routes.push(RouteConfig {
                     memory_mib: INTERPRETER_MEMORY_MIB,
-                    grant: grant.iter().map(|g| g.to_string()).collect(),
                     ..route(path, file, &["digits"])
                 });
             } else {

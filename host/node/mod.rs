@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::node::config::{Config, RouteConfig, path_matches};
 use crate::node::models::Models;
@@ -23,6 +23,7 @@ use crate::sandbox::InstanceLimits;
 use crate::sandbox::admission::Admission;
 use crate::sandbox::component::{GuestComponent, GuestSpec};
 use crate::sandbox::engine::{EngineLimits, new_engine};
+use crate::sandbox::imports::ImportPolicy;
 use crate::sandbox::nn::NnGrant;
 use crate::telemetry::metrics::RouteMetrics;
 
@@ -153,7 +154,10 @@ async fn load_route(
     let spec = GuestSpec {
         file: &config.component,
         route_path: &config.path,
-        grants: &config.grant,
+        imports: match config.strict_imports {
+            true => ImportPolicy::Strict { grants: &config.grant },
+            false => ImportPolicy::AnyWasi,
+        },
         limits: InstanceLimits {
             memory_bytes: config.memory_mib as usize * MIB,
             host_memory_bytes: config.host_memory_mib.unwrap_or(config.memory_mib) as usize * MIB,
@@ -161,6 +165,9 @@ async fn load_route(
             max_response_bytes: config.max_response_bytes,
         },
     };
+    if !config.strict_imports && !config.grant.is_empty() {
+        warn!(route = %config.path, "`grant` has no effect without `strict_imports = true`: every WASI package links, its capabilities closed");
+    }
     let guest = GuestComponent::load(engine, spec, grant, &metrics)
         .await
         .with_context(|| format!("route {}", config.path))?;

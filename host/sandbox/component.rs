@@ -1,4 +1,4 @@
-//! A route's guest component: compiled, checked against the imports its route grants, and
+//! A route's guest component: compiled, its imports checked against its route's policy, and
 //! pre-instantiated once; then a fresh instance for every request, dropped when the request
 //! ends so nothing leaks between requests.
 //!
@@ -31,7 +31,7 @@ use crate::request::RequestContext;
 use crate::sandbox::admission::Permit;
 use crate::sandbox::body::{BodyLimits, GuestEnd, HonestBody};
 use crate::sandbox::guest_log::{GuestStderr, LogBudget};
-use crate::sandbox::imports;
+use crate::sandbox::imports::{self, ImportPolicy};
 use crate::sandbox::nn::NnGrant;
 use crate::sandbox::{self, GuestState, InstanceLimits};
 use crate::telemetry::metrics::RouteMetrics;
@@ -97,7 +97,7 @@ pub struct GuestSpec<'a> {
     /// The route's path, which tags the guest's log lines.
     pub route_path: &'a str,
     /// WASI packages the component may import beyond the guest world.
-    pub grants: &'a [String],
+    pub imports: ImportPolicy<'a>,
     /// What one instance may use.
     pub limits: InstanceLimits,
 }
@@ -116,7 +116,7 @@ impl GuestComponent {
         let component = Component::from_file(engine, file)
             .with_context(|| format!("compiling the component {}", file.display()))?;
         let compiled = started.elapsed();
-        imports::check(engine, &component, spec.grants).with_context(|| file.display().to_string())?;
+        imports::check(engine, &component, spec.imports).with_context(|| file.display().to_string())?;
         let linker = sandbox::linker(engine)?;
         let instance_pre = linker
             .instantiate_pre(&component)

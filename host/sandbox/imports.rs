@@ -1,18 +1,22 @@
-//! Strict imports: what a guest component may import, checked when its route loads.
+//! What a guest component may import, checked when its route loads.
 //!
-//! Every guest may import the guest world: `wasi:http/proxy` (HTTP types and handlers,
-//! streams, clocks, random, stdio) and `wasi:nn`, plus the `wasi:cli` interfaces that
-//! language runtimes link in whether they use them or not (environment, exit, terminals),
-//! which the sandbox provides empty. A route may also grant whole packages that runtimes such
-//! as Python's and JavaScript's import: `wasi:filesystem` and `wasi:sockets`. A grant only
-//! lets the component link: the sandbox still has no preopened folders and no network.
-//! Anything else a component imports refuses the route at start-up, naming the import.
+//! By default a component may import anything the sandbox links: all of WASI 0.2 (any
+//! 0.2.x), with its capabilities closed (no preopened folders, no sockets, no outgoing HTTP,
+//! an empty environment), and `wasi:nn`; so a standard `wasi:http/proxy` component from any
+//! toolchain loads unmodified, as under `wasmtime serve`. Anything else fails to link, named.
+//!
+//! A route with `strict_imports` allows only the guest world: `wasi:http/proxy` (HTTP types
+//! and handlers, streams, clocks, random, stdio) and `wasi:nn`, plus the `wasi:cli`
+//! interfaces that language runtimes link in whether they use them or not (environment,
+//! exit, terminals), and the packages its `grant` lists (`wasi:filesystem`,
+//! `wasi:sockets`, still without access). Anything else refuses the route at start-up,
+//! naming the import.
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// Interfaces every guest may import (versions aside).
-pub const GUEST_WORLD: [&str; 22] = [
+pub const GUEST_WORLD: [&str; 24] = [
     "wasi:http/types",
     "wasi:http/outgoing-handler",
     "wasi:io/poll",
@@ -21,6 +25,8 @@ pub const GUEST_WORLD: [&str; 22] = [
     "wasi:clocks/monotonic-clock",
     "wasi:clocks/wall-clock",
     "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
     "wasi:cli/stdout",
     "wasi:cli/stderr",
     "wasi:cli/stdin",
@@ -49,15 +55,25 @@ pub fn imports(engine: &Engine, component: &Component) -> Vec<String> {
 /// Imports a component makes that its route does not allow; the component is refused.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the component imports {}, which its route does not grant (the guest world is \
-     wasi:http/proxy + wasi:nn; a route can grant {GRANTABLE:?} with `grant = [...]`)",
+    "the component imports {}, which its route does not grant (with strict_imports, the guest \
+     world is wasi:http/proxy + wasi:nn; a route can grant {GRANTABLE:?} with `grant = [...]`)",
     .0.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
 )]
 pub struct RefusedImports(pub Vec<String>);
 
-/// Checks a component's imports against the guest world and the route's grants; the error
-/// names every import refused.
-pub fn check(engine: &Engine, component: &Component, grants: &[String]) -> Result<(), RefusedImports> {
+/// Which imports a route's component may have.
+#[derive(Clone, Copy, Debug)]
+pub enum ImportPolicy<'a> {
+    /// Whatever the sandbox links: all of WASI 0.2, capabilities closed, and `wasi:nn`.
+    AnyWasi,
+    /// Only the guest world and the granted packages (`strict_imports = true`).
+    Strict { grants: &'a [String] },
+}
+
+/// Checks a component's imports against its route's policy; the error names every import
+/// refused.
+pub fn check(engine: &Engine, component: &Component, policy: ImportPolicy<'_>) -> Result<(), RefusedImports> {
+    let ImportPolicy::Strict { grants } = policy else { return Ok(()) };
     let refused: Vec<String> =
         imports(engine, component).into_iter().filter(|import| !allowed(import, grants)).collect();
     if refused.is_empty() { Ok(()) } else { Err(RefusedImports(refused)) }

@@ -1,0 +1,93 @@
+//! Standard `wasi:http/proxy` components built without edge-infer's SDKs, by three
+//! toolchains (Rust with the `wasip2` bindings and std, componentize-py and componentize-js
+//! for the plain `wasi:http/proxy` world), load with the default imports and serve; what
+//! they try to reach outside the sandbox (a file, the environment, outgoing HTTP) fails.
+//! Under `strict_imports`, a component importing more than the guest world is refused.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Server, client, guest, interpreted_guests, repo_file};
+use serde_json::Value;
+
+fn route(path: &str, component: &Path, extra: &str) -> String {
+    format!(
+        "[[routes]]\npath = \"{path}\"\ncomponent = \"{}\"\nmemory_mib = 256\n{extra}\n",
+        component.display()
+    )
+}
+
+fn run(command: &mut Command, what: &str) {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let log =
+        format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{what} failed:\n{log}");
+}
+
+async fn get(server: &Server, path: &str) -> Value {
+    let response = client().get(server.url(path)).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    response.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_from_other_toolchains_serve_and_cannot_reach_out() {
+    // The tools guest/build-py-js.sh installs: the pinned componentize-py and componentize-js.
+    interpreted_guests();
+    let built = tempfile::tempdir().unwrap();
+    let (python, javascript) = (built.path().join("plain-py.wasm"), built.path().join("plain-js.wasm"));
+    let componentize_py =
+        Path::new(&std::env::var("HOME").unwrap()).join(".cache/edge-infer-guest-tools/bin/componentize-py");
+    run(
+        Command::new(componentize_py)
+            .args([
+                "-d",
+                &repo_file("wit").display().to_string(),
+                "-w",
+                "wasi:http/proxy@0.2.12",
+                "componentize",
+            ])
+            .args(["-p", &repo_file("guest/plain-py").display().to_string(), "app", "-o"])
+            .arg(&python),
+        "componentize-py",
+    );
+    run(
+        Command::new("node")
+            .arg(repo_file("guest/sdk-js/build.mjs"))
+            .arg(repo_file("guest/plain-js/app.js"))
+            .arg(&javascript)
+            .arg("wasi:http/proxy@0.2.10"),
+        "componentize-js",
+    );
+
+    let config = [("/rust", guest("plain")), ("/python", python), ("/javascript", javascript)]
+        .iter()
+        .map(|(path, component)| route(path, component, ""))
+        .collect::<String>();
+    let server = tokio::task::spawn_blocking(move || Server::start(&config)).await.unwrap();
+    for path in ["/rust", "/python", "/javascript"] {
+        let answer = get(&server, path).await;
+        let outbound = answer["outbound"].as_str().unwrap();
+        assert!(outbound.starts_with("refused"), "{path}: outgoing HTTP must fail: {answer}");
+        if path != "/javascript" {
+            assert!(answer["file"].as_str().unwrap().starts_with("refused"), "{path}: no file: {answer}");
+            assert_eq!(answer["env_vars"], 0, "{path}: an empty environment: {answer}");
+        }
+    }
+    assert_eq!(
+        get(&server, "/rust").await["seeded_map"],
+        3,
+        "std's HashMap, seeded by wasi:random/insecure-seed"
+    );
+}
+
+#[test]
+fn under_strict_imports_a_component_importing_the_filesystem_is_refused() {
+    let stderr = Server::try_start(&route("/rust", &guest("plain"), "strict_imports = true"))
+        .err()
+        .expect("std::fs imports wasi:filesystem, outside the guest world");
+    assert!(stderr.contains("`wasi:filesystem/"), "the import is named: {stderr}");
+    assert!(stderr.contains("strict_imports"), "{stderr}");
+}
