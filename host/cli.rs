@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use edge_infer::http::server;
+use edge_infer::http::server::{self, ConnectionLimits};
 use edge_infer::node::config::Config;
 use edge_infer::node::{Node, Runtime};
 use edge_infer_bench::{self as bench, BenchArgs};
@@ -87,7 +87,6 @@ fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, started: Inst
         None => Config::bundled(),
     };
     let listen = listen.unwrap_or(config.server.listen);
-    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,7 +96,8 @@ fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, started: Inst
         let listener = TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
         let address = listener.local_addr()?;
         let node = Arc::new(Node::default());
-        let server = tokio::spawn(server::serve(listener, node.clone(), shutdown_signal(), grace));
+        let limits = ConnectionLimits::from_config(&config.server);
+        let server = tokio::spawn(server::serve(listener, node.clone(), shutdown_signal(), limits));
         node.loaded(Runtime::load(&config).await?);
         info!(%address, ready_ms = started.elapsed().as_millis() as u64, "ready");
         // The one line on stdout, once ready: scripts and tests read the address from it.

@@ -1,6 +1,11 @@
 //! The HTTP listener: accepts connections, speaks HTTP/1.1 and HTTP/2 cleartext (prior
 //! knowledge, detected per connection), and hands each request to the router.
 //!
+//! Connections are bounded: at most `max_connections` are open (the listener waits for one
+//! to close when full); a client gets `header_read_timeout` to send each request head on
+//! HTTP/1.1 (which also closes idle keep-alive connections) and its first request on
+//! HTTP/2; request heads are capped in size and HTTP/2 streams in number.
+//!
 //! Shutdown is graceful: when the `shutdown` future completes, the listener closes, every
 //! connection is told to finish its in-flight requests, and the server waits for them up to
 //! the grace period.
@@ -11,31 +16,73 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::http::router;
 use crate::node::Node;
+use crate::node::config::ServerConfig;
+use crate::telemetry::metrics::ConnectionMetrics;
 
 /// How long to pause accepting after an accept error (e.g. out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// Serves `node` on `listener` until `shutdown` completes, then drains for up to `grace`.
+/// What the listener allows each client.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub http2_max_concurrent_streams: u32,
+    /// How long in-flight requests may finish at shutdown.
+    pub grace: Duration,
+}
+
+impl ConnectionLimits {
+    pub fn from_config(server: &ServerConfig) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: server.max_connections,
+            header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
+            max_header_bytes: server.max_header_bytes,
+            http2_max_concurrent_streams: server.http2_max_concurrent_streams,
+            grace: Duration::from_millis(server.shutdown_grace_ms),
+        }
+    }
+
+    fn http(&self) -> auto::Builder<TokioExecutor> {
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_buf_size(self.max_header_bytes);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.http2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
+        http
+    }
+}
+
+/// Serves `node` on `listener` until `shutdown` completes, then drains for up to the grace
+/// period.
 pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
+    limits: ConnectionLimits,
 ) {
-    let http = auto::Builder::new(TokioExecutor::new());
+    let http = limits.http();
+    let metrics = Arc::new(ConnectionMetrics::default());
+    let open = Arc::new(Semaphore::new(limits.max_connections));
     let connections = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+        let (stream, peer, slot) = tokio::select! {
+            accepted = accept(&listener, &open) => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     warn!("accepting a connection failed: {e}");
@@ -47,15 +94,31 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let node = node.clone();
+        let first_request = Arc::new(Notify::new());
+        let request_seen = first_request.clone();
         let service = service_fn(move |request| {
+            request_seen.notify_one();
             let node = node.clone();
             async move { Ok::<_, Infallible>(router::dispatch(node, request).await) }
         });
         let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service).into_owned());
+        let header_read_timeout = limits.header_read_timeout;
+        let metrics = metrics.clone();
+        metrics.open.inc();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(%peer, "connection ended with an error: {e}");
+            let _open = OpenConnection { _slot: slot, metrics: metrics.clone() };
+            tokio::pin!(connection);
+            // A connection that sends no complete request in time is closed (dropped).
+            let first_in_time = tokio::time::timeout(header_read_timeout, first_request.notified());
+            tokio::select! {
+                ended = &mut connection => return note_end(peer, ended, &metrics),
+                arrived = first_in_time => if arrived.is_err() {
+                    debug!(%peer, "no request within the header read timeout; closing");
+                    metrics.timed_out.inc();
+                    return;
+                },
             }
+            note_end(peer, connection.await, &metrics);
         });
     }
 
@@ -64,6 +127,41 @@ pub async fn serve(
     info!("shutting down: finishing in-flight requests");
     tokio::select! {
         () = connections.shutdown() => info!("all connections closed"),
-        () = tokio::time::sleep(grace) => warn!("grace period over; closing the remaining connections"),
+        () = tokio::time::sleep(limits.grace) => warn!("grace period over; closing the remaining connections"),
     }
 }
+
+/// A connection's slot under `max_connections`, and its place in the open-connections gauge,
+/// both given back when the connection ends.
+struct OpenConnection {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<ConnectionMetrics>,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics.open.dec();
+    }
+}
+
+/// Waits for a free connection slot, then for a connection.
+async fn accept(
+    listener: &TcpListener,
+    open: &Arc<Semaphore>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    let slot = open.clone().acquire_owned().await.expect("the semaphore is never closed");
+    let (stream, peer) = listener.accept().await?;
+    Ok((stream, peer, slot))
+}
+
+/// Logs how a connection ended, counting those hyper closed at the header read timeout.
+fn note_end(peer: std::net::SocketAddr, ended: Result<(), BoxError>, metrics: &ConnectionMetrics) {
+    if let Err(e) = ended {
+        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+            metrics.timed_out.inc();
+        }
+        debug!(%peer, "connection ended with an error: {e}");
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;

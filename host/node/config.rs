@@ -17,6 +17,9 @@ use crate::inference::backend::BackendKind;
 use crate::inference::scheduler::{Batching, DelayPolicy};
 use crate::sandbox::imports::GRANTABLE;
 
+/// The smallest `server.max_header_bytes`.
+const MIN_HEADER_BYTES: usize = 8192;
+
 /// Linear memory for the bundled Python and JavaScript guests, whose interpreters need more.
 const INTERPRETER_MEMORY_MIB: u64 = 256;
 
@@ -54,6 +57,17 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Keep compiled components in wasmtime's on-disk cache, so a restart skips compilation.
     pub compilation_cache: bool,
+    /// Open connections at most; when full, the listener stops accepting until one closes.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers: the first request on a new
+    /// connection (HTTP/1.1 or HTTP/2), each next one on an HTTP/1.1 connection (so it is the
+    /// idle keep-alive timeout too). Beyond it, the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (request line and headers) accepted; larger gets 431 (HTTP/1.1)
+    /// or a stream reset (HTTP/2).
+    pub max_header_bytes: usize,
+    /// Requests one HTTP/2 connection may have in flight at once.
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +76,10 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shutdown_grace_ms: 10_000,
             compilation_cache: true,
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            max_header_bytes: 64 << 10,
+            http2_max_concurrent_streams: 256,
         }
     }
 }
@@ -333,6 +351,20 @@ impl Config {
 
     /// Checks what the types alone cannot: unique paths, known models, sane limits.
     fn validate(&self) -> anyhow::Result<()> {
+        let server = &self.server;
+        for (name, value) in [
+            ("max_connections", server.max_connections as u64),
+            ("header_read_timeout_ms", server.header_read_timeout_ms),
+            ("http2_max_concurrent_streams", u64::from(server.http2_max_concurrent_streams)),
+        ] {
+            if value == 0 {
+                bail!("field `server.{name}`: must be at least 1");
+            }
+        }
+        // hyper's HTTP/1.1 read buffer cannot be smaller.
+        if server.max_header_bytes < MIN_HEADER_BYTES {
+            bail!("field `server.max_header_bytes`: must be at least {MIN_HEADER_BYTES}");
+        }
         for (name, model) in &self.models {
             let field = format!("models.{name}");
             for (name, value) in [

@@ -36,6 +36,8 @@ struct Families {
     gpu_memory_used: IntGaugeVec,
     gpu_memory_total: IntGaugeVec,
     model_cache: IntCounterVec,
+    connections_open: IntGauge,
+    connections_timed_out: IntCounter,
 }
 
 /// Latency buckets from 50 µs to about 26 s.
@@ -184,6 +186,21 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             "Result cache lookups by model and result (hit, miss)",
             &["model", "result"],
         ),
+        connections_open: {
+            let metric = IntGauge::new("edge_infer_http_connections_open", "Client connections open now")
+                .expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        },
+        connections_timed_out: {
+            let metric = IntCounter::new(
+                "edge_infer_http_connections_timed_out_total",
+                "Connections closed because a request head did not come within server.header_read_timeout_ms",
+            )
+            .expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        },
         registry,
     }
 });
@@ -193,6 +210,21 @@ pub fn render() -> String {
     let mut text = Vec::new();
     TextEncoder::new().encode(&FAMILIES.registry.gather(), &mut text).expect("text encoding cannot fail");
     String::from_utf8(text).expect("the text format is UTF-8")
+}
+
+/// The listener's series: connections open now, and those closed for want of a request head.
+pub struct ConnectionMetrics {
+    pub open: IntGauge,
+    pub timed_out: IntCounter,
+}
+
+impl Default for ConnectionMetrics {
+    fn default() -> ConnectionMetrics {
+        ConnectionMetrics {
+            open: FAMILIES.connections_open.clone(),
+            timed_out: FAMILIES.connections_timed_out.clone(),
+        }
+    }
 }
 
 /// Records which backend runs `model`.
