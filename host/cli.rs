@@ -15,6 +15,7 @@ use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 use edge_infer::http::server::{self, ConnectionLimits};
+use edge_infer::http::tls;
 use edge_infer::node::config::Config;
 use edge_infer::node::{Node, Runtime};
 use edge_infer_bench::{self as bench, BenchArgs};
@@ -97,11 +98,16 @@ fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, started: Inst
         let address = listener.local_addr()?;
         let node = Arc::new(Node::default());
         let limits = ConnectionLimits::from_config(&config.server);
-        let server = tokio::spawn(server::serve(listener, node.clone(), shutdown_signal(), limits));
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let server = tokio::spawn(server::serve(listener, node.clone(), shutdown_signal(), limits, tls));
         node.loaded(Runtime::load(&config).await?);
         info!(%address, ready_ms = started.elapsed().as_millis() as u64, "ready");
         // The one line on stdout, once ready: scripts and tests read the address from it.
-        println!("edge-infer listening on http://{address}");
+        println!("edge-infer listening on {scheme}://{address}");
         std::io::stdout().flush()?;
         server.await?;
         Ok(())

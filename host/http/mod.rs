@@ -1,4 +1,5 @@
-//! The HTTP layer, the top of the request flow: `server` accepts connections, `router`
+//! The HTTP layer, the top of the request flow: `server` accepts connections (over TLS with
+//! `tls`), `router`
 //! dispatches each request to health, metrics, the front door (`index`), a guest route or
 //! the Open Inference Protocol (`oip`), and `response` writes what the host answers itself
 //! (JSON errors included).
@@ -8,3 +9,4 @@ pub mod oip;
 pub mod response;
 pub mod router;
 pub mod server;
+pub mod tls;

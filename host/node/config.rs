@@ -68,6 +68,10 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Requests one HTTP/2 connection may have in flight at once.
     pub http2_max_concurrent_streams: u32,
+    /// Serve HTTPS with this certificate chain (PEM); needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +84,8 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             max_header_bytes: 64 << 10,
             http2_max_concurrent_streams: 256,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -360,6 +366,9 @@ impl Config {
             if value == 0 {
                 bail!("field `server.{name}`: must be at least 1");
             }
+        }
+        if server.tls_cert.is_some() != server.tls_key.is_some() {
+            bail!("fields `server.tls_cert` and `server.tls_key`: give both, or neither");
         }
         // hyper's HTTP/1.1 read buffer cannot be smaller.
         if server.max_header_bytes < MIN_HEADER_BYTES {
