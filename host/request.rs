@@ -166,3 +166,41 @@ mod tests {
         assert_ne!(&*context(&[(ID_HEADER, "has space")]).unwrap().id, "has space");
     }
 }
+
+/// Fuzzing the request headers the host reads: any value of the deadline, priority and id
+/// headers gives a context or a `HeaderError`, never a panic; a deadline never extends the
+/// route's, and a kept id is short visible ASCII.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..200),
+            "[0-9]{0,25}".prop_map(String::into_bytes),
+            "(?i)(high|normal|low| HIGH |urgent)".prop_map(String::into_bytes),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_header_values(deadline in prop::option::of(value()), priority in prop::option::of(value()), id in prop::option::of(value())) {
+            let mut headers = HeaderMap::new();
+            for (name, value) in [(DEADLINE_HEADER, deadline), (PRIORITY_HEADER, priority), (ID_HEADER, id)] {
+                // Values hyper itself would refuse never reach the host.
+                if let Some(value) = value.and_then(|v| http::HeaderValue::from_bytes(&v).ok()) {
+                    headers.insert(name, value);
+                }
+            }
+            let arrival = Instant::now();
+            let route_timeout = Duration::from_secs(10);
+            if let Ok(context) = RequestContext::from_headers(&headers, arrival, route_timeout) {
+                prop_assert!(context.deadline <= arrival + route_timeout);
+                prop_assert!(context.id.len() <= MAX_ID_LENGTH.max(32));
+                prop_assert!(context.id.bytes().all(|b| b.is_ascii_graphic()));
+            }
+        }
+    }
+}

@@ -128,3 +128,34 @@ async fn a_response_the_guest_could_not_finish_is_an_error_for_the_client() {
         assert_eq!(logs.matches(reason).count(), 2, "{reason}: {logs}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compute_storm_ends_at_its_deadline_and_others_are_served() {
+    let config = format!(
+        "{}\n[[routes]]\npath = \"/test\"\ncomponent = \"{}\"\nmodels = [\"digits\"]\ntimeout_ms = 2000\n",
+        common::digits_config(),
+        guest("testing").display(),
+    );
+    let server = tokio::task::spawn_blocking(move || Server::start(&config)).await.unwrap();
+    let storms: Vec<_> = (0..2).map(|_| tokio::spawn(get(server.url("/test/storm")))).collect();
+    // While two guests hammer the model, a normal client's requests are answered.
+    let (images, _) = common::digits_test_split();
+    for image in images.iter().take(20) {
+        let (status, answer) =
+            common::post_json(&client(), &server.url("/digits"), &serde_json::json!({ "pixels": image }))
+                .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    for storm in storms {
+        let (status, answer) = storm.await.unwrap();
+        assert!(
+            status == 504 || status == 503,
+            "a storm ends at its deadline (or on a full queue): {status} {answer}"
+        );
+    }
+    // A guest setting a 1 MiB header is stopped at wasi:http's field size limit, alone.
+    let (status, answer) = get(server.url("/test/huge-header")).await;
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("exceeds limit"), "the reason: {answer}");
+    assert_eq!(get(server.url("/test/sleep/1")).await.0, 200);
+}

@@ -402,3 +402,79 @@ mod tests {
         assert!(encode(&json!([300]), ElementType::U8).is_err());
     }
 }
+
+/// Fuzzing the infer body decoder (`PROPTEST_CASES` sets the inputs per target; see
+/// README, "Fuzzing"): any body, structured or not, is a tensor list or a `BadRequest`,
+/// never a panic, and every tensor decoded holds exactly its shape's bytes.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// JSON that looks like tensor data: numbers, nested arrays, and now and then junk.
+    fn data() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|v| json!(v)),
+            Just(json!("seven")),
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 64, 8, |inner| prop::collection::vec(inner, 0..8).prop_map(Value::from))
+    }
+
+    fn input() -> impl Strategy<Value = Value> {
+        let datatype =
+            prop::sample::select(vec!["FP32", "FP16", "FP64", "BF16", "UINT8", "INT32", "INT64", "BOOL", ""]);
+        let dim = prop_oneof![0usize..6, Just(usize::MAX), Just(1usize << 40)];
+        (
+            prop::sample::select(vec!["x", "ids", ""]),
+            datatype,
+            prop::collection::vec(dim, 0..4),
+            prop::option::of(data()),
+            prop::option::of(prop_oneof![0u64..64, Just(u64::MAX)]),
+        )
+            .prop_map(|(name, datatype, shape, data, binary)| {
+                let mut input = json!({ "name": name, "datatype": datatype, "shape": shape });
+                if let Some(data) = data {
+                    input["data"] = data;
+                }
+                if let Some(size) = binary {
+                    input["parameters"] = json!({ "binary_data_size": size });
+                }
+                input
+            })
+    }
+
+    fn check(header_length: Option<usize>, body: Vec<u8>) {
+        let header = header_length.map(|n| HeaderValue::from(n as u64));
+        if let Ok((request, binary)) = parse_request(header.as_ref(), Bytes::from(body))
+            && let Ok(tensors) = input_tensors(&request.inputs, binary)
+        {
+            for (_, tensor) in tensors {
+                let elements: usize = tensor.shape.iter().product();
+                assert_eq!(tensor.data.len(), elements * tensor.element_type.size());
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes(body in prop::collection::vec(any::<u8>(), 0..512), header in prop::option::of(0usize..600)) {
+            check(header, body);
+        }
+
+        #[test]
+        fn infer_requests(
+            inputs in prop::collection::vec(input(), 0..4),
+            binary in prop::collection::vec(any::<u8>(), 0..128),
+            declare_length in any::<bool>(),
+        ) {
+            let mut body = json!({ "inputs": inputs }).to_string().into_bytes();
+            let json_length = body.len();
+            body.extend(binary);
+            check(declare_length.then_some(json_length), body);
+        }
+    }
+}

@@ -540,3 +540,63 @@ mod tests {
         assert!(!path_matches("/dig", "/digits"));
     }
 }
+
+/// Fuzzing the configuration reader: any text, and any mangling of a valid file, gives a
+/// config or an error naming what is wrong, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const VALID: &str = r#"[server]
+listen = "127.0.0.1:9000"
+max_connections = 100
+[models.digits]
+file = "digits.onnx"
+executors = 2
+batching = "auto"
+max_padding_ratio = 0.2
+pad_values = { ids = 0 }
+[[routes]]
+path = "/digits"
+component = "digits.wasm"
+models = ["digits"]
+memory_mib = 64
+host_memory_mib = 32
+grant = ["wasi:filesystem"]
+"#;
+
+    /// What a mangled line may become.
+    fn mangled() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[a-z_]{1,12} = (-?[0-9]{1,20}|\"[^\"]{0,12}\"|true|\\[\\]|\\{\\}|0\\.[0-9]+)",
+            "[\\PC]{0,24}",
+            Just("[[routes]]".to_string()),
+            Just("[models.x]".to_string()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_text(text in "[\\PC\\n]{0,300}") {
+            let _ = Config::from_toml(&text, Path::new("/etc/edge"));
+        }
+
+        #[test]
+        fn mangled_valid_files(edits in prop::collection::vec((any::<prop::sample::Index>(), mangled()), 1..4)) {
+            let mut lines: Vec<String> = VALID.lines().map(String::from).collect();
+            for (line, replacement) in edits {
+                let at = line.index(lines.len());
+                lines[at] = replacement;
+            }
+            if let Ok(config) = Config::from_toml(&lines.join("\n"), Path::new("/etc/edge")) {
+                // What loads is valid: every route's models exist.
+                for route in &config.routes {
+                    prop_assert!(route.models.iter().all(|m| config.models.contains_key(m)));
+                }
+            }
+        }
+    }
+}

@@ -10,6 +10,9 @@
 //! - `/test/trap-mid-body`: sends the head and part of a chunked body, then traps;
 //! - `/test/stream-forever`: sends a chunk every 10 ms until its deadline stops it;
 //! - `/test/bytes/N`: answers N bytes (with a `content-length`);
+//! - `/test/storm`: runs the `digits` model on zeros in a loop until its deadline stops it;
+//! - `/test/huge-header`: tries to set a 1 MiB response header (over wasi:http's field size
+//!   limit: the host stops it), answering what happened if it gets the chance;
 //! - `/test/nn/load-by-name/NAME`: loads model NAME and answers the outcome;
 //! - `/test/nn/load-raw`: tries to load raw ONNX bytes (refused unless the route allows it);
 //! - `/test/nn/bad-input`: sends the `digits` model a tensor of the wrong shape, of the wrong
@@ -69,6 +72,8 @@ impl Handler for Testing {
             "/hoard" => hoard_tensors(),
             "/handles" => hoard_handles(),
             "/recurse" => Response::json(&recurse(0)),
+            "/storm" => compute_storm(),
+            "/huge-header" => Response::json(&huge_header()),
             "/nn/load-raw" => {
                 let bytes = b"not really a model".to_vec();
                 let result = graph::load(&[bytes], graph::GraphEncoding::Onnx, graph::ExecutionTarget::Cpu);
@@ -131,6 +136,23 @@ fn hoard_handles() -> ! {
     let mut kept = Vec::new();
     loop {
         kept.push(wasip2::http::types::Fields::new());
+    }
+}
+
+fn compute_storm() -> ! {
+    let model = edge_infer_guest::Model::load("digits").expect("the digits model is granted");
+    loop {
+        let zeros = <tensor::Tensor as edge_infer_guest::TensorExt>::from_f32(&[64, 64], &[0.0; 64 * 64]);
+        // Errors (a full queue ends the request; a deadline is a timeout) are the host's to give.
+        let _ = model.compute([("pixels", zeros)]);
+    }
+}
+
+fn huge_header() -> Value {
+    let headers = Fields::new();
+    match headers.append("x-huge", &vec![b'h'; 1 << 20]) {
+        Ok(()) => json!({ "refused": false }),
+        Err(error) => json!({ "refused": true, "error": format!("{error:?}") }),
     }
 }
 
