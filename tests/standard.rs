@@ -91,3 +91,40 @@ fn under_strict_imports_a_component_importing_the_filesystem_is_refused() {
     assert!(stderr.contains("`wasi:filesystem/"), "the import is named: {stderr}");
     assert!(stderr.contains("strict_imports"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_opens_outbound_http_to_listed_hosts_and_folders_to_read() {
+    // Another node, for the guest to call over real HTTP.
+    let target =
+        tokio::task::spawn_blocking(|| Server::start(&route("/hello", &guest("hello"), ""))).await.unwrap();
+    let authority = target.base.trim_start_matches("http://").to_string();
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("note.txt"), "twelve bytes").unwrap();
+    let opened = format!(
+        "outbound_http = [\"{authority}\"]\n[routes.read_only_dirs]\n\"/data\" = \"{}\"",
+        folder.path().display()
+    );
+    let config = route("/open", &guest("plain"), &opened) + &route("/closed", &guest("plain"), "");
+    let server = tokio::task::spawn_blocking(move || Server::start(&config)).await.unwrap();
+    let ask = |path: &'static str, outbound: String, file: &'static str| {
+        let url = server.url(path);
+        async move {
+            let request = client().get(url).header("x-outbound", outbound).header("x-file", file);
+            let answer: Value = request.send().await.unwrap().json().await.unwrap();
+            answer
+        }
+    };
+
+    let open = ask("/open", authority.clone(), "/data/note.txt").await;
+    assert_eq!(open["outbound"], "reached: 200", "a listed host is reachable: {open}");
+    assert_eq!(open["file"], "read 12 bytes", "{open}");
+    assert!(open["write"].as_str().unwrap().starts_with("refused"), "read-only: {open}");
+    assert!(!folder.path().join("written.txt").exists());
+    let unlisted = ask("/open", "example.com".to_string(), "/etc/hostname").await;
+    assert!(unlisted["outbound"].as_str().unwrap().contains("HttpRequestDenied"), "{unlisted}");
+    assert!(unlisted["file"].as_str().unwrap().starts_with("refused"), "only the opened folder: {unlisted}");
+
+    let closed = ask("/closed", authority, "/data/note.txt").await;
+    assert!(closed["outbound"].as_str().unwrap().contains("HttpRequestDenied"), "{closed}");
+    assert!(closed["file"].as_str().unwrap().starts_with("refused"), "{closed}");
+}

@@ -204,6 +204,13 @@ pub struct RouteConfig {
     /// untrusted, so this is off unless granted.
     #[serde(default)]
     pub allow_model_load: bool,
+    /// Hosts the guest may send HTTP requests to: `"host"` (any port) or `"host:port"`. Any
+    /// other request is denied.
+    #[serde(default)]
+    pub outbound_http: Vec<String>,
+    /// Folders the guest may read, by the path it sees: `{ "/data" = "/srv/edge/data" }`.
+    #[serde(default)]
+    pub read_only_dirs: BTreeMap<String, PathBuf>,
     /// Allow only the guest world (`wasi:http/proxy` + `wasi:nn`) and `grant`ed packages as
     /// imports, instead of all of WASI 0.2 with its capabilities closed.
     #[serde(default)]
@@ -266,6 +273,9 @@ impl Config {
         }
         for route in &mut config.routes {
             route.component = base.join(&route.component);
+            for folder in route.read_only_dirs.values_mut() {
+                *folder = base.join(&*folder);
+            }
         }
         config.validate()?;
         Ok(config)
@@ -301,6 +311,8 @@ impl Config {
             max_body_bytes: default_max_body_bytes(),
             max_response_bytes: default_max_response_bytes(),
             allow_model_load: false,
+            outbound_http: Vec::new(),
+            read_only_dirs: BTreeMap::new(),
             strict_imports: false,
             grant: Vec::new(),
         };
@@ -409,6 +421,16 @@ impl Config {
                     bail!(
                         "field `{field}.grant`: {package:?} cannot be granted; the choices are {GRANTABLE:?}"
                     );
+                }
+            }
+            for (guest, folder) in &route.read_only_dirs {
+                if !guest.starts_with('/') {
+                    bail!(
+                        "field `{field}.read_only_dirs`: {guest:?} must be an absolute path, as the guest sees it"
+                    );
+                }
+                if !folder.is_dir() {
+                    bail!("field `{field}.read_only_dirs.{guest:?}`: {} is not a folder", folder.display());
                 }
             }
             for model in &route.models {

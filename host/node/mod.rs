@@ -21,6 +21,7 @@ use crate::node::config::{Config, RouteConfig, path_matches};
 use crate::node::models::Models;
 use crate::sandbox::InstanceLimits;
 use crate::sandbox::admission::Admission;
+use crate::sandbox::capabilities::Capabilities;
 use crate::sandbox::component::{GuestComponent, GuestSpec};
 use crate::sandbox::engine::{EngineLimits, new_engine};
 use crate::sandbox::imports::ImportPolicy;
@@ -157,6 +158,14 @@ async fn load_route(
         imports: match config.strict_imports {
             true => ImportPolicy::Strict { grants: &config.grant },
             false => ImportPolicy::AnyWasi,
+        },
+        capabilities: Capabilities {
+            outbound_http: config.outbound_http.clone().into(),
+            read_only_dirs: config
+                .read_only_dirs
+                .iter()
+                .map(|(guest, host)| (guest.clone(), host.clone()))
+                .collect(),
         },
         limits: InstanceLimits {
             memory_bytes: config.memory_mib as usize * MIB,

@@ -30,6 +30,7 @@ use crate::inference::scheduler::ComputeError;
 use crate::request::RequestContext;
 use crate::sandbox::admission::Permit;
 use crate::sandbox::body::{BodyLimits, GuestEnd, HonestBody};
+use crate::sandbox::capabilities::Capabilities;
 use crate::sandbox::guest_log::{GuestStderr, LogBudget};
 use crate::sandbox::imports::{self, ImportPolicy};
 use crate::sandbox::nn::NnGrant;
@@ -83,6 +84,7 @@ pub struct GuestComponent {
     pre: ProxyPre<GuestState>,
     grant: Arc<NnGrant>,
     limits: InstanceLimits,
+    capabilities: Capabilities,
     log_budget: Arc<LogBudget>,
     /// The route's path, for log lines.
     route: Arc<str>,
@@ -100,6 +102,8 @@ pub struct GuestSpec<'a> {
     pub imports: ImportPolicy<'a>,
     /// What one instance may use.
     pub limits: InstanceLimits,
+    /// What the route opens to its guests.
+    pub capabilities: Capabilities,
 }
 
 impl GuestComponent {
@@ -127,12 +131,13 @@ impl GuestComponent {
             pre,
             grant,
             limits: spec.limits,
+            capabilities: spec.capabilities,
             log_budget: Arc::new(LogBudget::new(spec.route_path, metrics.log_lines_dropped.clone())),
             route: spec.route_path.into(),
             instantiation: metrics.instantiation.clone(),
         };
         let probe = RequestContext::new(Instant::now() + Duration::from_secs(10), Default::default());
-        let mut store = guest.new_store(probe);
+        let mut store = guest.new_store(probe)?;
         guest
             .pre
             .instantiate_async(&mut store)
@@ -152,7 +157,7 @@ impl GuestComponent {
     ) -> Result<http::Response<HyperOutgoingBody>, GuestFailure> {
         let deadline = tokio::time::Instant::from_std(context.deadline);
         let request_id = context.id.clone();
-        let mut store = self.new_store(context);
+        let mut store = self.new_store(context).map_err(GuestFailure::NoInstance)?;
         let (sender, receiver) = oneshot::channel();
         let http = store.data_mut();
         let request =
@@ -214,20 +219,14 @@ impl GuestComponent {
     /// A store for one instance: fresh state, memory cap, and the epoch settings that make
     /// the guest yield to tokio at every tick.
     /// The wall-clock deadline itself is the `timeout_at` around the guest's task.
-    fn new_store(&self, context: RequestContext) -> Store<GuestState> {
-        let mut store = Store::new(
-            self.pre.engine(),
-            GuestState::new(
-                self.grant.clone(),
-                self.limits,
-                context.clone(),
-                GuestStderr::new(self.log_budget.clone(), context.id.clone()),
-            ),
-        );
+    fn new_store(&self, context: RequestContext) -> wasmtime::Result<Store<GuestState>> {
+        let stderr = GuestStderr::new(self.log_budget.clone(), context.id.clone());
+        let state = GuestState::new(self.grant.clone(), self.limits, &self.capabilities, context, stderr)?;
+        let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
-        store
+        Ok(store)
     }
 }
 

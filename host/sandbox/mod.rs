@@ -3,19 +3,21 @@
 //! The sandbox is closed by default. A guest gets the `wasi:http/proxy` world and `wasi:nn`;
 //! the rest of WASI that Rust's std links in (`wasi:cli/environment`, `wasi:filesystem`, ...)
 //! is present but empty: no environment variables, no arguments, no preopened folders, no
-//! sockets, no name lookups. Outgoing HTTP requests are refused. Linear memory is capped per
-//! store; host memory and resource handles per instance (`budget`).
+//! sockets, no name lookups. Outgoing HTTP requests are refused, and no folder exists, unless
+//! the route opens them (`capabilities`). Linear memory is capped per store; host memory and
+//! resource handles per instance (`budget`).
 //! Stderr goes to the host's log, tagged and rate-limited (see `guest_log`).
 //!
 //! The layer below HTTP: `admission` caps a route's instances, `component` makes a fresh
 //! instance per request on the `engine`'s pool, `imports` checks what a component may
-//! import, `nn` is its `wasi:nn` host, `budget` bounds what it makes the host hold, `body`
-//! makes its response end as unfinished if its work did not end cleanly, and `guest_log`
-//! carries its stderr.
+//! import, `capabilities` holds what its route opens, `nn` is its `wasi:nn` host, `budget`
+//! bounds what it makes the host hold, `body` makes its response end as unfinished if its
+//! work did not end cleanly, and `guest_log` carries its stderr.
 
 pub mod admission;
 pub mod body;
 pub mod budget;
+pub mod capabilities;
 pub mod component;
 pub mod engine;
 pub mod guest_log;
@@ -27,9 +29,10 @@ use std::sync::Arc;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use self::budget::HostBudget;
+use self::capabilities::{Capabilities, OutgoingHttp};
 use self::nn::{HasNn, NnGrant, NnView};
 use crate::request::RequestContext;
 use crate::sandbox::guest_log::GuestStderr;
@@ -51,7 +54,7 @@ pub struct GuestState {
     budget: HostBudget,
     wasi: WasiCtx,
     http: WasiHttpCtx,
-    hooks: RefuseOutgoingHttp,
+    hooks: OutgoingHttp,
     grant: Arc<NnGrant>,
     context: RequestContext,
     /// Memory and table caps, enforced by wasmtime through `Store::limiter`.
@@ -59,35 +62,35 @@ pub struct GuestState {
 }
 
 impl GuestState {
-    /// State for a fresh instance: the route's model grant and limits, and the request's
-    /// deadline and priority; nothing else.
+    /// State for a fresh instance: the route's model grant, limits and capabilities, and the
+    /// request's deadline and priority; nothing else. Fails if a read-only folder cannot be
+    /// opened.
     pub fn new(
         grant: Arc<NnGrant>,
         limits: InstanceLimits,
+        capabilities: &Capabilities,
         context: RequestContext,
         stderr: GuestStderr,
-    ) -> GuestState {
-        let wasi = WasiCtx::builder()
-            .stderr(stderr)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+    ) -> wasmtime::Result<GuestState> {
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(stderr).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        capabilities.preopen(&mut wasi)?;
+        let wasi = wasi.build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.max_host_resources);
-        GuestState {
+        Ok(GuestState {
             table,
             budget: HostBudget::new(limits.host_memory_bytes),
             wasi,
             http: WasiHttpCtx::new(),
-            hooks: RefuseOutgoingHttp,
+            hooks: OutgoingHttp(capabilities.clone()),
             grant,
             context,
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
                 .trap_on_grow_failure(true)
                 .build(),
-        }
+        })
     }
 }
 
@@ -111,30 +114,6 @@ impl HasNn for GuestState {
             table: &mut self.table,
             budget: &mut self.budget,
         }
-    }
-}
-
-/// The `wasi:http` hooks of a guest: every outgoing request is denied.
-struct RefuseOutgoingHttp;
-
-impl WasiHttpHooks for RefuseOutgoingHttp {
-    fn send_request(
-        &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                    ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 
