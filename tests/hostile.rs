@@ -83,6 +83,9 @@ async fn hostile_guests_fail_alone_with_the_reason_and_host_memory_stays_bounded
     );
     assert!(server.logs().contains("wasm backtrace"), "the log has the backtrace");
 
+    let (status, answer) = get(server.url("/test/no-response")).await;
+    assert_eq!((status, answer["error"].as_str()), (500, Some("the guest gave no response")));
+
     assert_eq!(get(server.url("/hello")).await.0, 200, "the server goes on serving");
 }
 

@@ -10,6 +10,7 @@
 //! - `/test/trap-mid-body`: sends the head and part of a chunked body, then traps;
 //! - `/test/stream-forever`: sends a chunk every 10 ms until its deadline stops it;
 //! - `/test/bytes/N`: answers N bytes (with a `content-length`);
+//! - `/test/no-response`: returns without answering;
 //! - `/test/storm`: runs the `digits` model on zeros in a loop until its deadline stops it;
 //! - `/test/huge-header`: tries to set a 1 MiB response header (over wasi:http's field size
 //!   limit: the host stops it), answering what happened if it gets the chance;
@@ -40,6 +41,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Testing {
         match request.path_with_query().as_deref() {
             Some("/test/trap-mid-body") => stream_chunks(out, Some(3)),
             Some("/test/stream-forever") => stream_chunks(out, None),
+            Some("/test/no-response") => drop(out),
             _ => edge_infer_guest::serve::<Testing>(request, out),
         }
     }
