@@ -5,6 +5,9 @@
 //! - `GET /v2/models/{model}[/versions/{v}]`: model metadata, from the model's signature
 //!   (`-1` for a dimension of any size);
 //! - `GET /v2/models/{model}[/versions/{v}]/ready`;
+//! - `GET /v2/models/{model}[/versions/{v}]/config`: the model's configuration as Triton
+//!   publishes it (`max_batch_size`, inputs and outputs with `TYPE_*` data types and dims,
+//!   dynamic batching, instance groups), for Triton's clients and tools;
 //! - `POST /v2/models/{model}[/versions/{v}]/infer`: JSON tensors, or the binary tensor data
 //!   extension (`Inference-Header-Content-Length`), through the model's scheduler like a
 //!   guest's call: batching, queue limits, priorities, deadlines, cache and metrics apply.
@@ -37,6 +40,7 @@ pub enum Endpoint<'a> {
     Server,
     Metadata(&'a str),
     Ready(&'a str),
+    Config(&'a str),
     Infer(&'a str),
 }
 
@@ -56,6 +60,7 @@ impl<'a> Endpoint<'a> {
         match action {
             [] => Some(Endpoint::Metadata(model)),
             ["ready"] => Some(Endpoint::Ready(model)),
+            ["config"] => Some(Endpoint::Config(model)),
             ["infer"] => Some(Endpoint::Infer(model)),
             _ => None,
         }
@@ -104,6 +109,47 @@ pub fn describe_model(model: &ModelScheduler) -> Value {
         "inputs": describe(&signature.inputs),
         "outputs": describe(&signature.outputs),
     })
+}
+
+/// A model's configuration as Triton publishes it, or 404. With `max_batch_size` above 0
+/// (the model batches along its first axis), `dims` leave the batch axis out, as in Triton.
+pub fn model_config(models: &Models, name: &str) -> Response<Body> {
+    let Some(model) = models.get(name) else { return no_model(name) };
+    let signature = model.signature();
+    let batches_on_first_axis = model.max_batch_items() > 1
+        && signature.inputs.iter().chain(&signature.outputs).all(|spec| spec.batch_axis == Some(0));
+    let max_batch_size = if batches_on_first_axis { model.max_batch_items() } else { 0 };
+    let describe = |specs: &[crate::inference::tensor::TensorSpec]| -> Vec<Value> {
+        specs
+            .iter()
+            .map(|spec| {
+                let dims = spec.shape_for_display();
+                let dims = if batches_on_first_axis { &dims[1..] } else { &dims[..] };
+                json!({ "name": spec.name, "data_type": format!("TYPE_{}", spec.element_type), "dims": dims })
+            })
+            .collect()
+    };
+    let mut config = json!({
+        "name": model.name(),
+        "platform": "onnxruntime_onnx",
+        "backend": model.backend(),
+        "max_batch_size": max_batch_size,
+        "input": describe(&signature.inputs),
+        "output": describe(&signature.outputs),
+        "instance_group": [{
+            "name": model.name(),
+            "count": model.executors(),
+            "kind": if model.on_gpu() { "KIND_GPU" } else { "KIND_CPU" },
+        }],
+        "parameters": {
+            "max_padding_ratio": { "string_value": model.max_padding_ratio().to_string() },
+        },
+    });
+    if max_batch_size > 0 {
+        config["dynamic_batching"] =
+            json!({ "max_queue_delay_microseconds": model.max_queue_delay().as_micros() as u64 });
+    }
+    response::json(StatusCode::OK, &config)
 }
 
 /// Model readiness: loaded models are ready.
@@ -384,6 +430,10 @@ mod tests {
         assert!(matches!(Endpoint::parse("/v2"), Some(Endpoint::Server)));
         assert!(matches!(Endpoint::parse("/v2/models/digits"), Some(Endpoint::Metadata("digits"))));
         assert!(matches!(Endpoint::parse("/v2/models/digits/ready"), Some(Endpoint::Ready("digits"))));
+        assert!(matches!(
+            Endpoint::parse("/v2/models/digits/versions/1/config"),
+            Some(Endpoint::Config("digits"))
+        ));
         assert!(matches!(
             Endpoint::parse("/v2/models/digits/versions/1/infer"),
             Some(Endpoint::Infer("digits"))

@@ -122,6 +122,7 @@ async fn serve_oip(
         Endpoint::Server => oip::server_metadata(),
         Endpoint::Metadata(model) => oip::model_metadata(models, model),
         Endpoint::Ready(model) => oip::model_ready(models, model),
+        Endpoint::Config(model) => oip::model_config(models, model),
         Endpoint::Infer(model) => {
             let (parts, body) = request.into_parts();
             let body = match read_body(&parts.headers, body, oip::MAX_BODY_BYTES, context).await {

@@ -119,6 +119,11 @@ pub struct ModelScheduler {
     /// Which backend runs the model, as metrics and logs name it.
     backend: &'static str,
     cache: Option<(ResultCache, CacheConfig)>,
+    /// Executor threads, and whether they run on a GPU.
+    executors: usize,
+    on_gpu: bool,
+    /// The longest the first request of a batch may wait for more.
+    max_queue_delay: Duration,
 }
 
 impl ModelScheduler {
@@ -165,7 +170,14 @@ impl ModelScheduler {
                 .context("spawning an executor thread")?;
         }
         let cache = config.cache.map(|c| (ResultCache::new(c.entries, c.time_to_live), c));
-        Ok(ModelScheduler { shared, backend: backend.name(), cache })
+        Ok(ModelScheduler {
+            shared,
+            backend: backend.name(),
+            cache,
+            executors: config.executors.max(1),
+            on_gpu: backend.on_gpu(),
+            max_queue_delay: config.max_queue_delay,
+        })
     }
 
     /// The model's name, as routes and guests refer to it.
@@ -186,6 +198,21 @@ impl ModelScheduler {
     /// Most items the batcher puts in one run (1: no batching).
     pub fn max_batch_items(&self) -> usize {
         self.shared.max_batch_items
+    }
+
+    /// Executor threads, each with its own session.
+    pub fn executors(&self) -> usize {
+        self.executors
+    }
+
+    /// Whether the model runs on a GPU.
+    pub fn on_gpu(&self) -> bool {
+        self.on_gpu
+    }
+
+    /// The longest the first request of a batch may wait for more (`max_queue_delay_us`).
+    pub fn max_queue_delay(&self) -> Duration {
+        self.max_queue_delay
     }
 
     /// Most padding in a batch of requests of different lengths (0: equal lengths only).

@@ -34,6 +34,13 @@ def main():
     metadata = client.get_model_metadata("digits")
     assert metadata["inputs"][0]["name"] == "pixels", metadata
     assert metadata["outputs"][0]["name"] == "probabilities", metadata
+    # Triton's model configuration: with batching, dims leave the batch axis out.
+    config = client.get_model_config("digits")
+    batch = [] if config["max_batch_size"] > 0 else [-1]
+    assert config["input"] == [{"name": "pixels", "data_type": "TYPE_FP32", "dims": batch + [64]}], config
+    assert config["output"] == [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": batch + [10]}], config
+    assert ("dynamic_batching" in config) == (config["max_batch_size"] > 0), config
+    assert config["instance_group"] == [{"name": "digits", "count": 2, "kind": "KIND_CPU"}], config
 
     images = np.array(json.load(open(split_path))["pixels"], dtype=np.float32)
     labels = []
