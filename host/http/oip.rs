@@ -8,6 +8,8 @@
 //! - `GET /v2/models/{model}[/versions/{v}]/config`: the model's configuration as Triton
 //!   publishes it (`max_batch_size`, inputs and outputs with `TYPE_*` data types and dims,
 //!   dynamic batching, instance groups), for Triton's clients and tools;
+//! - `POST /v2/repository/index`: the models loaded, each `READY` (Triton's model repository
+//!   index, tritonclient's `get_model_repository_index`);
 //! - `POST /v2/models/{model}[/versions/{v}]/infer`: JSON tensors, or the binary tensor data
 //!   extension (`Inference-Header-Content-Length`), through the model's scheduler like a
 //!   guest's call: batching, queue limits, priorities, deadlines, cache and metrics apply.
@@ -38,6 +40,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// An OIP request, parsed from the path.
 pub enum Endpoint<'a> {
     Server,
+    RepositoryIndex,
     Metadata(&'a str),
     Ready(&'a str),
     Config(&'a str),
@@ -50,6 +53,9 @@ impl<'a> Endpoint<'a> {
         let rest = path.strip_prefix(OIP_PREFIX)?;
         if rest.is_empty() || rest == "/" {
             return Some(Endpoint::Server);
+        }
+        if rest == "/repository/index" {
+            return Some(Endpoint::RepositoryIndex);
         }
         let parts: Vec<&str> = rest.strip_prefix("/models/")?.split('/').collect();
         // Versions are accepted and ignored: each model has one.
@@ -77,6 +83,19 @@ pub fn server_metadata() -> Response<Body> {
             "extensions": ["binary_tensor_data"],
         }),
     )
+}
+
+/// The model repository index: every loaded model, version 1, ready.
+pub fn repository_index(models: &Models, method: &Method) -> Response<Body> {
+    if method != Method::POST {
+        return response::error(StatusCode::METHOD_NOT_ALLOWED, "the repository index takes POST");
+    }
+    let index: Vec<Value> = models
+        .all()
+        .iter()
+        .map(|model| json!({ "name": model.name(), "version": "1", "state": "READY", "reason": "" }))
+        .collect();
+    response::json(StatusCode::OK, &Value::Array(index))
 }
 
 /// Model metadata, or 404.
@@ -440,6 +459,7 @@ mod tests {
         ));
         assert!(Endpoint::parse("/v2/models/digits/explode").is_none());
         assert!(Endpoint::parse("/v2/repository").is_none());
+        assert!(matches!(Endpoint::parse("/v2/repository/index"), Some(Endpoint::RepositoryIndex)));
     }
 
     #[test]

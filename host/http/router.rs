@@ -120,6 +120,7 @@ async fn serve_oip(
     let models = runtime.models();
     match endpoint {
         Endpoint::Server => oip::server_metadata(),
+        Endpoint::RepositoryIndex => oip::repository_index(models, request.method()),
         Endpoint::Metadata(model) => oip::model_metadata(models, model),
         Endpoint::Ready(model) => oip::model_ready(models, model),
         Endpoint::Config(model) => oip::model_config(models, model),

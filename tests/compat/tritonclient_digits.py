@@ -34,6 +34,8 @@ def main():
     metadata = client.get_model_metadata("digits")
     assert metadata["inputs"][0]["name"] == "pixels", metadata
     assert metadata["outputs"][0]["name"] == "probabilities", metadata
+    index = client.get_model_repository_index()
+    assert {"name": "digits", "version": "1", "state": "READY", "reason": ""} in index, index
     # Triton's model configuration: with batching, dims leave the batch axis out.
     config = client.get_model_config("digits")
     batch = [] if config["max_batch_size"] > 0 else [-1]
