@@ -110,3 +110,16 @@ async fn an_oversized_request_head_is_refused_and_the_server_goes_on() {
     }
     assert_eq!(client().get(server.url("/hello")).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_after_the_timeout() {
+    let config = config("header_read_timeout_ms = 1000");
+    let server = tokio::task::spawn_blocking(move || Server::start(&config)).await.unwrap();
+    // One request, then the client keeps its HTTP/2 connection open and says nothing.
+    let idle = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    assert_eq!(idle.get(server.url("/hello")).send().await.unwrap().status(), 200);
+    // Only the scraping connection stays: the idle one is closed by the server.
+    wait_for_metric(&server, "edge_infer_http_connections_open", 1.0).await;
+    assert!(metric(&scrape(&server).await, "edge_infer_http_connections_timed_out_total") >= 1.0);
+    drop(idle);
+}

@@ -68,6 +68,10 @@ async fn hostile_guests_fail_alone_with_the_reason_and_host_memory_stays_bounded
     let peak_kib = server.memory_kib("VmHWM");
     assert!(peak_kib < bound_kib, "peak RSS {peak_kib} KiB over the bound {bound_kib} KiB");
 
+    let (status, answer) = get(server.url("/test/many-dims")).await;
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("at most 16 dimensions"), "{answer}");
+
     let (status, answer) = get(server.url("/test/handles")).await;
     assert_eq!(status, 500, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("max_host_resources"), "{answer}");

@@ -17,16 +17,19 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use crate::http::response::Body;
 use crate::http::router;
 use crate::node::Node;
 use crate::node::config::ServerConfig;
@@ -147,26 +150,86 @@ impl Connection {
     /// comes within the header read timeout.
     async fn serve(self, io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static, open: OpenConnection) {
         let Connection { http, watcher, node, peer, limits } = self;
-        let first_request = Arc::new(Notify::new());
-        let request_seen = first_request.clone();
+        let activity = Arc::new(Activity::default());
+        let tracked = activity.clone();
         let service = service_fn(move |request| {
-            request_seen.notify_one();
-            let node = node.clone();
-            async move { Ok::<_, Infallible>(router::dispatch(node, request).await) }
+            let (node, guard) = (node.clone(), tracked.begin());
+            async move {
+                let response = router::dispatch(node, request).await;
+                // The request counts as in flight until its body is sent (or dropped).
+                Ok::<_, Infallible>(response.map(|body| Tracked { body, _guard: guard }.boxed_unsync()))
+            }
         });
         let connection = watcher.watch(http.serve_connection(TokioIo::new(io), service).into_owned());
         tokio::pin!(connection);
-        // A connection that sends no complete request in time is closed (dropped).
-        let first_in_time = tokio::time::timeout(limits.header_read_timeout, first_request.notified());
-        tokio::select! {
-            ended = &mut connection => return note_end(peer, ended, &open.metrics),
-            arrived = first_in_time => if arrived.is_err() {
-                debug!(%peer, "no request within the header read timeout; closing");
-                open.metrics.timed_out.inc();
-                return;
-            },
+        // A connection with nothing in flight that starts no request for a whole timeout is
+        // closed (dropped): a new one that never sends a request, and an idle one, HTTP/2
+        // included (hyper closes idle HTTP/1.1 connections itself, at the same timeout).
+        let mut started_before = 0;
+        loop {
+            tokio::select! {
+                ended = &mut connection => return note_end(peer, ended, &open.metrics),
+                () = tokio::time::sleep(limits.header_read_timeout) => {
+                    let started = activity.started.load(Ordering::Relaxed);
+                    if started == started_before && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                        debug!(%peer, "no request within the header read timeout; closing");
+                        open.metrics.timed_out.inc();
+                        return;
+                    }
+                    started_before = started;
+                }
+            }
         }
-        note_end(peer, connection.await, &open.metrics);
+    }
+}
+
+/// A connection's requests: how many have started, and how many are still in flight.
+#[derive(Default)]
+struct Activity {
+    started: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// One request in flight on a connection, until dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight while it is sent.
+struct Tracked {
+    body: Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -15,7 +15,14 @@ use tracing::info;
 
 use crate::inference::backend::BackendKind;
 use crate::inference::scheduler::{Batching, DelayPolicy};
+use crate::sandbox::capabilities::is_outbound_entry;
 use crate::sandbox::imports::GRANTABLE;
+
+/// Resource handles the host itself makes for every request (the request, its response
+/// slot, streams): a `max_host_resources` below this could serve nothing.
+const MIN_HOST_RESOURCES: u64 = 16;
+/// Largest `memory_mib` and `host_memory_mib` (1 TiB): bytes stay far from overflowing.
+const MAX_MIB: u64 = 1 << 20;
 
 /// The smallest `server.max_header_bytes`.
 const MIN_HEADER_BYTES: usize = 8192;
@@ -271,6 +278,9 @@ impl Config {
         for model in config.models.values_mut() {
             model.file = base.join(&model.file);
         }
+        for file in [&mut config.server.tls_cert, &mut config.server.tls_key].into_iter().flatten() {
+            *file = base.join(&*file);
+        }
         for route in &mut config.routes {
             route.component = base.join(&route.component);
             for folder in route.read_only_dirs.values_mut() {
@@ -421,6 +431,25 @@ impl Config {
                     bail!(
                         "field `{field}.grant`: {package:?} cannot be granted; the choices are {GRANTABLE:?}"
                     );
+                }
+            }
+            if let Some(entry) = route.outbound_http.iter().find(|entry| !is_outbound_entry(entry)) {
+                bail!("field `{field}.outbound_http`: {entry:?} is not a host or host:port");
+            }
+            for (name, value, floor) in [
+                ("max_host_resources", route.max_host_resources as u64, MIN_HOST_RESOURCES),
+                ("max_response_bytes", route.max_response_bytes, 1),
+                ("memory_mib", route.memory_mib, 1),
+            ] {
+                if value < floor {
+                    bail!("field `{field}.{name}`: must be at least {floor}");
+                }
+            }
+            for (name, mib) in
+                [("memory_mib", route.memory_mib), ("host_memory_mib", route.host_memory_mib.unwrap_or(0))]
+            {
+                if mib > MAX_MIB {
+                    bail!("field `{field}.{name}`: at most {MAX_MIB} MiB");
                 }
             }
             for (guest, folder) in &route.read_only_dirs {

@@ -27,11 +27,46 @@ impl Capabilities {
         Ok(())
     }
 
-    /// Whether a request to `authority` (`host` or `host:port`) may go out.
-    fn allows(&self, authority: &str) -> bool {
-        let host = authority.rsplit_once(':').map_or(authority, |(host, _port)| host);
-        self.outbound_http.iter().any(|allowed| allowed == authority || allowed == host)
+    /// Whether a request to `authority` may go out: no user info, a numeric port if any, and
+    /// a listed `host` (any port) or `host:port`, compared without case or a trailing dot.
+    fn allows(&self, authority: &http::uri::Authority) -> bool {
+        if authority.as_str().contains('@') {
+            return false;
+        }
+        let Some(target) = Target::parse(authority) else { return false };
+        self.outbound_http
+            .iter()
+            .filter_map(|allowed| allowed.parse().ok().as_ref().and_then(Target::parse))
+            .any(|allowed| {
+                allowed.host == target.host && (allowed.port.is_none() || allowed.port == target.port)
+            })
     }
+}
+
+/// A host and maybe a port, normalised for comparison.
+#[derive(Debug, PartialEq)]
+struct Target {
+    host: String,
+    port: Option<u16>,
+}
+
+impl Target {
+    fn parse(authority: &http::uri::Authority) -> Option<Target> {
+        let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
+        // A port that is there but not a number (`host:x.evil.net`) is refused outright.
+        let port =
+            match authority.as_str().strip_prefix(authority.host()).and_then(|rest| rest.strip_prefix(':')) {
+                None => None,
+                Some(_) => Some(authority.port_u16()?),
+            };
+        (!host.is_empty()).then_some(Target { host, port })
+    }
+}
+
+/// Whether `entry` is a valid `outbound_http` entry: `host` or `host:port`, nothing more.
+pub fn is_outbound_entry(entry: &str) -> bool {
+    !entry.contains('@')
+        && entry.parse::<http::uri::Authority>().ok().as_ref().and_then(Target::parse).is_some()
 }
 
 /// The `wasi:http` hooks of a guest: requests to the route's listed hosts go out, every
@@ -55,7 +90,7 @@ impl WasiHttpHooks for OutgoingHttp {
         options: Option<RequestOptions>,
         _sent: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Sent {
-        let allowed = request.uri().authority().is_some_and(|authority| self.0.allows(authority.as_str()));
+        let allowed = request.uri().authority().is_some_and(|authority| self.0.allows(authority));
         Box::new(async move {
             if !allowed {
                 return Err(Error::HttpRequestDenied);
@@ -78,11 +113,19 @@ mod tests {
             outbound_http: vec!["api.example.com".to_string(), "127.0.0.1:8080".to_string()].into(),
             ..Capabilities::default()
         };
-        assert!(capabilities.allows("api.example.com"));
-        assert!(capabilities.allows("api.example.com:443"));
-        assert!(capabilities.allows("127.0.0.1:8080"));
-        assert!(!capabilities.allows("127.0.0.1:8081"));
-        assert!(!capabilities.allows("example.com"));
-        assert!(!capabilities.allows("api.example.com.evil.net"));
+        let allows = |authority: &str| capabilities.allows(&authority.parse().unwrap());
+        assert!(allows("api.example.com"));
+        assert!(allows("API.Example.com.:443"));
+        assert!(allows("127.0.0.1:8080"));
+        assert!(!allows("127.0.0.1:8081"));
+        assert!(!allows("127.0.0.1"), "the listed port only");
+        assert!(!allows("example.com"));
+        assert!(!allows("api.example.com.evil.net"));
+        // What only looks like the listed host: a non-numeric port, user info.
+        assert!(!allows("api.example.com:x.y.attacker.com"));
+        assert!(!allows("api.example.com:x@y.attacker.com"));
+        assert!(!allows("api.example.com@attacker.com"));
+        assert!(is_outbound_entry("api.example.com") && is_outbound_entry("[::1]:8080"));
+        assert!(!is_outbound_entry("https://api.example.com") && !is_outbound_entry("a@b"));
     }
 }

@@ -11,8 +11,9 @@
 //! - Bad tensors (name, type, shape, length) are `invalid-argument` errors, never a trap.
 //! - What the guest makes the host hold is charged to its [`HostBudget`]: tensor data when
 //!   made (over budget, `tensor` traps: its constructor cannot fail), outputs after
-//!   `compute` (over budget, a `too-large` error), model bytes on `load`; refunded when
-//!   dropped or handed to `compute`.
+//!   `compute` (over budget, a `too-large` error), model bytes on `load` (for the instance's
+//!   life); tensors are refunded when dropped or handed to `compute`. Error messages, which
+//!   quote guest text, are cut at 1 KiB.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,8 +60,6 @@ pub struct NnGrant {
 /// A `graph` resource: a model the guest may run.
 pub struct Graph {
     model: Arc<ModelScheduler>,
-    /// Host bytes charged for it: the model's bytes if the guest loaded it from bytes.
-    charged: usize,
 }
 
 /// A `graph-execution-context` resource.
@@ -103,17 +102,34 @@ pub fn add_to_linker<T: HasNn + 'static>(linker: &mut Linker<T>) -> wasmtime::Re
     Ok(())
 }
 
+/// Longest `error` message kept for the guest, in bytes.
+const MAX_ERROR_MESSAGE: usize = 1024;
+/// Most dimensions a guest's tensor may have.
+const MAX_DIMENSIONS: usize = 16;
+
+/// Host bytes a tensor holds: its data and its shape.
+fn held_bytes(tensor: &Tensor) -> usize {
+    tensor.data.len() + tensor.shape.len() * std::mem::size_of::<usize>()
+}
+
 /// The result of a `wasi:nn` call that may fail with an `error` resource.
 type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
 
 impl NnView<'_> {
     fn fail<T>(&mut self, code: ErrorCode, message: impl Into<String>) -> NnResult<T> {
-        let error = self.table.push(NnError { code, message: message.into() })?;
+        // Messages quote guest text (names); kept short, they hold no guest-sized memory.
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_MESSAGE {
+            let cut = (0..=MAX_ERROR_MESSAGE).rev().find(|&at| message.is_char_boundary(at)).unwrap_or(0);
+            message.truncate(cut);
+            message.push('…');
+        }
+        let error = self.table.push(NnError { code, message })?;
         Ok(Err(error))
     }
 
-    fn graph(&mut self, model: Arc<ModelScheduler>, charged: usize) -> NnResult<Resource<Graph>> {
-        Ok(Ok(self.table.push(Graph { model, charged })?))
+    fn graph(&mut self, model: Arc<ModelScheduler>) -> NnResult<Resource<Graph>> {
+        Ok(Ok(self.table.push(Graph { model })?))
     }
 }
 
@@ -160,7 +176,7 @@ impl graph::Host for NnView<'_> {
         })
         .await?;
         match loaded {
-            Ok(model) => self.graph(Arc::new(model), charged),
+            Ok(model) => self.graph(Arc::new(model)),
             Err(e) => {
                 self.budget.refund(charged);
                 self.fail(ErrorCode::InvalidEncoding, format!("cannot load the model: {e:#}"))
@@ -170,7 +186,7 @@ impl graph::Host for NnView<'_> {
 
     fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
         match self.grant.models.get(&name) {
-            Some(model) => self.graph(model.clone(), 0),
+            Some(model) => self.graph(model.clone()),
             None => self.fail(ErrorCode::NotFound, format!("no model {name:?} is granted to this route")),
         }
     }
@@ -183,8 +199,8 @@ impl graph::HostGraph for NnView<'_> {
     }
 
     fn drop(&mut self, graph: Resource<Graph>) -> wasmtime::Result<()> {
-        let graph = self.table.delete(graph)?;
-        self.budget.refund(graph.charged);
+        // A model loaded from bytes stays charged: an execution context may still run it.
+        self.table.delete(graph)?;
         Ok(())
     }
 }
@@ -198,12 +214,16 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         inputs: Vec<NamedTensor>,
     ) -> NnResult<Vec<NamedTensor>> {
         let model = self.table.get(&context)?.model.clone();
-        let mut named = Vec::with_capacity(inputs.len());
+        // The guest handed these tensors over: take them all out of the table, no copy,
+        // before checking any. The scheduler holds them from here, within its queue limits.
+        let mut handed = Vec::with_capacity(inputs.len());
         for (name, handle) in inputs {
-            // The guest handed these tensors over: take them out of the table, no copy. The
-            // scheduler holds them from here, within the model's queue limits.
             let raw = self.table.delete(handle)?;
-            self.budget.refund(raw.data.len());
+            self.budget.refund(held_bytes(&raw));
+            handed.push((name, raw));
+        }
+        let mut named = Vec::with_capacity(handed.len());
+        for (name, raw) in handed {
             match Tensor::new(raw.element_type, raw.shape, raw.data) {
                 Ok(tensor) => named.push((name, tensor)),
                 Err(message) => {
@@ -214,7 +234,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         let context = self.context.clone();
         match model.compute(named, &context).await {
             Ok(outputs) => {
-                let bytes = outputs.iter().map(|(_, tensor)| tensor.data.len()).sum();
+                let bytes = outputs.iter().map(|(_, tensor)| held_bytes(tensor)).sum();
                 if let Err(over) = self.budget.charge(bytes, "a model's outputs") {
                     return self.fail(ErrorCode::TooLarge, format!("model {:?}: {over}", model.name()));
                 }
@@ -256,13 +276,19 @@ impl tensor::HostTensor for NnView<'_> {
         data: Vec<u8>,
     ) -> wasmtime::Result<Resource<Tensor>> {
         // The constructor cannot fail in WIT: the tensor is checked when it is used, and one
-        // over the budget traps.
-        self.budget.charge(data.len(), "a tensor")?;
+        // over the budget, or with absurdly many dimensions, traps.
+        if dimensions.len() > MAX_DIMENSIONS {
+            wasmtime::bail!(
+                "a tensor may have at most {MAX_DIMENSIONS} dimensions, not {}",
+                dimensions.len()
+            );
+        }
         let tensor = Tensor {
             element_type: element_type(ty),
             shape: dimensions.into_iter().map(|d| d as usize).collect(),
             data: data.into(),
         };
+        self.budget.charge(held_bytes(&tensor), "a tensor")?;
         Ok(self.table.push(tensor)?)
     }
 
@@ -280,7 +306,7 @@ impl tensor::HostTensor for NnView<'_> {
 
     fn drop(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<()> {
         let tensor = self.table.delete(tensor)?;
-        self.budget.refund(tensor.data.len());
+        self.budget.refund(held_bytes(&tensor));
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 //! - `/test/trap`: traps (the host must answer 500 and keep serving);
 //! - `/test/oom`: allocates until its memory limit stops it;
 //! - `/test/hoard`: makes 1 MiB `wasi:nn` tensors and keeps them, until the host stops it;
+//! - `/test/many-dims`: makes a tensor with a million dimensions and no data;
 //! - `/test/handles`: makes `wasi:http` fields and keeps them, until the host stops it;
 //! - `/test/recurse`: recurses until the stack overflows;
 //! - `/test/trap-mid-body`: sends the head and part of a chunked body, then traps;
@@ -73,6 +74,10 @@ impl Handler for Testing {
             "/oom" => exhaust_memory(),
             "/hoard" => hoard_tensors(),
             "/handles" => hoard_handles(),
+            "/many-dims" => {
+                let tensor = tensor::Tensor::new(&vec![1; 1 << 20], tensor::TensorType::U8, &[]);
+                Response::json(&json!({ "dimensions": tensor.dimensions().len() }))
+            }
             "/recurse" => Response::json(&recurse(0)),
             "/storm" => compute_storm(),
             "/huge-header" => Response::json(&huge_header()),
