@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{
-    Server, client, digits_config, digits_test_split, guest, interpreted_guests, post_json, repo_file,
+    Server, client, componentize_py, digits_config, digits_test_split, guest, interpreted_guests, post_json,
+    repo_file, run_tool,
 };
 use serde_json::{Value, json};
 
@@ -45,16 +46,6 @@ fn code_lines(file: &Path) -> usize {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("//") && !l.starts_with('#'))
         .count()
-}
-
-fn run(command: &mut Command, what: &str) {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// The toolchain rust-toolchain.toml pins (a folder outside the repo would get the default).
@@ -96,17 +87,18 @@ async fn the_guides_guests_build_outside_the_repo_and_serve() {
     // Rust: the guide's `cargo build`, in a target folder kept between runs.
     let rust = folder.path().join("rust");
     let rust_target = target_dir().join("wasm-guide");
-    run(cargo(&rust, &rust_target).args(["build", "--release", "--target", "wasm32-wasip2"]), "cargo build");
+    run_tool(
+        cargo(&rust, &rust_target).args(["build", "--release", "--target", "wasm32-wasip2"]),
+        "cargo build",
+    );
     let rust_wasm = rust_target.join("wasm32-wasip2/release/my_guest.wasm");
 
     // Python and JavaScript: the guide's commands, with the tools build-py-js.sh installs
     // (the same pinned componentize-py, and guest/sdk-js's node_modules).
     interpreted_guests();
     let python = folder.path().join("python");
-    let componentize_py =
-        Path::new(&std::env::var("HOME").unwrap()).join(".cache/edge-infer-guest-tools/bin/componentize-py");
-    run(
-        Command::new(componentize_py).current_dir(&python).args([
+    run_tool(
+        Command::new(componentize_py()).current_dir(&python).args([
             "-d",
             &repo_file("wit").display().to_string(),
             "-w",
@@ -123,7 +115,7 @@ async fn the_guides_guests_build_outside_the_repo_and_serve() {
         "componentize-py",
     );
     let js = folder.path().join("js");
-    run(
+    run_tool(
         Command::new("node").current_dir(&js).args([
             repo_file("guest/sdk-js/build.mjs").display().to_string().as_str(),
             "app.js",
@@ -177,7 +169,7 @@ async fn the_guides_guests_build_outside_the_repo_and_serve() {
 #[test]
 fn the_rust_sdks_doc_examples_compile() {
     let sdk = repo_file("guest/sdk");
-    run(
+    run_tool(
         cargo(&sdk, &target_dir().join("guest-sdk-doc")).args(["test", "--doc"]),
         "cargo test --doc in guest/sdk",
     );

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Server, client, guest, interpreted_guests, repo_file};
+use common::{Server, client, componentize_py, guest, interpreted_guests, repo_file, run_tool};
 use serde_json::Value;
 
 fn route(path: &str, component: &Path, extra: &str) -> String {
@@ -17,13 +17,6 @@ fn route(path: &str, component: &Path, extra: &str) -> String {
         "[[routes]]\npath = \"{path}\"\ncomponent = \"{}\"\nmemory_mib = 256\n{extra}\n",
         component.display()
     )
-}
-
-fn run(command: &mut Command, what: &str) {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    let log =
-        format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "{what} failed:\n{log}");
 }
 
 async fn get(server: &Server, path: &str) -> Value {
@@ -38,10 +31,8 @@ async fn components_from_other_toolchains_serve_and_cannot_reach_out() {
     interpreted_guests();
     let built = tempfile::tempdir().unwrap();
     let (python, javascript) = (built.path().join("plain-py.wasm"), built.path().join("plain-js.wasm"));
-    let componentize_py =
-        Path::new(&std::env::var("HOME").unwrap()).join(".cache/edge-infer-guest-tools/bin/componentize-py");
-    run(
-        Command::new(componentize_py)
+    run_tool(
+        Command::new(componentize_py())
             .args([
                 "-d",
                 &repo_file("wit").display().to_string(),
@@ -53,7 +44,7 @@ async fn components_from_other_toolchains_serve_and_cannot_reach_out() {
             .arg(&python),
         "componentize-py",
     );
-    run(
+    run_tool(
         Command::new("node")
             .arg(repo_file("guest/sdk-js/build.mjs"))
             .arg(repo_file("guest/plain-js/app.js"))

@@ -159,14 +159,7 @@ async fn load_route(
             true => ImportPolicy::Strict { grants: &config.grant },
             false => ImportPolicy::AnyWasi,
         },
-        capabilities: Capabilities {
-            outbound_http: config.outbound_http.clone().into(),
-            read_only_dirs: config
-                .read_only_dirs
-                .iter()
-                .map(|(guest, host)| (guest.clone(), host.clone()))
-                .collect(),
-        },
+        capabilities: Capabilities::new(&config.outbound_http, config.read_only_dirs.clone()),
         limits: InstanceLimits {
             memory_bytes: config.memory_mib as usize * MIB,
             host_memory_bytes: config.host_memory_mib.unwrap_or(config.memory_mib) as usize * MIB,

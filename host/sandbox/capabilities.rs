@@ -12,13 +12,26 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 /// A route's openings, shared by all of its instances.
 #[derive(Clone, Debug, Default)]
 pub struct Capabilities {
-    /// Hosts the guest may send HTTP requests to: `host` (any port) or `host:port`.
-    pub outbound_http: Arc<[String]>,
+    /// Hosts the guest may send HTTP requests to, parsed once from `host` (any port) or
+    /// `host:port` entries.
+    outbound_http: Arc<[Target]>,
     /// Folders the guest may read: (path in the guest, folder on the host).
-    pub read_only_dirs: Arc<[(String, PathBuf)]>,
+    read_only_dirs: Arc<[(String, PathBuf)]>,
 }
 
 impl Capabilities {
+    /// A route's openings: `outbound_http` entries (invalid ones, which the config refuses,
+    /// open nothing) and read-only folders by guest path.
+    pub fn new(
+        outbound_http: &[String],
+        read_only_dirs: impl IntoIterator<Item = (String, PathBuf)>,
+    ) -> Capabilities {
+        Capabilities {
+            outbound_http: outbound_http.iter().filter_map(|entry| Target::parse_entry(entry)).collect(),
+            read_only_dirs: read_only_dirs.into_iter().collect(),
+        }
+    }
+
     /// Opens the read-only folders in a new instance's WASI context.
     pub fn preopen(&self, wasi: &mut WasiCtxBuilder) -> wasmtime::Result<()> {
         for (guest, host) in self.read_only_dirs.iter() {
@@ -34,12 +47,9 @@ impl Capabilities {
             return false;
         }
         let Some(target) = Target::parse(authority) else { return false };
-        self.outbound_http
-            .iter()
-            .filter_map(|allowed| allowed.parse().ok().as_ref().and_then(Target::parse))
-            .any(|allowed| {
-                allowed.host == target.host && (allowed.port.is_none() || allowed.port == target.port)
-            })
+        self.outbound_http.iter().any(|allowed| {
+            allowed.host == target.host && (allowed.port.is_none() || allowed.port == target.port)
+        })
     }
 }
 
@@ -61,12 +71,19 @@ impl Target {
             };
         (!host.is_empty()).then_some(Target { host, port })
     }
+
+    /// An `outbound_http` entry: `host` or `host:port`, nothing more.
+    fn parse_entry(entry: &str) -> Option<Target> {
+        if entry.contains('@') {
+            return None;
+        }
+        entry.parse::<http::uri::Authority>().ok().as_ref().and_then(Target::parse)
+    }
 }
 
 /// Whether `entry` is a valid `outbound_http` entry: `host` or `host:port`, nothing more.
 pub fn is_outbound_entry(entry: &str) -> bool {
-    !entry.contains('@')
-        && entry.parse::<http::uri::Authority>().ok().as_ref().and_then(Target::parse).is_some()
+    Target::parse_entry(entry).is_some()
 }
 
 /// The `wasi:http` hooks of a guest: requests to the route's listed hosts go out, every
@@ -109,10 +126,8 @@ mod tests {
 
     #[test]
     fn hosts_match_with_or_without_their_port() {
-        let capabilities = Capabilities {
-            outbound_http: vec!["api.example.com".to_string(), "127.0.0.1:8080".to_string()].into(),
-            ..Capabilities::default()
-        };
+        let capabilities =
+            Capabilities::new(&["api.example.com".to_string(), "127.0.0.1:8080".to_string()], []);
         let allows = |authority: &str| capabilities.allows(&authority.parse().unwrap());
         assert!(allows("api.example.com"));
         assert!(allows("API.Example.com.:443"));

@@ -45,6 +45,16 @@ fn seconds_buckets() -> Vec<f64> {
     exponential_buckets(50e-6, 2.0, 20).expect("valid buckets")
 }
 
+/// Registers a series without labels and hands it back.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
 static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
     let registry = Registry::new();
     let counter = |name: &str, help: &str, labels: &[&str]| {
@@ -186,21 +196,17 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             "Result cache lookups by model and result (hit, miss)",
             &["model", "result"],
         ),
-        connections_open: {
-            let metric = IntGauge::new("edge_infer_http_connections_open", "Client connections open now")
-                .expect("valid metric");
-            registry.register(Box::new(metric.clone())).expect("unique metric");
-            metric
-        },
-        connections_timed_out: {
-            let metric = IntCounter::new(
+        connections_open: registered(
+            &registry,
+            IntGauge::new("edge_infer_http_connections_open", "Client connections open now"),
+        ),
+        connections_timed_out: registered(
+            &registry,
+            IntCounter::new(
                 "edge_infer_http_connections_timed_out_total",
                 "Connections closed because a request head did not come within server.header_read_timeout_ms",
-            )
-            .expect("valid metric");
-            registry.register(Box::new(metric.clone())).expect("unique metric");
-            metric
-        },
+            ),
+        ),
         registry,
     }
 });

@@ -193,6 +193,20 @@ pub fn interpreted_guests() -> PathBuf {
         .clone()
 }
 
+/// The pinned componentize-py that guest/build-py-js.sh installs (call
+/// [`interpreted_guests`] first).
+pub fn componentize_py() -> PathBuf {
+    Path::new(&std::env::var("HOME").unwrap()).join(".cache/edge-infer-guest-tools/bin/componentize-py")
+}
+
+/// Runs a build tool, failing the test with its output if it fails.
+pub fn run_tool(command: &mut Command, what: &str) {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let log =
+        format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{what} failed:\n{log}");
+}
+
 /// A Python with tests/compat/requirements.txt installed: EDGE_INFER_PYTHON if set (.ci/run
 /// sets it), else the virtual environment ~/.cache/edge-infer-venv, made and filled from PyPI
 /// on first use. If that fails, the test fails saying how to install by hand.
