@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,13 +11,15 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use edge_infer::http::server::{self, ConnectionLimits};
+use edge_infer::http::server::{self, ConnectionLimits, Service};
 use edge_infer::http::tls;
+use edge_infer::node::Node;
 use edge_infer::node::config::Config;
-use edge_infer::node::{Node, Runtime};
+use edge_infer::node::control::{self, ControlSettings};
+use edge_infer::node::state::StateDir;
 use edge_infer_bench::{self as bench, BenchArgs};
 
 /// A WebAssembly edge inference runtime.
@@ -41,6 +43,13 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Address of the admin API [default: the config's, else 127.0.0.1:9091].
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+        /// Folder keeping what was deployed, so restarts serve it again [default: the
+        /// config's, else a temporary folder removed at exit].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Load-test an HTTP endpoint and print throughput and latency percentiles per step.
     Bench(Box<BenchArgs>),
@@ -58,7 +67,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let outcome = match cli.command {
-        Command::Serve { listen, config } => serve(listen, config, started),
+        Command::Serve { listen, config, admin_listen, state_dir } => {
+            serve(Addresses { listen, admin_listen, state_dir }, config, started)
+        }
         Command::Bench(args) => bench::run(*args),
     };
     match outcome {
@@ -82,12 +93,48 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, started: Instant) -> anyhow::Result<()> {
-    let config = match &config_file {
-        Some(path) => Config::from_file(path)?,
-        None => Config::bundled(),
+/// Where `serve` listens and keeps its state, from the command line.
+struct Addresses {
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    state_dir: Option<PathBuf>,
+}
+
+fn read_config(file: Option<&Path>) -> anyhow::Result<Config> {
+    match file {
+        Some(path) => Config::from_file(path),
+        None => Ok(Config::bundled()),
+    }
+}
+
+fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -> anyhow::Result<()> {
+    let config = read_config(config_file.as_deref())?;
+    let server = &config.server;
+    let listen = addresses.listen.unwrap_or(server.listen);
+    let admin_listen = addresses.admin_listen.unwrap_or(server.admin_listen);
+    if !admin_listen.ip().is_loopback() && server.admin_token_file.is_none() {
+        anyhow::bail!(
+            "the admin API would listen on {admin_listen}, beyond this machine, without a token: set server.admin_token_file"
+        );
+    }
+    let state = match addresses.state_dir.as_ref().or(server.state_dir.as_ref()) {
+        Some(folder) => StateDir::open(folder)?,
+        None => {
+            warn!(
+                "no state folder (--state-dir): what is deployed through the admin API lasts until this process exits"
+            );
+            StateDir::temporary()?
+        }
     };
-    let listen = listen.unwrap_or(config.server.listen);
+    let (admin_token, token_file) = control::admin_token(server.admin_token_file.as_deref(), &state)?;
+    if let Some(file) = token_file {
+        info!(file = %file.display(), "admin token made");
+    }
+    let settings = ControlSettings {
+        compilation_cache: server.compilation_cache,
+        admin_token,
+        max_artifact_bytes: server.max_artifact_bytes,
+    };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,22 +143,77 @@ fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, started: Inst
         // Listen first, so health probes are answered (live, not ready) while loading.
         let listener = TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
         let address = listener.local_addr()?;
-        let node = Arc::new(Node::default());
-        let limits = ConnectionLimits::from_config(&config.server);
-        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        let admin_listener = TcpListener::bind(admin_listen)
+            .await
+            .with_context(|| format!("listening on {admin_listen} for the admin API (--admin-listen)"))?;
+        let admin_address = admin_listener.local_addr()?;
+        let node = Arc::new(Node::new(state, settings));
+        let limits = ConnectionLimits::from_config(server);
+        let tls = match (&server.tls_cert, &server.tls_key) {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let server = tokio::spawn(server::serve(listener, node.clone(), shutdown_signal(), limits, tls));
-        node.loaded(Runtime::load(&config).await?);
-        info!(%address, ready_ms = started.elapsed().as_millis() as u64, "ready");
-        // The one line on stdout, once ready: scripts and tests read the address from it.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        let public = tokio::spawn(server::serve(
+            Service::Public,
+            listener,
+            node.clone(),
+            stopped(stopping.clone()),
+            limits,
+            tls.clone(),
+        ));
+        let admin = tokio::spawn(server::serve(
+            Service::Admin,
+            admin_listener,
+            node.clone(),
+            stopped(stopping),
+            limits,
+            tls,
+        ));
+        node.start(&config).await?;
+        tokio::spawn(apply_config_on_hangup(node, config_file));
+        info!(%address, %admin_address, ready_ms = started.elapsed().as_millis() as u64, "ready");
+        // The lines on stdout, once ready: scripts and tests read the addresses from them.
         println!("edge-infer listening on {scheme}://{address}");
+        println!("edge-infer admin API on {scheme}://{admin_address}");
         std::io::stdout().flush()?;
-        server.await?;
+        public.await?;
+        admin.await?;
         Ok(())
     })
+}
+
+/// On each SIGHUP, reads the config file again and applies its routes and models (a
+/// failure is logged and changes nothing).
+async fn apply_config_on_hangup(node: Arc<Node>, config_file: Option<PathBuf>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            error!("SIGHUP cannot be handled: the config file is read at start-up only");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let applied = match read_config(config_file.as_deref()) {
+                Ok(config) => node.apply_config(&config).await.map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            match applied {
+                Ok(outcome) => info!(?outcome, "SIGHUP: config file applied"),
+                Err(e) => error!("SIGHUP: config file not applied, nothing changed: {e:#}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (node, config_file);
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

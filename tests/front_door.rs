@@ -18,8 +18,13 @@ async fn the_front_door_lists_routes_models_and_links() {
     assert_eq!(paths, ["/digits", "/hello", "/test"]);
     let digits_route = &index["routes"][0];
     assert_eq!(
-        (digits_route["component"].as_str(), &digits_route["models"]),
-        (Some("digits.wasm"), &serde_json::json!(["digits"]))
+        (&digits_route["name"], &digits_route["models"]),
+        (&serde_json::json!("digits"), &serde_json::json!(["digits"]))
+    );
+    let component = digits_route["component"].as_str().unwrap();
+    assert!(
+        component.starts_with("sha256:") && component.len() == 71,
+        "the component by digest: {component}"
     );
     let names: Vec<&str> =
         index["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
@@ -44,7 +49,8 @@ async fn a_browser_gets_a_page() {
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let page = response.text().await.unwrap();
     assert!(page.starts_with("<!doctype html>"), "{page}");
-    assert!(page.contains("<code>/digits</code>") && page.contains("digits.wasm"), "{page}");
+    assert!(page.contains("<code>/digits</code></td><td>digits</td>"), "{page}");
+    assert!(page.contains(">sha256:"), "the component, by digest: {page}");
     assert!(page.contains(r#"<a href="/v2/models/digits">digits</a>"#), "{page}");
     assert!(page.contains(r#"<a href="/metrics">metrics</a>"#), "{page}");
 }

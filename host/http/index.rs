@@ -32,9 +32,10 @@ fn describe(runtime: &Runtime, ready: bool) -> Value {
         .iter()
         .map(|route| {
             json!({
+                "name": route.name,
                 "path": route.path,
-                "component": route.component,
-                "models": route.models,
+                "component": route.spec.component,
+                "models": route.spec.models,
                 "max_concurrency": route.admission.capacity(),
                 "timeout_ms": route.timeout.as_millis() as u64,
                 "max_body_bytes": route.max_body_bytes,
@@ -78,10 +79,13 @@ fn html(index: &Value) -> String {
     };
     let routes = rows(&index["routes"], &|route| {
         let models: Vec<String> = route["models"].as_array().into_iter().flatten().map(&text).collect();
+        // The component's digest, shortened as container tools do.
+        let component = text(&route["component"]);
         format!(
-            "<td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{} ms</td>",
+            "<td><code>{}</code></td><td>{}</td><td title=\"{component}\">{}</td><td>{}</td><td>{}</td><td>{} ms</td>",
             text(&route["path"]),
-            text(&route["component"]),
+            text(&route["name"]),
+            component.get(..19).unwrap_or(&component),
             models.join(", "),
             route["max_concurrency"],
             route["timeout_ms"],
@@ -114,7 +118,7 @@ fn html(index: &Value) -> String {
          td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}</style></head>\n\
          <body><h1>edge-infer {version}</h1>\n<p>{state} · <a href=\"{metrics}\">metrics</a> · \
          <a href=\"{ready}\">readiness</a> · <a href=\"{server}\">Open Inference Protocol</a></p>\n\
-         <h2>Routes</h2>\n<table><tr><th>path</th><th>component</th><th>models</th><th>instances</th>\
+         <h2>Routes</h2>\n<table><tr><th>path</th><th>name</th><th>component</th><th>models</th><th>instances</th>\
          <th>timeout</th></tr>\n{routes}</table>\n\
          <h2>Models</h2>\n<table><tr><th>name</th><th>backend</th><th>max batch</th><th>inputs</th>\
          <th>outputs</th></tr>\n{models}</table>\n</body></html>\n",

@@ -1,11 +1,13 @@
 //! The HTTP layer, the top of the request flow: `server` accepts connections (over TLS with
-//! `tls`), `router`
-//! dispatches each request to health, metrics, the front door (`index`), a guest route or
-//! the Open Inference Protocol (`oip`), and `response` writes what the host answers itself
-//! (JSON errors included).
+//! `tls`), `router` dispatches each request to health, metrics, the front door (`index`), a
+//! guest route or the Open Inference Protocol (`oip`, with the model repository calls in
+//! `repository`), and `response` writes what the host answers itself (JSON errors
+//! included). `admin` answers the admin listener: deploys, rollbacks, uploads.
 
+pub mod admin;
 pub mod index;
 pub mod oip;
+pub mod repository;
 pub mod response;
 pub mod router;
 pub mod server;

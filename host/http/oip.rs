@@ -45,6 +45,10 @@ pub enum Endpoint<'a> {
     Ready(&'a str),
     Config(&'a str),
     Infer(&'a str),
+    /// `POST /v2/repository/models/{m}/load` (needs the admin token).
+    RepositoryLoad(&'a str),
+    /// `POST /v2/repository/models/{m}/unload` (needs the admin token).
+    RepositoryUnload(&'a str),
 }
 
 impl<'a> Endpoint<'a> {
@@ -56,6 +60,13 @@ impl<'a> Endpoint<'a> {
         }
         if rest == "/repository/index" {
             return Some(Endpoint::RepositoryIndex);
+        }
+        if let Some(call) = rest.strip_prefix("/repository/models/") {
+            return match call.split('/').collect::<Vec<_>>().as_slice() {
+                [model, "load"] if !model.is_empty() => Some(Endpoint::RepositoryLoad(model)),
+                [model, "unload"] if !model.is_empty() => Some(Endpoint::RepositoryUnload(model)),
+                _ => None,
+            };
         }
         let parts: Vec<&str> = rest.strip_prefix("/models/")?.split('/').collect();
         // Versions are accepted and ignored: each model has one.
@@ -460,6 +471,15 @@ mod tests {
         assert!(Endpoint::parse("/v2/models/digits/explode").is_none());
         assert!(Endpoint::parse("/v2/repository").is_none());
         assert!(matches!(Endpoint::parse("/v2/repository/index"), Some(Endpoint::RepositoryIndex)));
+        assert!(matches!(
+            Endpoint::parse("/v2/repository/models/digits/load"),
+            Some(Endpoint::RepositoryLoad("digits"))
+        ));
+        assert!(matches!(
+            Endpoint::parse("/v2/repository/models/digits/unload"),
+            Some(Endpoint::RepositoryUnload("digits"))
+        ));
+        assert!(Endpoint::parse("/v2/repository/models//load").is_none());
     }
 
     #[test]

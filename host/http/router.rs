@@ -17,8 +17,10 @@ use hyper::body::Incoming;
 use serde_json::json;
 use tracing::{error, info};
 
+use crate::http::admin;
 use crate::http::index;
 use crate::http::oip::{self, Endpoint};
+use crate::http::repository::Action;
 use crate::http::response::{self, Body};
 use crate::node::config::{HEALTH_PATH, METRICS_PATH};
 use crate::node::{Node, Route, Runtime};
@@ -33,6 +35,7 @@ pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<B
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let runtime = node.runtime();
+    let runtime = runtime.as_deref();
     let route = runtime.and_then(|runtime| runtime.route_for(&path));
     let timeout = route.map_or(oip::DEFAULT_TIMEOUT, |route| route.timeout);
     let context = RequestContext::from_headers(request.headers(), arrival, timeout);
@@ -57,7 +60,7 @@ pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<B
         (Ok(context), Some(runtime)) => match (route, Endpoint::parse(&path)) {
             (Some(route), _) => (serve_guest(route, request, context).await, Some(&route.metrics)),
             (None, Some(endpoint)) => {
-                (serve_oip(runtime, endpoint, request, context).await, Some(&runtime.oip_metrics))
+                (serve_oip(&node, runtime, endpoint, request, context).await, Some(&runtime.oip_metrics))
             }
             (None, None) => (response::error(StatusCode::NOT_FOUND, format!("no route for {path}")), None),
         },
@@ -112,6 +115,7 @@ async fn serve_guest(route: &Route, request: Request<Incoming>, context: &Reques
 }
 
 async fn serve_oip(
+    node: &Node,
     runtime: &Runtime,
     endpoint: Endpoint<'_>,
     request: Request<Incoming>,
@@ -124,6 +128,10 @@ async fn serve_oip(
         Endpoint::Metadata(model) => oip::model_metadata(models, model),
         Endpoint::Ready(model) => oip::model_ready(models, model),
         Endpoint::Config(model) => oip::model_config(models, model),
+        Endpoint::RepositoryLoad(model) => admin::change_repository(node, Action::Load, model, request).await,
+        Endpoint::RepositoryUnload(model) => {
+            admin::change_repository(node, Action::Unload, model, request).await
+        }
         Endpoint::Infer(model) => {
             let (parts, body) = request.into_parts();
             let body = match read_body(&parts.headers, body, oip::MAX_BODY_BYTES, context).await {

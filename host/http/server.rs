@@ -30,13 +30,22 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::http::response::Body;
-use crate::http::router;
+use crate::http::{admin, router};
 use crate::node::Node;
 use crate::node::config::ServerConfig;
 use crate::telemetry::metrics::ConnectionMetrics;
 
 /// How long to pause accepting after an accept error (e.g. out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// Guest routes, the Open Inference Protocol, health and metrics (`router`).
+    Public,
+    /// The admin API (`admin`).
+    Admin,
+}
 
 /// What the listener allows each client.
 #[derive(Clone, Copy, Debug)]
@@ -74,9 +83,10 @@ impl ConnectionLimits {
     }
 }
 
-/// Serves `node` on `listener` (over TLS if `tls` is given) until `shutdown` completes, then
-/// drains for up to the grace period.
+/// Serves `service` of `node` on `listener` (over TLS if `tls` is given) until `shutdown`
+/// completes, then drains for up to the grace period.
 pub async fn serve(
+    service: Service,
     listener: TcpListener,
     node: Arc<Node>,
     shutdown: impl Future<Output = ()>,
@@ -103,6 +113,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let open = OpenConnection::new(slot, metrics.clone());
         let connection = Connection {
+            service,
             http: http.clone(),
             watcher: connections.watcher(),
             node: node.clone(),
@@ -116,7 +127,9 @@ pub async fn serve(
     }
 
     drop(listener);
-    node.start_draining();
+    if service == Service::Public {
+        node.start_draining();
+    }
     info!("shutting down: finishing in-flight requests");
     tokio::select! {
         () = connections.shutdown() => info!("all connections closed"),
@@ -126,6 +139,7 @@ pub async fn serve(
 
 /// One accepted connection, to be served.
 struct Connection {
+    service: Service,
     http: auto::Builder<TokioExecutor>,
     watcher: Watcher,
     node: Arc<Node>,
@@ -149,13 +163,16 @@ impl Connection {
     /// Serves requests until the client leaves, the server shuts down, or no first request
     /// comes within the header read timeout.
     async fn serve(self, io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static, open: OpenConnection) {
-        let Connection { http, watcher, node, peer, limits } = self;
+        let Connection { service: which, http, watcher, node, peer, limits } = self;
         let activity = Arc::new(Activity::default());
         let tracked = activity.clone();
         let service = service_fn(move |request| {
             let (node, guard) = (node.clone(), tracked.begin());
             async move {
-                let response = router::dispatch(node, request).await;
+                let response = match which {
+                    Service::Public => router::dispatch(node, request).await,
+                    Service::Admin => admin::dispatch(node, request).await,
+                };
                 // The request counts as in flight until its body is sent (or dropped).
                 Ok::<_, Infallible>(response.map(|body| Tracked { body, _guard: guard }.boxed_unsync()))
             }

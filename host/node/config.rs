@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::inference::backend::BackendKind;
@@ -79,6 +79,18 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// The private key (PEM) of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Address of the admin API (deploys, rollbacks, model loads); `--admin-listen`
+    /// overrides it. Off the loopback interface it needs `admin_token_file`.
+    pub admin_listen: SocketAddr,
+    /// A file holding the admin API's bearer token. Without it, the token is `admin-token`
+    /// in the state folder, made at random (owner-only) at the first start on the folder.
+    pub admin_token_file: Option<PathBuf>,
+    /// The state folder: what was deployed (routes, models, and their files by sha256), so a
+    /// restart serves it again; `--state-dir` overrides it. Without one, deploys last until
+    /// the process exits.
+    pub state_dir: Option<PathBuf>,
+    /// Largest file accepted by `PUT /admin/artifacts` and repository loads, in bytes.
+    pub max_artifact_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -93,16 +105,21 @@ impl Default for ServerConfig {
             http2_max_concurrent_streams: 256,
             tls_cert: None,
             tls_key: None,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            admin_token_file: None,
+            state_dir: None,
+            max_artifact_bytes: 4 << 30,
         }
     }
 }
 
-/// One model.
-#[derive(Clone, Debug, Deserialize)]
+/// One model. In a config file its `file` is a path (`F = PathBuf`); once deployed, the
+/// sha256 digest of the file in the state folder.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelConfig {
+pub struct ModelConfig<F = PathBuf> {
     /// The ONNX file.
-    pub file: PathBuf,
+    pub file: F,
     /// Which backend runs it.
     #[serde(default, with = "BackendKindSetting")]
     pub backend: BackendKind,
@@ -145,7 +162,7 @@ pub struct ModelConfig {
 // How the config file spells the inference layer's choices (which know nothing of file
 // formats): serde checks at compile time that these list the same variants.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(remote = "BackendKind", rename_all = "lowercase")]
 enum BackendKindSetting {
     Auto,
@@ -155,7 +172,7 @@ enum BackendKindSetting {
     Ort,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(remote = "Batching", rename_all = "lowercase")]
 enum BatchingSetting {
     Auto,
@@ -163,21 +180,26 @@ enum BatchingSetting {
     Off,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(remote = "DelayPolicy", rename_all = "lowercase")]
 enum DelayPolicySetting {
     Adaptive,
     Fixed,
 }
 
-/// One guest route.
-#[derive(Clone, Debug, Deserialize)]
+/// One guest route. In a config file its `component` is a path (`C = PathBuf`); once
+/// deployed, the sha256 digest of the component in the state folder.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteConfig {
+pub struct RouteConfig<C = PathBuf> {
+    /// The route's name in the admin API [default: its path without the leading `/`, with
+    /// `-` for each further `/`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The path it serves, e.g. `/digits`; it also serves every path below (`/digits/...`).
     pub path: String,
     /// The guest component (`.wasm`).
-    pub component: PathBuf,
+    pub component: C,
     /// The models the guest may load by name.
     #[serde(default)]
     pub models: Vec<String>,
@@ -309,6 +331,7 @@ impl Config {
     fn bundled_from(guests: &Path, models: &Path) -> (Config, Vec<String>) {
         let mut left_out = Vec::new();
         let route = |path: &str, component: &str, models: &[&str]| RouteConfig {
+            name: None,
             path: path.into(),
             component: guests.join(component),
             models: models.iter().map(|m| m.to_string()).collect(),
@@ -377,13 +400,14 @@ impl Config {
         (Config { server: ServerConfig::default(), models: bundled_models, routes }, left_out)
     }
 
-    /// Checks what the types alone cannot: unique paths, known models, sane limits.
+    /// Checks what the types alone cannot: unique paths and names, known models, sane limits.
     fn validate(&self) -> anyhow::Result<()> {
         let server = &self.server;
         for (name, value) in [
             ("max_connections", server.max_connections as u64),
             ("header_read_timeout_ms", server.header_read_timeout_ms),
             ("http2_max_concurrent_streams", u64::from(server.http2_max_concurrent_streams)),
+            ("max_artifact_bytes", server.max_artifact_bytes),
         ] {
             if value == 0 {
                 bail!("field `server.{name}`: must be at least 1");
@@ -397,90 +421,197 @@ impl Config {
             bail!("field `server.max_header_bytes`: must be at least {MIN_HEADER_BYTES}");
         }
         for (name, model) in &self.models {
-            let field = format!("models.{name}");
-            for (name, value) in [
-                ("queue_capacity", Some(model.queue_capacity)),
-                ("executors", model.executors),
-                ("max_batch_size", model.max_batch_size),
-            ] {
-                if value == Some(0) {
-                    bail!("field `{field}.{name}`: must be at least 1");
-                }
-            }
-            if model.max_padding_ratio.is_some_and(|ratio| !(0.0..1.0).contains(&ratio)) {
-                bail!("field `{field}.max_padding_ratio`: must be at least 0 and below 1");
-            }
+            check_model_name(name).with_context(|| format!("field `models.{name}`"))?;
+            model.validate().with_context(|| format!("field `models.{name}`"))?;
         }
         let mut paths = HashSet::new();
+        let mut names = HashSet::new();
         for (index, route) in self.routes.iter().enumerate() {
             let field = format!("routes[{index}]");
-            let path = route.path.as_str();
-            if !path.starts_with('/') || path.len() < 2 || path.ends_with('/') {
-                bail!(
-                    "field `{field}.path`: {path:?} must start with '/', name something, and not end with '/'"
-                );
+            route
+                .validate(|model| self.models.contains_key(model))
+                .with_context(|| format!("field `{field}`"))?;
+            if !paths.insert(route.path.as_str()) {
+                bail!("field `{field}.path`: {:?} is served by an earlier route", route.path);
             }
-            if RESERVED_PATHS.iter().any(|reserved| path_matches(path, reserved)) {
-                bail!("field `{field}.path`: {path:?} is reserved for the host ({RESERVED_PATHS:?})");
-            }
-            if !paths.insert(path) {
-                bail!("field `{field}.path`: {path:?} is served by an earlier route");
-            }
-            for package in &route.grant {
-                if !GRANTABLE.contains(&package.as_str()) {
-                    bail!(
-                        "field `{field}.grant`: {package:?} cannot be granted; the choices are {GRANTABLE:?}"
-                    );
-                }
-            }
-            if let Some(entry) = route.outbound_http.iter().find(|entry| !is_outbound_entry(entry)) {
-                bail!("field `{field}.outbound_http`: {entry:?} is not a host or host:port");
-            }
-            for (name, value, floor) in [
-                ("max_host_resources", route.max_host_resources as u64, MIN_HOST_RESOURCES),
-                ("max_response_bytes", route.max_response_bytes, 1),
-                ("memory_mib", route.memory_mib, 1),
-            ] {
-                if value < floor {
-                    bail!("field `{field}.{name}`: must be at least {floor}");
-                }
-            }
-            for (name, mib) in
-                [("memory_mib", route.memory_mib), ("host_memory_mib", route.host_memory_mib.unwrap_or(0))]
-            {
-                if mib > MAX_MIB {
-                    bail!("field `{field}.{name}`: at most {MAX_MIB} MiB");
-                }
-            }
-            for (guest, folder) in &route.read_only_dirs {
-                if !guest.starts_with('/') {
-                    bail!(
-                        "field `{field}.read_only_dirs`: {guest:?} must be an absolute path, as the guest sees it"
-                    );
-                }
-                if !folder.is_dir() {
-                    bail!("field `{field}.read_only_dirs.{guest:?}`: {} is not a folder", folder.display());
-                }
-            }
-            for model in &route.models {
-                if !self.models.contains_key(model) {
-                    bail!("field `{field}.models`: no model named {model:?} in [models]");
-                }
-            }
-            for (name, value) in [
-                ("max_concurrency", route.max_concurrency as u64),
-                ("memory_mib", route.memory_mib),
-                ("host_memory_mib", route.host_memory_mib.unwrap_or(route.memory_mib)),
-                ("max_host_resources", route.max_host_resources as u64),
-                ("timeout_ms", route.timeout_ms),
-            ] {
-                if value == 0 {
-                    bail!("field `{field}.{name}`: must be at least 1");
-                }
+            if !names.insert(route.name()) {
+                bail!("field `{field}.name`: {:?} names an earlier route", route.name());
             }
         }
         Ok(())
     }
+}
+
+impl<F> ModelConfig<F> {
+    /// Checks the limits the types allow but a model cannot work with.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, value) in [
+            ("queue_capacity", Some(self.queue_capacity)),
+            ("executors", self.executors),
+            ("max_batch_size", self.max_batch_size),
+        ] {
+            if value == Some(0) {
+                bail!("`{name}` must be at least 1");
+            }
+        }
+        if self.max_padding_ratio.is_some_and(|ratio| !(0.0..1.0).contains(&ratio)) {
+            bail!("`max_padding_ratio` must be at least 0 and below 1");
+        }
+        Ok(())
+    }
+
+    /// The same model with its file replaced by `file`.
+    pub fn with_file<G>(self, file: G) -> ModelConfig<G> {
+        let ModelConfig {
+            file: _,
+            backend,
+            executors,
+            queue_capacity,
+            batching,
+            max_batch_size,
+            max_queue_delay_us,
+            queue_delay,
+            max_padding_ratio,
+            pad_values,
+            cache_entries,
+            cache_ttl_ms,
+            serve_stale_on_overload,
+        } = self;
+        ModelConfig {
+            file,
+            backend,
+            executors,
+            queue_capacity,
+            batching,
+            max_batch_size,
+            max_queue_delay_us,
+            queue_delay,
+            max_padding_ratio,
+            pad_values,
+            cache_entries,
+            cache_ttl_ms,
+            serve_stale_on_overload,
+        }
+    }
+}
+
+impl<C> RouteConfig<C> {
+    /// The route's name: `name`, else its path without the leading `/` (`/a/b` is `a-b`).
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.path.trim_start_matches('/').replace('/', "-"))
+    }
+
+    /// Checks one route on its own: its name and path, grants, limits, folders, and that
+    /// each model it names passes `model_exists`. The messages name the field.
+    pub fn validate(&self, model_exists: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+        check_route_name(&self.name()).context("`name`")?;
+        let path = self.path.as_str();
+        if !path.starts_with('/') || path.len() < 2 || path.ends_with('/') {
+            bail!("`path`: {path:?} must start with '/', name something, and not end with '/'");
+        }
+        if RESERVED_PATHS.iter().any(|reserved| path_matches(path, reserved)) {
+            bail!("`path`: {path:?} is reserved for the host ({RESERVED_PATHS:?})");
+        }
+        for package in &self.grant {
+            if !GRANTABLE.contains(&package.as_str()) {
+                bail!("`grant`: {package:?} cannot be granted; the choices are {GRANTABLE:?}");
+            }
+        }
+        if let Some(entry) = self.outbound_http.iter().find(|entry| !is_outbound_entry(entry)) {
+            bail!("`outbound_http`: {entry:?} is not a host or host:port");
+        }
+        for (name, value, floor) in [
+            ("max_host_resources", self.max_host_resources as u64, MIN_HOST_RESOURCES),
+            ("max_response_bytes", self.max_response_bytes, 1),
+            ("memory_mib", self.memory_mib, 1),
+            ("host_memory_mib", self.host_memory_mib.unwrap_or(self.memory_mib), 1),
+            ("max_concurrency", self.max_concurrency as u64, 1),
+            ("timeout_ms", self.timeout_ms, 1),
+        ] {
+            if value < floor {
+                bail!("`{name}` must be at least {floor}");
+            }
+        }
+        for (name, mib) in
+            [("memory_mib", self.memory_mib), ("host_memory_mib", self.host_memory_mib.unwrap_or(0))]
+        {
+            if mib > MAX_MIB {
+                bail!("`{name}`: at most {MAX_MIB} MiB");
+            }
+        }
+        for (guest, folder) in &self.read_only_dirs {
+            if !guest.starts_with('/') {
+                bail!("`read_only_dirs`: {guest:?} must be an absolute path, as the guest sees it");
+            }
+            if !folder.is_dir() {
+                bail!("`read_only_dirs.{guest:?}`: {} is not a folder", folder.display());
+            }
+        }
+        if let Some(model) = self.models.iter().find(|model| !model_exists(model)) {
+            bail!("`models`: no model named {model:?} is loaded");
+        }
+        Ok(())
+    }
+
+    /// The same route with its component replaced by `component`.
+    pub fn with_component<D>(self, component: D) -> RouteConfig<D> {
+        let RouteConfig {
+            name,
+            path,
+            component: _,
+            models,
+            max_concurrency,
+            max_queue,
+            memory_mib,
+            host_memory_mib,
+            max_host_resources,
+            timeout_ms,
+            max_body_bytes,
+            max_response_bytes,
+            allow_model_load,
+            outbound_http,
+            read_only_dirs,
+            strict_imports,
+            grant,
+        } = self;
+        RouteConfig {
+            name,
+            path,
+            component,
+            models,
+            max_concurrency,
+            max_queue,
+            memory_mib,
+            host_memory_mib,
+            max_host_resources,
+            timeout_ms,
+            max_body_bytes,
+            max_response_bytes,
+            allow_model_load,
+            outbound_http,
+            read_only_dirs,
+            strict_imports,
+            grant,
+        }
+    }
+}
+
+/// Route names: what the admin API's URLs and the state folder can carry.
+pub fn check_route_name(name: &str) -> anyhow::Result<()> {
+    check_name(name, "route")
+}
+
+/// Model names, as the Open Inference Protocol's URLs carry them.
+pub fn check_model_name(name: &str) -> anyhow::Result<()> {
+    check_name(name, "model")
+}
+
+fn check_name(name: &str, what: &str) -> anyhow::Result<()> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > 128 || name.starts_with('.') || !name.chars().all(allowed) {
+        bail!("{what} name {name:?}: use 1 to 128 letters, digits, '-', '_' or '.', not starting with '.'");
+    }
+    Ok(())
 }
 
 /// Whether a request path falls under a route path: the path itself or anything below it.
@@ -538,19 +669,36 @@ mod tests {
         let missing = error("[[routes]]\npath = \"/a\"");
         assert!(missing.contains("component"), "{missing}");
         let bad_model = error("[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\nmodels = [\"nope\"]");
-        assert!(bad_model.contains("routes[0].models") && bad_model.contains("nope"), "{bad_model}");
+        assert!(bad_model.contains("`routes[0]`: `models`") && bad_model.contains("nope"), "{bad_model}");
         let reserved = error("[[routes]]\npath = \"/v2/x\"\ncomponent = \"a.wasm\"");
-        assert!(reserved.contains("routes[0].path") && reserved.contains("reserved"), "{reserved}");
+        assert!(reserved.contains("`routes[0]`: `path`") && reserved.contains("reserved"), "{reserved}");
         let padding = error("[models.m]\nfile = \"m.onnx\"\nmax_padding_ratio = 1.0");
-        assert!(padding.contains("models.m.max_padding_ratio"), "{padding}");
+        assert!(padding.contains("`models.m`: `max_padding_ratio`"), "{padding}");
         let policy = error("[models.m]\nfile = \"m.onnx\"\nqueue_delay = \"sometimes\"");
         assert!(policy.contains("models.m.queue_delay"), "{policy}");
         let zero = error("[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\ntimeout_ms = 0");
-        assert!(zero.contains("routes[0].timeout_ms"), "{zero}");
+        assert!(zero.contains("`routes[0]`: `timeout_ms`"), "{zero}");
         let duplicate = error(
             "[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\n[[routes]]\npath = \"/a\"\ncomponent = \"b.wasm\"",
         );
         assert!(duplicate.contains("routes[1].path"), "{duplicate}");
+    }
+
+    #[test]
+    fn routes_are_named_by_their_path_unless_named() {
+        let config = parse(
+            "[[routes]]\npath = \"/a/b\"\ncomponent = \"a.wasm\"\n[[routes]]\npath = \"/c\"\nname = \"see\"\ncomponent = \"c.wasm\"",
+        )
+        .unwrap();
+        assert_eq!((config.routes[0].name(), config.routes[1].name()), ("a-b".into(), "see".into()));
+        let clash = error(
+            "[[routes]]\npath = \"/a-b\"\ncomponent = \"a.wasm\"\n[[routes]]\npath = \"/a/b\"\ncomponent = \"b.wasm\"",
+        );
+        assert!(clash.contains("routes[1].name") && clash.contains("a-b"), "{clash}");
+        let bad = error("[[routes]]\npath = \"/a\"\nname = \"../etc\"\ncomponent = \"a.wasm\"");
+        assert!(bad.contains("`routes[0]`: `name`") && bad.contains("letters"), "{bad}");
+        let model = error("[models.\"a/b\"]\nfile = \"m.onnx\"");
+        assert!(model.contains("models.a/b") && model.contains("model name"), "{model}");
     }
 
     #[test]

@@ -1,24 +1,33 @@
-//! A node, assembled from its configuration: the loaded models, the engine, and one
-//! [`Route`] per configured guest route. Built once at start-up; read-only afterwards.
-//! [`Node`] is what the server holds: the runtime once it has loaded, and whether the node
-//! is ready (loaded and not shutting down).
+//! A node: what it serves (a [`Runtime`]: routes and models), how that changes (`control`:
+//! deploys, rollbacks, model loads, the config file re-read), and what survives a restart
+//! (`state`).
 //!
-//! `config` reads and checks the configuration; `models` loads every model behind its
-//! scheduler.
+//! A [`Runtime`] is an immutable snapshot. A change builds a whole new one beside the
+//! serving one (reusing every route and model it leaves alone), and swaps it in at once:
+//! each request holds the snapshot it started with, so requests in flight finish on the
+//! version they started on, and a replaced version is dropped when its last request ends.
+//!
+//! `config` reads and checks the configuration; `models` loads models behind their
+//! schedulers.
 
 pub mod config;
+pub mod control;
 pub mod models;
+pub mod state;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use tracing::{info, warn};
 
-use crate::node::config::{Config, RouteConfig, path_matches};
+use crate::inference::scheduler::ModelScheduler;
+use crate::node::config::path_matches;
+use crate::node::control::{ControlPlane, ControlSettings};
 use crate::node::models::Models;
+use crate::node::state::{RouteSpec, StateDir};
 use crate::sandbox::InstanceLimits;
 use crate::sandbox::admission::Admission;
 use crate::sandbox::capabilities::Capabilities;
@@ -31,18 +40,21 @@ use crate::telemetry::metrics::RouteMetrics;
 /// Bytes in a MiB, for the `memory_mib` settings.
 const MIB: usize = 1 << 20;
 
-/// A guest route, ready to serve.
+/// A guest route, ready to serve: one version of it.
 pub struct Route {
+    /// Its name in the admin API.
+    pub name: String,
     /// The path it serves (and everything below it).
     pub path: String,
-    /// Its concurrency cap and waiting queue.
-    pub admission: Admission,
+    /// Its concurrency cap and waiting queue, shared by its versions while their limits
+    /// stay the same (so a version draining and its successor share the cap).
+    pub admission: Arc<Admission>,
     /// Its pre-instantiated component.
     pub guest: GuestComponent,
-    /// The component's file name, for people.
-    pub component: String,
-    /// The models its guests may load by name.
-    pub models: Vec<String>,
+    /// The settings it was deployed with (its component by digest).
+    pub spec: RouteSpec,
+    /// The models it was built with.
+    granted: HashMap<String, Arc<ModelScheduler>>,
     /// Deadline of one request, from arrival.
     pub timeout: Duration,
     /// Largest request body accepted.
@@ -51,30 +63,45 @@ pub struct Route {
     pub metrics: RouteMetrics,
 }
 
-/// Everything a node serves.
+/// Everything a node serves at one moment.
 pub struct Runtime {
-    routes: Vec<Route>,
+    routes: Vec<Arc<Route>>,
     models: Models,
     /// The series of the Open Inference Protocol endpoints.
     pub oip_metrics: RouteMetrics,
 }
 
-/// The server's view of the node: loading, serving, or draining.
-#[derive(Default)]
+/// The server's view of the node: loading, serving (the current [`Runtime`]), or draining;
+/// and the control plane that changes what it serves.
 pub struct Node {
-    runtime: OnceLock<Runtime>,
+    runtime: RwLock<Option<Arc<Runtime>>>,
     draining: AtomicBool,
+    control: ControlPlane,
 }
 
 impl Node {
-    /// The runtime, once loaded.
-    pub fn runtime(&self) -> Option<&Runtime> {
-        self.runtime.get()
+    /// A node that keeps its deploys in `state`, and has nothing loaded yet.
+    pub fn new(state: StateDir, settings: ControlSettings) -> Node {
+        Node {
+            runtime: RwLock::new(None),
+            draining: AtomicBool::new(false),
+            control: ControlPlane::new(state, settings),
+        }
     }
 
-    /// Marks the node loaded: from now on it serves.
-    pub fn loaded(&self, runtime: Runtime) {
-        let _ = self.runtime.set(runtime);
+    /// The runtime serving now, once loaded. A request holds it to its end.
+    pub fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.runtime.read().unwrap().clone()
+    }
+
+    /// Makes `runtime` the one serving; requests already holding the old one finish on it.
+    fn swap(&self, runtime: Runtime) {
+        *self.runtime.write().unwrap() = Some(Arc::new(runtime));
+    }
+
+    /// What changes what the node serves.
+    pub fn control(&self) -> &ControlPlane {
+        &self.control
     }
 
     /// Marks the node as shutting down: it finishes what it has but is no longer ready.
@@ -84,29 +111,11 @@ impl Node {
 
     /// Whether load balancers should send it requests.
     pub fn is_ready(&self) -> bool {
-        self.runtime.get().is_some() && !self.draining.load(Ordering::Relaxed)
+        self.runtime.read().unwrap().is_some() && !self.draining.load(Ordering::Relaxed)
     }
 }
 
 impl Runtime {
-    /// Loads every model and component of `config`. Any failure names what failed to load.
-    pub async fn load(config: &Config) -> anyhow::Result<Runtime> {
-        let started = Instant::now();
-        let models = Models::load(&config.models)?;
-        let limits = EngineLimits {
-            instances: config.routes.iter().map(|r| r.max_concurrency as u32).sum(),
-            max_memory_bytes: config.routes.iter().map(|r| r.memory_mib as usize * MIB).max().unwrap_or(MIB),
-            compilation_cache: config.server.compilation_cache,
-        };
-        let engine = new_engine(limits)?;
-        let mut routes = Vec::with_capacity(config.routes.len());
-        for route in &config.routes {
-            routes.push(load_route(&engine, route, &models).await?);
-        }
-        info!(routes = routes.len(), load_ms = started.elapsed().as_millis() as u64, "runtime loaded");
-        Ok(Runtime { routes, models, oip_metrics: RouteMetrics::new("/v2") })
-    }
-
     /// Sets the gauges that are read off live state (instances in use, queue depths).
     pub fn refresh_gauges(&self) {
         #[cfg(feature = "gpu")]
@@ -123,9 +132,14 @@ impl Runtime {
         &self.models
     }
 
-    /// Every route, in the configuration's order.
-    pub fn routes(&self) -> &[Route] {
+    /// Every route, by name.
+    pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
+    }
+
+    /// The route called `name`.
+    pub fn route_named(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|route| route.name == name)
     }
 
     /// The route serving `path`: the one with the longest matching path.
@@ -134,57 +148,69 @@ impl Runtime {
             .iter()
             .filter(|route| path_matches(path, &route.path))
             .max_by_key(|route| route.path.len())
+            .map(Arc::as_ref)
     }
 }
 
+/// Builds one version of the route `name` from its settings, its component's bytes and
+/// the models it may use: its own engine (a pool sized to its cap), the component
+/// compiled, its imports checked, and one instance made as a probe. It shares `admission`
+/// (its previous version's) when given.
 async fn load_route(
-    engine: &wasmtime::Engine,
-    config: &RouteConfig,
+    name: &str,
+    spec: &RouteSpec,
+    component: &[u8],
     models: &Models,
+    admission: Option<Arc<Admission>>,
+    compilation_cache: bool,
 ) -> anyhow::Result<Route> {
-    let granted = config
+    let granted = spec
         .models
         .iter()
-        .map(|name| {
-            let model = models.get(name).with_context(|| format!("model {name:?} is not loaded"))?;
-            Ok((name.clone(), model.clone()))
+        .map(|model| {
+            let loaded = models.get(model).with_context(|| format!("model {model:?} is not loaded"))?;
+            Ok((model.clone(), loaded.clone()))
         })
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
-    let grant = Arc::new(NnGrant { models: granted, allow_model_load: config.allow_model_load });
-    let metrics = RouteMetrics::new(&config.path);
-    let spec = GuestSpec {
-        file: &config.component,
-        route_path: &config.path,
-        imports: match config.strict_imports {
-            true => ImportPolicy::Strict { grants: &config.grant },
+    let grant = Arc::new(NnGrant { models: granted.clone(), allow_model_load: spec.allow_model_load });
+    let metrics = RouteMetrics::new(&spec.path);
+    let engine = new_engine(EngineLimits {
+        instances: u32::try_from(spec.max_concurrency).unwrap_or(u32::MAX),
+        max_memory_bytes: spec.memory_mib as usize * MIB,
+        compilation_cache,
+    })?;
+    let label = spec.component.to_string();
+    let guest_spec = GuestSpec {
+        component,
+        label: &label,
+        route_path: &spec.path,
+        imports: match spec.strict_imports {
+            true => ImportPolicy::Strict { grants: &spec.grant },
             false => ImportPolicy::AnyWasi,
         },
-        capabilities: Capabilities::new(&config.outbound_http, config.read_only_dirs.clone()),
+        capabilities: Capabilities::new(&spec.outbound_http, spec.read_only_dirs.clone()),
         limits: InstanceLimits {
-            memory_bytes: config.memory_mib as usize * MIB,
-            host_memory_bytes: config.host_memory_mib.unwrap_or(config.memory_mib) as usize * MIB,
-            max_host_resources: config.max_host_resources,
-            max_response_bytes: config.max_response_bytes,
+            memory_bytes: spec.memory_mib as usize * MIB,
+            host_memory_bytes: spec.host_memory_mib.unwrap_or(spec.memory_mib) as usize * MIB,
+            max_host_resources: spec.max_host_resources,
+            max_response_bytes: spec.max_response_bytes,
         },
     };
-    if !config.strict_imports && !config.grant.is_empty() {
-        warn!(route = %config.path, "`grant` has no effect without `strict_imports = true`: every WASI package links, its capabilities closed");
+    if !spec.strict_imports && !spec.grant.is_empty() {
+        warn!(route = %spec.path, "`grant` has no effect without `strict_imports = true`: every WASI package links, its capabilities closed");
     }
-    let guest = GuestComponent::load(engine, spec, grant, &metrics)
-        .await
-        .with_context(|| format!("route {}", config.path))?;
-    info!(route = %config.path, component = %config.component.display(), "route ready");
+    let guest = GuestComponent::load(&engine, guest_spec, grant, &metrics).await?;
+    info!(route = %name, path = %spec.path, component = %label, "route ready");
     Ok(Route {
-        path: config.path.clone(),
-        admission: Admission::new(config.max_concurrency, config.max_queue),
+        name: name.to_string(),
+        path: spec.path.clone(),
+        admission: admission
+            .unwrap_or_else(|| Arc::new(Admission::new(spec.max_concurrency, spec.max_queue))),
         guest,
-        component: config
-            .component
-            .file_name()
-            .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
-        models: config.models.clone(),
-        timeout: Duration::from_millis(config.timeout_ms),
-        max_body_bytes: config.max_body_bytes,
+        spec: spec.clone(),
+        granted,
+        timeout: Duration::from_millis(spec.timeout_ms),
+        max_body_bytes: spec.max_body_bytes,
         metrics,
     })
 }

@@ -1,4 +1,4 @@
-//! The models of a node: every configured model, loaded and optimized once at start-up, each
+//! The models of a node: each loaded and optimized once (at start-up or when deployed),
 //! behind its own scheduler, shared by every route and instance that is granted it.
 
 use std::collections::HashMap;
@@ -11,50 +11,62 @@ use tracing::info;
 use crate::inference::backend;
 use crate::inference::scheduler::{CacheConfig, ModelScheduler, SchedulerConfig};
 use crate::node::config::ModelConfig;
+use crate::node::state::ModelSpec;
 use crate::telemetry::metrics;
 
-/// All loaded models, by name.
-#[derive(Default)]
+/// One loaded model: its scheduler, and the settings it was loaded with.
+#[derive(Clone)]
+pub struct LoadedModel {
+    pub scheduler: Arc<ModelScheduler>,
+    pub spec: ModelSpec,
+}
+
+/// All loaded models, by name. Cloning shares the models.
+#[derive(Clone, Default)]
 pub struct Models {
-    by_name: HashMap<String, Arc<ModelScheduler>>,
+    by_name: HashMap<String, LoadedModel>,
 }
 
 impl Models {
-    /// Loads every configured model and starts its executors.
-    pub fn load<'a>(
-        configs: impl IntoIterator<Item = (&'a String, &'a ModelConfig)>,
-    ) -> anyhow::Result<Models> {
-        let mut by_name = HashMap::new();
-        for (name, config) in configs {
-            let started = Instant::now();
-            let backend = backend::load_file(name, config.backend, &config.file)
-                .with_context(|| format!("loading model {name:?} from {}", config.file.display()))?;
-            let scheduling = scheduler_config(config, backend.on_gpu());
-            let backend_name = backend.name();
-            let scheduler = ModelScheduler::start(name, Arc::from(backend), &scheduling)?;
-            metrics::model_backend(name, backend_name);
-            info!(
-                model = %name,
-                backend = backend_name,
-                executors = scheduling.executors,
-                max_batch = scheduler.max_batch_items(),
-                max_padding = scheduler.max_padding_ratio(),
-                load_ms = started.elapsed().as_millis() as u64,
-                "model loaded"
-            );
-            by_name.insert(name.clone(), Arc::new(scheduler));
-        }
-        Ok(Models { by_name })
+    /// Loads the model `name` from `bytes` as `spec` says, and starts its executors.
+    pub fn load(name: &str, spec: &ModelSpec, bytes: Vec<u8>) -> anyhow::Result<LoadedModel> {
+        let started = Instant::now();
+        let backend = backend::load(name, spec.backend, bytes)
+            .with_context(|| format!("loading model {name:?} ({})", spec.file))?;
+        let scheduling = scheduler_config(spec, backend.on_gpu());
+        let backend_name = backend.name();
+        let scheduler = ModelScheduler::start(name, Arc::from(backend), &scheduling)?;
+        metrics::model_backend(name, backend_name);
+        info!(
+            model = %name,
+            backend = backend_name,
+            executors = scheduling.executors,
+            max_batch = scheduler.max_batch_items(),
+            max_padding = scheduler.max_padding_ratio(),
+            load_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        Ok(LoadedModel { scheduler: Arc::new(scheduler), spec: spec.clone() })
+    }
+
+    /// Adds (or replaces) a loaded model.
+    pub fn insert(&mut self, name: String, model: LoadedModel) {
+        self.by_name.insert(name, model);
     }
 
     /// The model called `name`, if it is loaded.
     pub fn get(&self, name: &str) -> Option<&Arc<ModelScheduler>> {
+        self.by_name.get(name).map(|model| &model.scheduler)
+    }
+
+    /// The model called `name` with its settings, if it is loaded.
+    pub fn loaded(&self, name: &str) -> Option<&LoadedModel> {
         self.by_name.get(name)
     }
 
     /// Every model, by name in order.
     pub fn all(&self) -> Vec<&ModelScheduler> {
-        let mut models: Vec<&ModelScheduler> = self.by_name.values().map(|m| m.as_ref()).collect();
+        let mut models: Vec<&ModelScheduler> = self.by_name.values().map(|m| m.scheduler.as_ref()).collect();
         models.sort_by_key(|model| model.name());
         models
     }
@@ -66,7 +78,7 @@ const GPU_MAX_BATCH: usize = 128;
 
 /// The scheduling knobs of a model's config. On a GPU one executor feeds the device with
 /// large batches (that is what makes it fast); on the CPU, one executor per core.
-pub fn scheduler_config(config: &ModelConfig, on_gpu: bool) -> SchedulerConfig {
+pub fn scheduler_config<F>(config: &ModelConfig<F>, on_gpu: bool) -> SchedulerConfig {
     SchedulerConfig {
         executors: config.executors.unwrap_or_else(|| if on_gpu { 1 } else { default_executors() }),
         queue_capacity: config.queue_capacity,

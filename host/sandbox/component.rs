@@ -8,7 +8,6 @@
 //! caller goes away before the response head (the client disconnected), the task is aborted:
 //! the instance is dropped, and so is any inference it still had queued.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,8 +93,10 @@ pub struct GuestComponent {
 
 /// What a route says about its guest component.
 pub struct GuestSpec<'a> {
-    /// The `.wasm` component.
-    pub file: &'a Path,
+    /// The component's bytes (a `.wasm` file).
+    pub component: &'a [u8],
+    /// What messages call it (its digest).
+    pub label: &'a str,
     /// The route's path, which tags the guest's log lines.
     pub route_path: &'a str,
     /// WASI packages the component may import beyond the guest world.
@@ -115,18 +116,18 @@ impl GuestComponent {
         grant: Arc<NnGrant>,
         metrics: &RouteMetrics,
     ) -> anyhow::Result<GuestComponent> {
-        let file = spec.file;
+        let file = spec.label;
         let started = Instant::now();
-        let component = Component::from_file(engine, file)
-            .with_context(|| format!("compiling the component {}", file.display()))?;
+        // Compiling takes a CPU for a while: tell tokio, so other tasks move off this thread.
+        let component = tokio::task::block_in_place(|| Component::new(engine, spec.component))
+            .with_context(|| format!("compiling the component {file} (is it a WebAssembly component?)"))?;
         let compiled = started.elapsed();
-        imports::check(engine, &component, spec.imports).with_context(|| file.display().to_string())?;
+        imports::check(engine, &component, spec.imports).with_context(|| file.to_string())?;
         let linker = sandbox::linker(engine)?;
-        let instance_pre = linker
-            .instantiate_pre(&component)
-            .with_context(|| format!("linking the component {}", file.display()))?;
+        let instance_pre =
+            linker.instantiate_pre(&component).with_context(|| format!("linking the component {file}"))?;
         let pre = ProxyPre::new(instance_pre)
-            .with_context(|| format!("{} is not a wasi:http/proxy component", file.display()))?;
+            .with_context(|| format!("{file} is not a wasi:http/proxy component"))?;
         let guest = GuestComponent {
             pre,
             grant,
@@ -142,8 +143,8 @@ impl GuestComponent {
             .pre
             .instantiate_async(&mut store)
             .await
-            .with_context(|| format!("instantiating the component {}", file.display()))?;
-        debug!(file = %file.display(), compile_ms = compiled.as_millis() as u64, "component ready");
+            .with_context(|| format!("instantiating the component {file}"))?;
+        debug!(component = %file, compile_ms = compiled.as_millis() as u64, "component ready");
         Ok(guest)
     }
 

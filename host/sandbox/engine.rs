@@ -1,7 +1,9 @@
 //! The wasmtime engine: compilation settings, the pooling allocator and the epoch clock.
 //!
-//! One engine serves every route. Instances come from a pooling allocator sized from the
-//! routes' concurrency caps, so a fresh instance per request costs microseconds (slots are
+//! Each version of a route has an engine of its own, so a version being deployed never
+//! competes for instance slots with the one it replaces, and its pool goes with it once it
+//! has drained. Instances come from a pooling allocator sized from the route's concurrency
+//! cap, so a fresh instance per request costs microseconds (slots are
 //! reused, memory is copy-on-write, and a little of each slot stays resident between uses).
 //! A background thread advances the engine's epoch every [`EPOCH_TICK`]; guests yield to
 //! tokio at each tick, which is how a guest stuck in a loop is cut off at its deadline.
@@ -27,9 +29,9 @@ const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 /// What the engine must be sized for.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineLimits {
-    /// Component instances alive at once: the sum of the routes' concurrency caps.
+    /// Component instances alive at once: the route's concurrency cap.
     pub instances: u32,
-    /// The largest linear memory any route allows, in bytes.
+    /// The linear memory the route allows, in bytes.
     pub max_memory_bytes: usize,
     /// Whether to use wasmtime's on-disk compilation cache.
     pub compilation_cache: bool,

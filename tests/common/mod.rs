@@ -24,6 +24,10 @@ pub struct Server {
     logged: Arc<Condvar>,
     /// `http://127.0.0.1:PORT`
     pub base: String,
+    /// The admin API's `http://127.0.0.1:PORT`.
+    pub admin: String,
+    /// The state folder it was started with.
+    pub state_dir: PathBuf,
     _config_dir: tempfile::TempDir,
 }
 
@@ -36,7 +40,7 @@ impl Server {
     /// Starts the server with no config: the bundled examples.
     pub fn start_bundled() -> Server {
         let dir = tempfile::tempdir().unwrap();
-        Self::spawn(&[], "warn", &[], dir)
+        Self::spawn(&[], "warn", &[], dir, None)
             .unwrap_or_else(|stderr| panic!("the server did not start:\n{stderr}"))
     }
 
@@ -67,7 +71,16 @@ impl Server {
         let path = dir.path().join("edge-infer.toml");
         std::fs::write(&path, config).unwrap();
         let args = ["--config".as_ref(), path.as_os_str(), "--log-format".as_ref(), format.as_ref()];
-        Self::spawn(&args, level, env, dir)
+        Self::spawn(&args, level, env, dir, None)
+    }
+
+    /// Starts the server with `config` (logging at `level`) on the state folder `state_dir`,
+    /// which outlives it: a later server started on it serves what this one deployed.
+    pub fn try_start_on_state(config: &str, state_dir: &Path, level: &str) -> Result<Server, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge-infer.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::spawn(&["--config".as_ref(), path.as_os_str()], level, &[], dir, Some(state_dir))
     }
 
     fn spawn(
@@ -75,10 +88,14 @@ impl Server {
         level: &str,
         env: &[(&str, &std::path::Path)],
         config_dir: tempfile::TempDir,
+        state_dir: Option<&Path>,
     ) -> Result<Server, String> {
+        let state_dir = state_dir.map_or_else(|| config_dir.path().join("state"), Path::to_path_buf);
         let mut child = Command::new(binary())
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(&state_dir)
             .args(args)
             .envs(env.iter().map(|(name, value)| (*name, *value)))
             .env("RUST_LOG", level)
@@ -100,14 +117,20 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let (sender, receiver) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = sender.send(line);
+            // Two lines once ready: the main listener's address, then the admin API's.
+            let mut reader = BufReader::new(stdout);
+            let (mut line, mut admin) = (String::new(), String::new());
+            let _ = reader.read_line(&mut line);
+            let _ = reader.read_line(&mut admin);
+            let _ = sender.send((line, admin));
+            // Keep reading, so the server never writes to a closed pipe.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
         });
+        let last_word = |line: &str| line.trim().rsplit(' ').next().unwrap().to_string();
         match receiver.recv_timeout(START_TIMEOUT) {
-            Ok(line) if line.contains("listening on ") => {
-                let base = line.trim().rsplit(' ').next().unwrap().to_string();
-                Ok(Server { child, stderr, logged, base, _config_dir: config_dir })
+            Ok((line, admin)) if line.contains("listening on ") && admin.contains("admin API on ") => {
+                let (base, admin) = (last_word(&line), last_word(&admin));
+                Ok(Server { child, stderr, logged, base, admin, state_dir, _config_dir: config_dir })
             }
             _ => {
                 let _ = child.kill();
@@ -133,6 +156,30 @@ impl Server {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// The config file it was started with (rewrite it, then send SIGHUP).
+    pub fn config_path(&self) -> PathBuf {
+        self._config_dir.path().join("edge-infer.toml")
+    }
+
+    /// The admin API's URL for `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
+    }
+
+    /// The admin token the server made in its state folder.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("admin-token")).unwrap()
+    }
+
+    /// Sends `signal` (a name for kill(1): TERM, HUP, KILL).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// Sends SIGTERM.

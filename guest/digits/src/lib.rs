@@ -3,7 +3,8 @@
 //! Request: `{"pixels": [64 numbers 0..16]}` (one row-major 8x8 image) or
 //! `{"images": [[64 numbers], ...]}` (several). Response: `{"label": n, "probabilities": [10]}`
 //! for `pixels`, a JSON array of those, one per image, for `images`.
-//! Malformed input gets 400 with a message saying what is wrong.
+//! Malformed input gets 400 with a message saying what is wrong. Every answer that succeeds
+//! names the guest's version in `x-guest-version`.
 
 use edge_infer_guest::{Error, Handler, Request, Response, Tensor, TensorExt, infer};
 use serde_json::{Value, json};
@@ -16,6 +17,9 @@ const MAX_PIXEL: f64 = 16.0;
 const CLASSES: usize = 10;
 /// Most images accepted in one request.
 const MAX_IMAGES: usize = 1024;
+/// This guest's version, in the `x-guest-version` header of its answers (deploy tests make
+/// a new version of the guest by changing it).
+const VERSION: &str = "digits-guest-v1";
 
 struct Digits;
 
@@ -23,15 +27,19 @@ edge_infer_guest::export!(Digits);
 
 impl Handler for Digits {
     fn handle(request: Request) -> Result<Response, Error> {
-        request.expect_method("POST", "use POST with a JSON body")?;
-        let input = parse_request(request.body()?).map_err(Error::bad_request)?;
-        let probabilities = classify(&input.images)?;
-        let mut predictions = probabilities.chunks(CLASSES).map(prediction);
-        if input.single {
-            Response::json(&predictions.next().expect("one image in, one prediction out"))
-        } else {
-            Response::json(&predictions.collect::<Vec<_>>())
-        }
+        Ok(answer(request)?.with_header("x-guest-version", VERSION))
+    }
+}
+
+fn answer(request: Request) -> Result<Response, Error> {
+    request.expect_method("POST", "use POST with a JSON body")?;
+    let input = parse_request(request.body()?).map_err(Error::bad_request)?;
+    let probabilities = classify(&input.images)?;
+    let mut predictions = probabilities.chunks(CLASSES).map(prediction);
+    if input.single {
+        Response::json(&predictions.next().expect("one image in, one prediction out"))
+    } else {
+        Response::json(&predictions.collect::<Vec<_>>())
     }
 }
 

@@ -165,17 +165,18 @@ impl Request {
     }
 }
 
-/// An HTTP response: status, content type and body.
+/// An HTTP response: status, content type, other headers and body.
 pub struct Response {
     status: u16,
     content_type: String,
+    headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
 
 impl Response {
     /// A response with `status`, a content type and a body.
     pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response {
-        Response { status, content_type: content_type.to_string(), body: body.into() }
+        Response { status, content_type: content_type.to_string(), headers: Vec::new(), body: body.into() }
     }
 
     /// A 200 with `value` serialised as JSON.
@@ -190,11 +191,29 @@ impl Response {
         Response { status, ..self }
     }
 
+    /// The same response with one more header. A name or value that HTTP does not allow
+    /// makes the host answer 500 instead.
+    pub fn with_header(mut self, name: &str, value: &str) -> Response {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
     fn send(self, out: ResponseOutparam) {
         let headers = Fields::new();
         // Both header values are valid by construction, so `append` cannot fail here.
         let _ = headers.append("content-type", self.content_type.as_bytes());
         let _ = headers.append("content-length", self.body.len().to_string().as_bytes());
+        for (name, value) in &self.headers {
+            if headers.append(name, value.as_bytes()).is_err() {
+                let message = format!("the guest set a header HTTP does not allow: {name:?}");
+                return Response::new(
+                    500,
+                    "application/json",
+                    serde_json::json!({ "error": message }).to_string(),
+                )
+                .send(out);
+            }
+        }
         let response = OutgoingResponse::new(headers);
         // A status outside 100..=999 is refused; the host then answers 500.
         let _ = response.set_status_code(self.status);

@@ -7,7 +7,7 @@
 //!
 //! Backends: tract (pure Rust, on the CPU, always there: the embedded default) and, with the
 //! `ort` feature, ONNX Runtime loaded dynamically, on the CPU or (feature `gpu`) on a CUDA
-//! device. [`load_file`] picks one from the model's `backend` setting and logs which and why.
+//! device. [`load`] picks one from the model's `backend` setting and logs which and why.
 
 #[cfg(feature = "ort")]
 pub mod ort;
@@ -62,26 +62,34 @@ pub enum BackendKind {
 
 /// Loads the ONNX model at `path` with the backend `kind` asks for.
 pub fn load_file(name: &str, kind: BackendKind, path: &Path) -> anyhow::Result<Box<dyn Backend>> {
-    let read = || std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    load(name, kind, bytes)
+}
+
+/// Loads the ONNX model in `bytes` with the backend `kind` asks for.
+pub fn load(name: &str, kind: BackendKind, bytes: Vec<u8>) -> anyhow::Result<Box<dyn Backend>> {
+    let tract = |bytes: &[u8]| -> anyhow::Result<Box<dyn Backend>> {
+        Ok(Box::new(tract::TractModel::load_bytes(bytes)?))
+    };
     match kind {
-        BackendKind::Cpu | BackendKind::Tract => Ok(Box::new(tract::TractModel::load_file(path)?)),
-        BackendKind::Gpu => gpu(read()?)
+        BackendKind::Cpu | BackendKind::Tract => tract(&bytes),
+        BackendKind::Gpu => gpu(bytes)
             .map_err(|reason| anyhow::anyhow!("backend = \"gpu\", but no GPU is usable: {reason:#}")),
-        BackendKind::Auto => match gpu(read()?) {
+        BackendKind::Auto => match gpu(bytes.clone()) {
             Ok(backend) => {
                 info!(model = %name, "backend auto: using the GPU");
                 Ok(backend)
             }
             Err(reason) => {
                 info!(model = %name, "backend auto: using tract on the CPU (no usable GPU: {reason:#})");
-                Ok(Box::new(tract::TractModel::load_file(path)?))
+                tract(&bytes)
             }
         },
-        BackendKind::Ort => match ort_cpu(read()?) {
+        BackendKind::Ort => match ort_cpu(bytes.clone()) {
             Ok(backend) => Ok(backend),
             Err(reason) => {
                 warn!(model = %name, "backend ort: falling back to tract ({reason:#})");
-                Ok(Box::new(tract::TractModel::load_file(path)?))
+                tract(&bytes)
             }
         },
     }

@@ -5,7 +5,6 @@
 //! as a `batch` axis) stay symbolic, so one plan serves every batch size and length; the
 //! batch and sequence axes of each tensor are found from the symbols they share.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -23,12 +22,6 @@ pub struct TractModel {
 }
 
 impl TractModel {
-    /// Loads and optimizes the ONNX model at `path`.
-    pub fn load_file(path: &Path) -> anyhow::Result<TractModel> {
-        let model = tract_onnx::onnx().model_for_path(path)?;
-        Self::optimize(model)
-    }
-
     /// Loads and optimizes an ONNX model from bytes.
     pub fn load_bytes(mut bytes: &[u8]) -> anyhow::Result<TractModel> {
         let model = tract_onnx::onnx().model_for_read(&mut bytes)?;

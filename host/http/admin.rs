@@ -1,0 +1,244 @@
+//! The admin API, on its own listener (`server.admin_listen`): every call needs
+//! `Authorization: Bearer <token>` (401 and nothing changes without it).
+//!
+//! | call | what it does |
+//! | --- | --- |
+//! | `PUT /admin/artifacts` | stores the body (a component or a model) by its sha256 digest |
+//! | `GET /admin/routes` | every route: component digest, settings, state, requests in flight |
+//! | `GET /admin/routes/{name}` | one route |
+//! | `PUT /admin/routes/{name}` | deploys the route (JSON settings, component by digest) |
+//! | `DELETE /admin/routes/{name}` | stops serving it; requests in flight finish |
+//! | `POST /admin/routes/{name}/rollback` | serves its previous version again |
+//! | `GET /admin/models` | every model and its settings |
+//! | `POST /v2/repository/...` | the model repository API, as on the main listener |
+//!
+//! A change answers once the new version serves (or, if it failed, with why and nothing
+//! changed): 400 malformed settings, 404 no such route or model, 409 a conflict with what is
+//! deployed, 413 too large, 422 the version did not load.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::http::oip::Endpoint;
+use crate::http::repository::{self, Action};
+use crate::http::response::{self, Body};
+use crate::node::Node;
+use crate::node::control::DeployError;
+use crate::node::state::{RouteSpec, StateError};
+
+/// Largest route settings accepted, beside an inline component.
+const MAX_SETTINGS_BYTES: usize = 1 << 20;
+
+/// Largest JSON body accepted: settings with a file in base64 (4 characters per 3 bytes).
+fn inline_limit(node: &Node) -> usize {
+    let encoded = node.control().max_artifact_bytes().saturating_mul(4) / 3;
+    usize::try_from(encoded).unwrap_or(usize::MAX).saturating_add(MAX_SETTINGS_BYTES)
+}
+
+/// Answers one admin request.
+pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = match refusal(&node, request.headers()) {
+        Some(refusal) => refusal,
+        None => route(&node, request).await,
+    };
+    info!(%method, %path, status = response.status().as_u16(), "admin");
+    response
+}
+
+async fn route(node: &Node, request: Request<Incoming>) -> Response<Body> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::PUT | &Method::POST, ["admin", "artifacts"]) => upload(node, request.into_body()).await,
+        (&Method::GET, ["admin", "routes"]) => list_routes(node, None),
+        (&Method::GET, ["admin", "routes", name]) => list_routes(node, Some(name)),
+        (&Method::PUT, ["admin", "routes", name]) => {
+            let limit = inline_limit(node);
+            match read_all(request.into_body(), limit).await {
+                Ok(body) => put_route(node, name, &body).await,
+                Err(refusal) => refusal,
+            }
+        }
+        (&Method::DELETE, ["admin", "routes", name]) => answer(name, node.delete_route(name).await),
+        (&Method::POST, ["admin", "routes", name, "rollback"]) => {
+            answer(name, node.rollback_route(name).await)
+        }
+        (&Method::GET, ["admin", "models"]) => list_models(node),
+        _ => match Endpoint::parse(&path) {
+            Some(Endpoint::RepositoryLoad(model)) => {
+                change_repository(node, Action::Load, model, request).await
+            }
+            Some(Endpoint::RepositoryUnload(model)) => {
+                change_repository(node, Action::Unload, model, request).await
+            }
+            _ => response::error(StatusCode::NOT_FOUND, format!("no admin call {method} {path}")),
+        },
+    }
+}
+
+/// A repository load or unload of `model`: POST, with the admin token.
+pub async fn change_repository(
+    node: &Node,
+    action: Action,
+    model: &str,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    if request.method() != Method::POST {
+        return response::error(StatusCode::METHOD_NOT_ALLOWED, "repository calls take POST");
+    }
+    if let Some(refusal) = refusal(node, request.headers()) {
+        return refusal;
+    }
+    match read_all(request.into_body(), inline_limit(node)).await {
+        Ok(body) => repository::respond(node, action, model, body).await,
+        Err(refusal) => refusal,
+    }
+}
+
+/// The 401 to answer a call without the admin token; none for a call that carries it.
+fn refusal(node: &Node, headers: &HeaderMap) -> Option<Response<Body>> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .map(|token| token.trim_ascii());
+    match presented {
+        Some(token) if node.control().is_admin_token(token) => None,
+        _ => {
+            let mut refusal = response::error(
+                StatusCode::UNAUTHORIZED,
+                "this call needs the admin token: Authorization: Bearer <token>",
+            );
+            refusal.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Some(refusal)
+        }
+    }
+}
+
+/// Streams the body into the state folder as an artifact.
+async fn upload(node: &Node, mut body: Incoming) -> Response<Body> {
+    let state = node.control().state();
+    let stored = async {
+        let mut upload = state.upload(node.control().max_artifact_bytes())?;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| StateError::Io {
+                what: "receiving",
+                path: "the upload".into(),
+                source: std::io::Error::other(e),
+            })?;
+            if let Ok(data) = frame.into_data() {
+                upload.write(&data)?;
+            }
+        }
+        tokio::task::block_in_place(|| upload.finish())
+    };
+    match stored.await {
+        Ok(digest) => response::json(StatusCode::CREATED, &json!({ "digest": digest })),
+        Err(error) => deploy_error(error.into()),
+    }
+}
+
+/// Deploys a route from its JSON settings; `component_base64` carries the component inline
+/// instead of naming an uploaded one by digest.
+async fn put_route(node: &Node, name: &str, body: &[u8]) -> Response<Body> {
+    let bad = |message: String| response::error(StatusCode::BAD_REQUEST, message);
+    let mut settings: Value = match serde_json::from_slice(body) {
+        Ok(Value::Object(settings)) => Value::Object(settings),
+        Ok(_) => return bad("the route's settings must be a JSON object".into()),
+        Err(e) => return bad(format!("malformed JSON: {e}")),
+    };
+    if let Some(inline) = settings.as_object_mut().and_then(|s| s.remove("component_base64")) {
+        let Some(bytes) =
+            inline.as_str().and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
+        else {
+            return bad("`component_base64` must be the component in base64".into());
+        };
+        match node.control().state().store(&bytes) {
+            Ok(digest) => settings["component"] = json!(digest),
+            Err(error) => return deploy_error(error.into()),
+        }
+    }
+    let spec: RouteSpec = match serde_path_to_error::deserialize(settings) {
+        Ok(spec) => spec,
+        Err(e) => return bad(format!("field `{}`: {}", e.path().clone(), e.into_inner())),
+    };
+    answer(name, node.put_route(name, spec).await)
+}
+
+fn answer(name: &str, outcome: Result<crate::node::control::Outcome, DeployError>) -> Response<Body> {
+    match outcome {
+        Ok(outcome) => response::json(StatusCode::OK, &json!({ "route": name, "outcome": outcome })),
+        Err(error) => deploy_error(error),
+    }
+}
+
+fn list_routes(node: &Node, name: Option<&str>) -> Response<Body> {
+    let Some(runtime) = node.runtime() else {
+        return response::overloaded("the node is still loading");
+    };
+    let statuses = node.control().route_statuses(&runtime);
+    match name {
+        None => response::json(StatusCode::OK, &json!({ "routes": statuses })),
+        Some(name) => {
+            match statuses.into_iter().find(|status| status.name == name && status.state == "serving") {
+                Some(status) => response::json(StatusCode::OK, &json!(status)),
+                None => response::error(StatusCode::NOT_FOUND, format!("no route named {name:?}")),
+            }
+        }
+    }
+}
+
+fn list_models(node: &Node) -> Response<Body> {
+    let Some(runtime) = node.runtime() else {
+        return response::overloaded("the node is still loading");
+    };
+    let models: Vec<Value> = runtime
+        .models()
+        .all()
+        .iter()
+        .map(|model| {
+            let settings = runtime.models().loaded(model.name()).map(|loaded| json!(loaded.spec));
+            json!({ "name": model.name(), "backend": model.backend(), "settings": settings })
+        })
+        .collect();
+    response::json(StatusCode::OK, &json!({ "models": models }))
+}
+
+/// The answer for a change that was not made.
+pub fn deploy_error(error: DeployError) -> Response<Body> {
+    let status = match &error {
+        DeployError::NotFound(_) => StatusCode::NOT_FOUND,
+        DeployError::Conflict(_) => StatusCode::CONFLICT,
+        DeployError::Invalid(_) => StatusCode::BAD_REQUEST,
+        DeployError::Rejected(_) | DeployError::State(StateError::UnknownArtifact(_)) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        DeployError::State(StateError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+        DeployError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let message = error.to_string();
+    if status.is_server_error() {
+        warn!("change failed: {message}");
+    }
+    response::error(status, message)
+}
+
+/// Reads a whole body of at most `limit` bytes.
+pub async fn read_all(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(response::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {limit} bytes")))
+        }
+        Err(e) => Err(response::error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
+    }
+}

@@ -1,0 +1,479 @@
+//! The state folder: what was deployed to this node, kept so that a restart, a crash or a
+//! `kill -9` at any moment brings back exactly the last complete deploy.
+//!
+//! ```text
+//! STATE_DIR/
+//!   lock                 held (flock) by the one process using the folder
+//!   state.json           the desired state: routes and models, each naming its file by digest
+//!   artifacts/sha256/HEX components and models, named by the sha256 of their bytes
+//!   admin-token          the admin API's token, when made here (owner-only)
+//! ```
+//!
+//! Every file is written whole to a temporary name, flushed to disk, renamed into place, and
+//! the folder flushed: a reader sees the old file or the new one, never a part. A deploy
+//! writes its artifacts first and `state.json` last, so `state.json` only ever names files
+//! that are complete. Artifacts are checked against their digest each time they are read.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::node::config::{ModelConfig, RouteConfig};
+
+/// Unreferenced artifacts younger than this are kept: they may be uploads that a deploy is
+/// about to name.
+const UNREFERENCED_ARTIFACT_GRACE: Duration = Duration::from_secs(3600);
+
+/// The sha256 digest of a file's bytes, written `sha256:<64 hex digits>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Digest(String);
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest::from_hasher(Sha256::new_with_prefix(bytes))
+    }
+
+    fn from_hasher(hasher: Sha256) -> Digest {
+        let hex: String = hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect();
+        Digest(format!("sha256:{hex}"))
+    }
+
+    /// The 64 hex digits.
+    fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+}
+
+impl TryFrom<String> for Digest {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Digest, String> {
+        let valid = text.strip_prefix("sha256:").is_some_and(|hex| {
+            hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        if valid {
+            Ok(Digest(text))
+        } else {
+            Err(format!("{text:?} is not a digest: expected sha256:<64 lowercase hex digits>"))
+        }
+    }
+}
+
+impl From<Digest> for String {
+    fn from(digest: Digest) -> String {
+        digest.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A deployed route: its component named by digest.
+pub type RouteSpec = RouteConfig<Digest>;
+/// A deployed model: its file named by digest.
+pub type ModelSpec = ModelConfig<Digest>;
+
+/// What the node should serve: every route and model, by name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredState {
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteRecord>,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelRecord>,
+}
+
+/// One route: the version serving, the one before it (for rollback), and the digest of the
+/// config file's entry for it when that was last applied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRecord {
+    pub current: RouteSpec,
+    #[serde(default)]
+    pub previous: Option<RouteSpec>,
+    #[serde(default)]
+    pub from_config: Option<Digest>,
+}
+
+/// One model: the version serving, and the digest of the config file's entry for it when
+/// that was last applied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRecord {
+    pub current: ModelSpec,
+    #[serde(default)]
+    pub from_config: Option<Digest>,
+}
+
+impl DesiredState {
+    /// Every artifact a version in this state names (current or previous).
+    pub fn artifacts(&self) -> HashSet<Digest> {
+        let routes = self.routes.values().flat_map(|r| [Some(&r.current), r.previous.as_ref()]).flatten();
+        let models = self.models.values().map(|m| &m.current.file);
+        routes.map(|route| route.component.clone()).chain(models.cloned()).collect()
+    }
+}
+
+/// Why the state folder could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{what} {}: {source}", path.display())]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+    #[error("the state folder {} is in use by another edge-infer process", .0.display())]
+    InUse(PathBuf),
+    #[error("{} is not a valid state file: {source}", path.display())]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error("no artifact {0} in the state folder: upload it first (PUT /admin/artifacts)")]
+    UnknownArtifact(Digest),
+    #[error("artifact {digest} is damaged: its bytes hash to {actual}")]
+    Damaged { digest: Digest, actual: Digest },
+    #[error("the upload is over the limit of {0} bytes (server.max_artifact_bytes)")]
+    TooLarge(u64),
+}
+
+fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + use<'a> {
+    move |source| StateError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// The state folder, locked for this process.
+pub struct StateDir {
+    root: PathBuf,
+    /// Held for as long as the folder is in use; the lock goes with it.
+    _lock: File,
+    /// Whether the folder was made for this process only, and goes when it exits.
+    temporary: bool,
+}
+
+impl StateDir {
+    /// Opens (making it if needed) and locks the state folder at `root`.
+    pub fn open(root: &Path) -> Result<StateDir, StateError> {
+        Self::open_as(root, false)
+    }
+
+    /// A state folder for this process only, under the system's temporary folder, removed
+    /// when the process exits; left-overs of processes that are gone are removed first.
+    pub fn temporary() -> Result<StateDir, StateError> {
+        let parent = std::env::temp_dir();
+        remove_abandoned(&parent);
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let root = parent.join(format!("{TEMPORARY_PREFIX}{}-{nanos}", std::process::id()));
+        Self::open_as(&root, true)
+    }
+
+    fn open_as(root: &Path, temporary: bool) -> Result<StateDir, StateError> {
+        let artifacts = root.join("artifacts/sha256");
+        fs::create_dir_all(&artifacts).map_err(io_error("making", &artifacts))?;
+        let lock_path = root.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error("opening", &lock_path))?;
+        if lock.try_lock().is_err() {
+            return Err(StateError::InUse(root.to_path_buf()));
+        }
+        Ok(StateDir { root: root.to_path_buf(), _lock: lock, temporary })
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether deploys outlive this process.
+    pub fn is_persistent(&self) -> bool {
+        !self.temporary
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+
+    fn artifact_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("artifacts/sha256").join(digest.hex())
+    }
+
+    /// The desired state last saved (empty in a new folder).
+    pub fn load(&self) -> Result<DesiredState, StateError> {
+        let path = self.state_file();
+        match fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path, source })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(DesiredState::default()),
+            Err(e) => Err(StateError::Io { what: "reading", path, source: e }),
+        }
+    }
+
+    /// Saves `state` atomically: after a crash, the old state or this one, never a mix.
+    pub fn save(&self, state: &DesiredState) -> Result<(), StateError> {
+        let json = serde_json::to_vec_pretty(state).expect("the state serializes");
+        write_atomically(&self.state_file(), &json)
+    }
+
+    /// Stores `bytes` as an artifact and returns its digest (storing the same bytes twice
+    /// keeps one copy).
+    pub fn store(&self, bytes: &[u8]) -> Result<Digest, StateError> {
+        let digest = Digest::of(bytes);
+        let path = self.artifact_path(&digest);
+        if !path.is_file() {
+            write_atomically(&path, bytes)?;
+        }
+        Ok(digest)
+    }
+
+    /// Starts storing an artifact that arrives in pieces (at most `limit` bytes), hashed as
+    /// it is written, never held whole in memory.
+    pub fn upload(&self, limit: u64) -> Result<Upload<'_>, StateError> {
+        let partial = self.root.join(format!("artifacts/upload-{}", unique_suffix()));
+        let file = File::create(&partial).map_err(io_error("creating", &partial))?;
+        Ok(Upload { state: self, partial, file, hasher: Sha256::new(), received: 0, limit })
+    }
+
+    /// Copies the file at `path` into the artifacts and returns its digest.
+    pub fn import(&self, path: &Path) -> Result<Digest, StateError> {
+        let bytes = fs::read(path).map_err(io_error("reading", path))?;
+        self.store(&bytes)
+    }
+
+    /// Whether the artifact is there (not checked).
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.artifact_path(digest).is_file()
+    }
+
+    /// The artifact's bytes, checked against its digest.
+    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, StateError> {
+        let path = self.artifact_path(digest);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StateError::UnknownArtifact(digest.clone()));
+            }
+            Err(e) => return Err(StateError::Io { what: "reading", path, source: e }),
+        };
+        let actual = Digest::of(&bytes);
+        if &actual != digest {
+            return Err(StateError::Damaged { digest: digest.clone(), actual });
+        }
+        Ok(bytes)
+    }
+
+    /// Removes artifacts that `keep` does not name and that are older than an hour, and any
+    /// temporary file a crash left behind.
+    pub fn collect_garbage(&self, keep: &HashSet<Digest>) {
+        let folder = self.root.join("artifacts/sha256");
+        let Ok(entries) = fs::read_dir(&folder) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let referenced = Digest::try_from(format!("sha256:{name}")).is_ok_and(|d| keep.contains(&d));
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > UNREFERENCED_ARTIFACT_GRACE);
+            if (!referenced && old) || name.starts_with(".tmp-") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        for folder in [self.root.clone(), self.root.join("artifacts")] {
+            for entry in fs::read_dir(&folder).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".tmp-") || name.starts_with("upload-") {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+
+    /// Writes `bytes` to `name` in the folder, atomically, readable by the owner only.
+    pub fn write_private(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, StateError> {
+        let path = self.root.join(name);
+        write_atomically(&path, bytes)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(io_error("protecting", &path))?;
+        }
+        Ok(path)
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// An artifact being received; the partial file goes unless [`Upload::finish`] completes.
+pub struct Upload<'a> {
+    state: &'a StateDir,
+    partial: PathBuf,
+    file: File,
+    hasher: Sha256,
+    received: u64,
+    limit: u64,
+}
+
+impl Upload<'_> {
+    /// Appends the next piece.
+    pub fn write(&mut self, piece: &[u8]) -> Result<(), StateError> {
+        self.received += piece.len() as u64;
+        if self.received > self.limit {
+            return Err(StateError::TooLarge(self.limit));
+        }
+        self.hasher.update(piece);
+        self.file.write_all(piece).map_err(io_error("writing", &self.partial))
+    }
+
+    /// Flushes the artifact to disk, names it by its digest, and returns the digest.
+    pub fn finish(self) -> Result<Digest, StateError> {
+        self.file.sync_all().map_err(io_error("flushing", &self.partial))?;
+        let digest = Digest::from_hasher(self.hasher.clone());
+        let path = self.state.artifact_path(&digest);
+        fs::rename(&self.partial, &path).map_err(io_error("renaming into", &path))?;
+        sync_parent(&path)?;
+        Ok(digest)
+    }
+}
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        // After `finish` the partial file is renamed away and this finds nothing.
+        let _ = fs::remove_file(&self.partial);
+    }
+}
+
+/// Names of the temporary state folders in the system's temporary folder.
+const TEMPORARY_PREFIX: &str = "edge-infer-state-";
+
+/// Removes temporary state folders whose process is gone (their lock is free).
+fn remove_abandoned(parent: &Path) {
+    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(TEMPORARY_PREFIX) {
+            continue;
+        }
+        let Ok(lock) = File::open(entry.path().join("lock")) else { continue };
+        if lock.try_lock().is_ok() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn unique_suffix() -> String {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder: flushed, renamed
+/// over `path`, and the folder flushed so the rename itself survives a power cut.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let folder = path.parent().expect("state files live in a folder");
+    let temporary = folder.join(format!(".tmp-{}", unique_suffix()));
+    let written = (|| {
+        let mut file = File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(source) = written {
+        let _ = fs::remove_file(&temporary);
+        return Err(StateError::Io { what: "writing", path: temporary, source });
+    }
+    fs::rename(&temporary, path).map_err(io_error("renaming into", path))?;
+    sync_parent(path)
+}
+
+fn sync_parent(path: &Path) -> Result<(), StateError> {
+    let folder = path.parent().expect("state files live in a folder");
+    File::open(folder).and_then(|f| f.sync_all()).map_err(io_error("flushing", folder))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_parse_only_their_own_form() {
+        let digest = Digest::of(b"hello");
+        assert_eq!(
+            digest.to_string(),
+            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(Digest::try_from(digest.to_string()), Ok(digest));
+        for bad in [
+            "",
+            "sha256:",
+            "md5:2cf2",
+            "sha256:2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161E5C1FA7425E73043362938B9824",
+        ] {
+            assert!(Digest::try_from(bad.to_string()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn artifacts_are_checked_when_read() {
+        let folder = tempfile::tempdir().unwrap();
+        let state = StateDir::open(folder.path()).unwrap();
+        let digest = state.store(b"component bytes").unwrap();
+        assert_eq!(state.read(&digest).unwrap(), b"component bytes");
+        let mut upload = state.upload(100).unwrap();
+        upload.write(b"component ").unwrap();
+        upload.write(b"bytes").unwrap();
+        assert_eq!(upload.finish().unwrap(), digest);
+        let mut too_large = state.upload(100).unwrap();
+        too_large.write(&[0u8; 60]).unwrap();
+        assert!(matches!(too_large.write(&[0u8; 41]), Err(StateError::TooLarge(100))));
+        drop(too_large);
+        let left: Vec<_> = fs::read_dir(folder.path().join("artifacts")).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "only the sha256 folder: the partial upload is gone");
+
+        fs::write(state.artifact_path(&digest), b"component bytez").unwrap();
+        assert!(matches!(state.read(&digest), Err(StateError::Damaged { .. })));
+        let unknown = Digest::of(b"never stored");
+        assert!(matches!(state.read(&unknown), Err(StateError::UnknownArtifact(_))));
+    }
+
+    #[test]
+    fn one_process_per_folder_and_the_state_survives_reopening() {
+        let folder = tempfile::tempdir().unwrap();
+        let state = StateDir::open(folder.path()).unwrap();
+        assert!(matches!(StateDir::open(folder.path()), Err(StateError::InUse(_))));
+        assert_eq!(state.load().unwrap(), DesiredState::default());
+        let mut desired = DesiredState::default();
+        desired.models.insert(
+            "m".into(),
+            ModelRecord {
+                current: toml::from_str::<ModelConfig<Digest>>(&format!("file = \"{}\"", Digest::of(b"m")))
+                    .unwrap(),
+                from_config: None,
+            },
+        );
+        state.save(&desired).unwrap();
+        drop(state);
+        let reopened = StateDir::open(folder.path()).unwrap();
+        assert_eq!(reopened.load().unwrap(), desired);
+        assert_eq!(reopened.load().unwrap().artifacts(), HashSet::from([Digest::of(b"m")]));
+    }
+
+    #[test]
+    fn temporary_folders_go_with_their_process() {
+        let state = StateDir::temporary().unwrap();
+        let root = state.root().to_path_buf();
+        assert!(root.is_dir() && !state.is_persistent());
+        drop(state);
+        assert!(!root.exists());
+    }
+}

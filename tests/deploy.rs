@@ -1,0 +1,420 @@
+//! The control plane over real sockets: deploying a new version of a guest under load and
+//! rolling it back with no failed request; broken versions that change nothing; `kill -9`
+//! in the middle of deploys; SIGHUP; the admin token; and Triton's repository API with
+//! tritonclient.
+//!
+//! The "new version" of the digits guest is the bundled one with its version marker (the
+//! `x-guest-version` header of its answers) changed in its bytes: a different component,
+//! with a different digest, answering the same labels.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::{Server, client, compat_python, digits_config, expect_error, guest, repo_file, wait_for_log};
+
+const V1: &[u8] = b"digits-guest-v1";
+const V2: &[u8] = b"digits-guest-v2";
+
+/// The digits guest with its version marker replaced by `marker`.
+fn digits_version(marker: &[u8]) -> Vec<u8> {
+    let mut bytes = std::fs::read(guest("digits")).unwrap();
+    let at: Vec<usize> =
+        bytes.windows(V1.len()).enumerate().filter(|(_, w)| *w == V1).map(|(i, _)| i).collect();
+    assert_eq!(at.len(), 1, "the marker appears once in the guest");
+    bytes[at[0]..at[0] + marker.len()].copy_from_slice(marker);
+    bytes
+}
+
+/// A config with `/digits` and `/hello`.
+fn config() -> String {
+    format!(
+        "{}\n[[routes]]\npath = \"/hello\"\ncomponent = \"{}\"\n",
+        digits_config(),
+        guest("hello").display()
+    )
+}
+
+/// The admin API, with the server's token.
+struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    fn of(server: &Server) -> Admin {
+        Admin { http: client(), base: server.admin.clone(), token: server.admin_token() }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+    }
+
+    async fn upload(&self, bytes: Vec<u8>) -> String {
+        let response =
+            self.request(reqwest::Method::PUT, "/admin/artifacts").body(bytes).send().await.unwrap();
+        assert_eq!(response.status(), 201);
+        response.json::<Value>().await.unwrap()["digest"].as_str().unwrap().to_string()
+    }
+
+    async fn route(&self, name: &str) -> Value {
+        let response =
+            self.request(reqwest::Method::GET, &format!("/admin/routes/{name}")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// PUTs the route `name` with its current settings changed by `change`.
+    async fn put(&self, name: &str, change: impl FnOnce(&mut Value)) -> reqwest::Response {
+        let mut settings = self.route(name).await["settings"].clone();
+        change(&mut settings);
+        self.request(reqwest::Method::PUT, &format!("/admin/routes/{name}"))
+            .json(&settings)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn deploy_component(&self, name: &str, digest: &str) -> reqwest::Response {
+        self.put(name, |settings| settings["component"] = json!(digest)).await
+    }
+}
+
+/// Classifies one image on `/digits`: the status and the guest version that answered.
+async fn classify(http: &reqwest::Client, base: &str) -> (u16, String) {
+    let image = json!({ "pixels": [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0] });
+    match http.post(format!("{base}/digits")).json(&image).send().await {
+        Ok(response) => {
+            let version = response
+                .headers()
+                .get("x-guest-version")
+                .map_or_else(String::new, |v| v.to_str().unwrap().to_string());
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            // A 200 without a label is no answer either.
+            (if status == 200 && !body["label"].is_u64() { 0 } else { status }, version)
+        }
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// One request a load client made: when it started, its status, its guest version.
+struct Answer {
+    started: Instant,
+    status: u16,
+    version: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_and_a_rollback_under_load_fail_no_request() {
+    let server = Server::start(&config());
+    let admin = Admin::of(&server);
+    let v2 = admin.upload(digits_version(V2)).await;
+    let v1 = admin.route("digits").await["component"].as_str().unwrap().to_string();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, done, base) = (stop.clone(), done.clone(), server.base.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let (status, version) = classify(&http, &base).await;
+                    answers.push(Answer { started, status, version });
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                answers
+            })
+        })
+        .collect();
+    let wait_for_requests = |count: usize| {
+        let done = done.clone();
+        async move {
+            let target = done.load(Ordering::Relaxed) + count;
+            while done.load(Ordering::Relaxed) < target {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    wait_for_requests(200).await;
+    let response = admin.deploy_component("digits", &v2).await;
+    let swapped = Instant::now();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    wait_for_requests(200).await;
+    // Requests that start while the rollback is under way may meet either version.
+    let rolling_back = Instant::now();
+    let response =
+        admin.request(reqwest::Method::POST, "/admin/routes/digits/rollback").send().await.unwrap();
+    let rolled_back = Instant::now();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    wait_for_requests(200).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut answers = Vec::new();
+    for client in clients {
+        answers.extend(client.await.unwrap());
+    }
+    let failed: Vec<u16> = answers.iter().map(|a| a.status).filter(|s| *s != 200).collect();
+    assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), answers.len());
+    let version_of = |answer: &Answer| answer.version.as_bytes().to_vec();
+    for answer in &answers {
+        if answer.started > rolled_back {
+            assert_eq!(
+                version_of(answer),
+                V1,
+                "every request after the rollback is answered by the old version"
+            );
+        } else if answer.started > swapped && answer.started < rolling_back {
+            assert_eq!(version_of(answer), V2, "every request after the swap is answered by the new version");
+        }
+    }
+    let on_v2 = answers.iter().filter(|a| version_of(a) == V2).count();
+    assert!(on_v2 >= 200, "the new version served: {on_v2}");
+
+    let route = admin.route("digits").await;
+    assert_eq!(route["component"], v1.as_str());
+    assert_eq!(route["previous_component"], v2.as_str(), "a second rollback goes forward again");
+    assert_eq!(route["state"], "serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_version_changes_nothing_and_the_answer_says_why() {
+    let server = Server::start(&config());
+    let admin = Admin::of(&server);
+    let http = client();
+    let before = admin.route("digits").await;
+
+    // Not a component at all.
+    let response = admin
+        .put("digits", |settings| {
+            settings.as_object_mut().unwrap().remove("component");
+            settings["component_base64"] = json!("bm90IHdhc20=");
+        })
+        .await;
+    let reason = expect_error(response, 422).await;
+    assert!(reason.contains("compiling the component"), "{reason}");
+
+    // Imports its route does not allow: the JavaScript guest imports wasi:filesystem.
+    let js = std::fs::read(common::interpreted_guests().join("digits-js.wasm")).unwrap();
+    let js = admin.upload(js).await;
+    let response = admin
+        .put("digits", |settings| {
+            settings["component"] = json!(js);
+            settings["strict_imports"] = json!(true);
+            settings["memory_mib"] = json!(256);
+        })
+        .await;
+    let reason = expect_error(response, 422).await;
+    assert!(reason.contains("wasi:filesystem/types@"), "the refused import is named: {reason}");
+
+    // A component nobody uploaded, and settings that are wrong.
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let reason = expect_error(admin.deploy_component("digits", &unknown).await, 422).await;
+    assert!(reason.contains("upload it first"), "{reason}");
+    let reason = expect_error(admin.put("digits", |s| s["max_concurency"] = json!(2)).await, 400).await;
+    assert!(reason.contains("max_concurency"), "{reason}");
+    let reason = expect_error(admin.put("digits", |s| s["models"] = json!(["nope"])).await, 400).await;
+    assert!(reason.contains("nope"), "{reason}");
+    let reason = expect_error(admin.put("hello", |s| s["path"] = json!("/digits")).await, 409).await;
+    assert!(reason.contains("/digits"), "{reason}");
+
+    // A model that fails to load, and unloading a model in use.
+    let load = |model: &str, body: Value| {
+        admin
+            .request(reqwest::Method::POST, &format!("/v2/repository/models/{model}/load"))
+            .json(&body)
+            .send()
+    };
+    let broken = json!({ "parameters": { "file:1/model.onnx": "bm90IG9ubng=" } });
+    let reason = expect_error(load("digits", broken).await.unwrap(), 422).await;
+    assert!(reason.contains("loading model \"digits\""), "{reason}");
+    let unload =
+        admin.request(reqwest::Method::POST, "/v2/repository/models/digits/unload").send().await.unwrap();
+    let reason = expect_error(unload, 409).await;
+    assert!(reason.contains("used by") && reason.contains("digits"), "{reason}");
+
+    // Without the token: 401, nothing changes.
+    let anonymous = http.delete(server.admin_url("/admin/routes/digits")).send().await.unwrap();
+    assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
+    expect_error(anonymous, 401).await;
+    let wrong =
+        http.delete(server.admin_url("/admin/routes/digits")).bearer_auth("0".repeat(64)).send().await;
+    expect_error(wrong.unwrap(), 401).await;
+    let on_main = http.post(server.url("/v2/repository/models/digits/unload")).send().await.unwrap();
+    expect_error(on_main, 401).await;
+
+    assert_eq!(admin.route("digits").await["component"], before["component"]);
+    assert_eq!(classify(&http, &server.base).await, (200, "digits-guest-v1".into()));
+    let response =
+        admin.request(reqwest::Method::POST, "/admin/routes/digits/rollback").send().await.unwrap();
+    assert!(expect_error(response, 409).await.contains("no previous version"));
+}
+
+/// Waits until `needle` has been logged more than `seen` times.
+async fn wait_for_nth_log(server: &Server, needle: &str, seen: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.logs().matches(needle).count() <= seen {
+        assert!(Instant::now() < deadline, "no new {needle:?} in:\n{}", server.logs());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_deploys_leaves_the_old_or_the_new_version_serving() {
+    let state = tempfile::tempdir().unwrap();
+    let start = || Server::try_start_on_state(&config(), state.path(), "info").unwrap();
+    let mut server = start();
+    let http = client();
+    let v2 = Admin::of(&server).upload(digits_version(V2)).await;
+    let v1 = Admin::of(&server).route("digits").await["component"].as_str().unwrap().to_string();
+
+    // Kill at each step of a deploy: just after it is asked for, once the new version is
+    // built, once it is saved, once it serves.
+    let points = [None, Some("deploy built"), Some("deploy saved"), Some("deploy serving")];
+    for (round, point) in points.iter().enumerate() {
+        let admin = Admin::of(&server);
+        let serving = admin.route("digits").await["component"].as_str().unwrap().to_string();
+        let next = if serving == v1 { v2.clone() } else { v1.clone() };
+        // With no point: as soon as the deploy's PUT is on its way (right after its GET).
+        let needle = point.unwrap_or("method=GET path=/admin/routes/digits");
+        let seen = server.logs().matches(needle).count();
+        let deploy = tokio::spawn({
+            let next = next.clone();
+            async move { admin.deploy_component("digits", &next).await.status() }
+        });
+        wait_for_nth_log(&server, needle, seen).await;
+        server.signal("KILL");
+        let _ = deploy.await;
+        drop(server);
+
+        server = start();
+        let now = Admin::of(&server).route("digits").await["component"].as_str().unwrap().to_string();
+        assert!(now == serving || now == next, "round {round}: serving {now}, neither old nor new");
+        if matches!(point, Some("deploy saved" | "deploy serving")) {
+            assert_eq!(now, next, "round {round}: once saved, the new version is what restarts");
+        }
+        let expected: &[u8] = if now == v1 { V1 } else { V2 };
+        let (status, version) = classify(&http, &server.base).await;
+        assert_eq!((status, version.as_bytes()), (200, expected), "round {round}");
+    }
+
+    // Killed in the middle of an upload: the partial file is cleaned up, nothing changes.
+    let before = Admin::of(&server).route("digits").await["component"].clone();
+    let mut upload = std::net::TcpStream::connect(server.admin.trim_start_matches("http://")).unwrap();
+    let head = format!(
+        "PUT /admin/artifacts HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 1000000\r\n\r\n",
+        server.admin_token()
+    );
+    std::io::Write::write_all(&mut upload, head.as_bytes()).unwrap();
+    std::io::Write::write_all(&mut upload, &[0u8; 300_000]).unwrap();
+    let partial = || {
+        std::fs::read_dir(state.path().join("artifacts"))
+            .unwrap()
+            .flatten()
+            .any(|entry| entry.file_name().to_string_lossy().starts_with("upload-"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !partial() {
+        assert!(Instant::now() < deadline, "the upload never reached the state folder");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    server.signal("KILL");
+    drop(server);
+    let server = start();
+    assert!(!partial(), "the partial upload is removed at start-up");
+    assert_eq!(Admin::of(&server).route("digits").await["component"], before);
+    assert_eq!(classify(&http, &server.base).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_serves_what_was_deployed_and_sighup_applies_the_edited_file() {
+    let state = tempfile::tempdir().unwrap();
+    let server = Server::try_start_on_state(&config(), state.path(), "info").unwrap();
+    let admin = Admin::of(&server);
+    let http = client();
+    // Through the API: a new digits version, and a second route for hello.
+    let v2 = admin.upload(digits_version(V2)).await;
+    assert_eq!(admin.deploy_component("digits", &v2).await.status(), 200);
+    let hello = admin.route("hello").await["settings"].clone();
+    let mut greeter = hello.clone();
+    greeter["path"] = json!("/greet");
+    let response =
+        admin.request(reqwest::Method::PUT, "/admin/routes/greeter").json(&greeter).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["outcome"], "created");
+    server.terminate();
+    server.wait(Duration::from_secs(30));
+
+    // Restarted with the same file: what the API deployed is served.
+    let server = Server::try_start_on_state(&config(), state.path(), "info").unwrap();
+    assert_eq!(classify(&http, &server.base).await, (200, "digits-guest-v2".into()));
+    assert_eq!(http.get(server.url("/greet")).send().await.unwrap().status(), 200);
+
+    // The file edited (digits' timeout, hello's cap), applied on SIGHUP.
+    let edited = format!(
+        "{}\n[[routes]]\npath = \"/hello\"\ncomponent = \"{}\"\nmax_concurrency = 3\n",
+        digits_config().replace("models = [\"digits\"]", "models = [\"digits\"]\ntimeout_ms = 1234"),
+        guest("hello").display()
+    );
+    std::fs::write(server.config_path(), edited).unwrap();
+    server.signal("HUP");
+    wait_for_log(&server, "SIGHUP: config file applied").await;
+    let admin = Admin::of(&server);
+    assert_eq!(admin.route("hello").await["settings"]["max_concurrency"], 3);
+    let digits = admin.route("digits").await;
+    assert_eq!(digits["settings"]["timeout_ms"], 1234, "the file's new word wins over the API's");
+    assert_eq!(classify(&http, &server.base).await, (200, "digits-guest-v1".into()));
+    assert_eq!(http.get(server.url("/greet")).send().await.unwrap().status(), 200, "the API's route stays");
+
+    // A broken file changes nothing.
+    std::fs::write(server.config_path(), "[[routes]]\npath = \"nope\"").unwrap();
+    server.signal("HUP");
+    wait_for_log(&server, "SIGHUP: config file not applied").await;
+    assert_eq!(classify(&http, &server.base).await.0, 200);
+}
+
+#[test]
+fn an_admin_api_beyond_this_machine_needs_a_token_file() {
+    let output = Command::new(env!("CARGO_BIN_EXE_edge-infer"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("admin_token_file"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_loads_infers_and_unloads_a_model() {
+    let python = tokio::task::spawn_blocking(compat_python).await.unwrap();
+    let server = Server::start(&config());
+    let address = server.base.trim_start_matches("http://").to_string();
+    let (token, model) = (server.admin_token(), repo_file("models/digits/digits.onnx"));
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(repo_file("tests/compat/tritonclient_repository.py"))
+            .args([address.as_str(), token.as_str()])
+            .arg(Path::new(&model))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim() == "ok",
+        "tritonclient failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
