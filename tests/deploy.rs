@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{Server, client, compat_python, digits_config, expect_error, guest, repo_file, wait_for_log};
+use common::{
+    Server, client, compat_python, digits_config, expect_error, guest, metric, repo_file, scrape,
+    wait_for_log,
+};
 
 const V1: &[u8] = b"digits-guest-v1";
 const V2: &[u8] = b"digits-guest-v2";
@@ -256,6 +259,11 @@ async fn a_broken_version_changes_nothing_and_the_answer_says_why() {
 
     assert_eq!(admin.route("digits").await["component"], before["component"]);
     assert_eq!(classify(&http, &server.base).await, (200, "digits-guest-v1".into()));
+    // Refused changes are counted: the component, the import, the model name, the path, the
+    // model file, the unload.
+    let metrics = scrape(&server).await;
+    assert_eq!(metric(&metrics, r#"edge_infer_deploys_total{outcome="refused"}"#), 6.0);
+    assert_eq!(metric(&metrics, r#"edge_infer_deploys_total{outcome="applied"}"#), 1.0, "start-up");
     let response =
         admin.request(reqwest::Method::POST, "/admin/routes/digits/rollback").send().await.unwrap();
     assert!(expect_error(response, 409).await.contains("no previous version"));
@@ -382,6 +390,35 @@ async fn a_restart_serves_what_was_deployed_and_sighup_applies_the_edited_file()
     server.signal("HUP");
     wait_for_log(&server, "SIGHUP: config file not applied").await;
     assert_eq!(classify(&http, &server.base).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_model_configuration_rebuilds_the_routes_that_use_it() {
+    let server = Server::start(&config());
+    let admin = Admin::of(&server);
+    let http = client();
+    let config = json!({ "max_batch_size": 4, "dynamic_batching": { "max_queue_delay_microseconds": 100 } });
+    let body = json!({ "parameters": { "config": config.to_string() } });
+    let response = admin
+        .request(reqwest::Method::POST, "/v2/repository/models/digits/load")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["outcome"], "replaced");
+    let published: Value =
+        http.get(server.url("/v2/models/digits/config")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(published["max_batch_size"], 4);
+    assert_eq!(published["dynamic_batching"]["max_queue_delay_microseconds"], 100);
+    let models: Value =
+        admin.request(reqwest::Method::GET, "/admin/models").send().await.unwrap().json().await.unwrap();
+    assert_eq!(models["models"][0]["settings"]["batching"], "on");
+    // The route was rebuilt on the new model, and answers.
+    assert_eq!(classify(&http, &server.base).await, (200, "digits-guest-v1".into()));
+    let unknown =
+        admin.request(reqwest::Method::POST, "/v2/repository/models/nothing/load").send().await.unwrap();
+    assert!(expect_error(unknown, 404).await.contains("send its file"));
 }
 
 #[test]

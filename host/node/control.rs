@@ -32,7 +32,7 @@ use crate::node::state::{
     DesiredState, Digest, ModelRecord, ModelSpec, RouteRecord, RouteSpec, StateDir, StateError,
 };
 use crate::node::{Node, Route, Runtime, load_route};
-use crate::telemetry::metrics::RouteMetrics;
+use crate::telemetry::metrics::{self, RouteMetrics};
 
 /// Why a change was not made. Nothing changed.
 #[derive(Debug, thiserror::Error)]
@@ -359,8 +359,24 @@ impl Node {
         self.change_from(None, what, edit).await
     }
 
-    /// [`Node::change`], starting from `base` instead of the desired state when given.
+    /// [`Node::change`], starting from `base` instead of the desired state when given;
+    /// counted in the metrics.
     async fn change_from(
+        &self,
+        base: Option<DesiredState>,
+        what: &str,
+        edit: impl FnOnce(&mut DesiredState, &StateDir) -> Result<Outcome, DeployError>,
+    ) -> Result<Outcome, DeployError> {
+        let result = self.make_change(base, what, edit).await;
+        metrics::deploy(match &result {
+            Ok(Outcome::Unchanged) => "unchanged",
+            Ok(_) => "applied",
+            Err(_) => "refused",
+        });
+        result
+    }
+
+    async fn make_change(
         &self,
         base: Option<DesiredState>,
         what: &str,

@@ -33,6 +33,7 @@ struct Families {
     model_input_elements: IntCounterVec,
     model_queue_delay: GaugeVec,
     model_backend: IntGaugeVec,
+    deploys: IntCounterVec,
     gpu_memory_used: IntGaugeVec,
     gpu_memory_total: IntGaugeVec,
     model_cache: IntCounterVec,
@@ -181,6 +182,11 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             "1 for the backend that runs the model (tract, ort, ort-cuda)",
             &["model", "backend"],
         ),
+        deploys: counter(
+            "edge_infer_deploys_total",
+            "Changes to what the node serves (deploys, rollbacks, deletes, model loads, the config file), by outcome (applied, unchanged, refused)",
+            &["outcome"],
+        ),
         gpu_memory_used: gauge(
             "edge_infer_gpu_memory_used_bytes",
             "Device memory in use on a GPU (all processes), from NVML",
@@ -236,6 +242,11 @@ impl Default for ConnectionMetrics {
 /// Records which backend runs `model`.
 pub fn model_backend(model: &str, backend: &str) {
     FAMILIES.model_backend.with_label_values(&[model, backend]).set(1);
+}
+
+/// Counts one change to what the node serves: `applied`, `unchanged` or `refused`.
+pub fn deploy(outcome: &str) {
+    FAMILIES.deploys.with_label_values(&[outcome]).inc();
 }
 
 /// Records one GPU's memory.
