@@ -134,6 +134,7 @@ fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -
         compilation_cache: server.compilation_cache,
         admin_token,
         max_artifact_bytes: server.max_artifact_bytes,
+        repository_changes_on_main_listener: listen.ip().is_loopback() || server.admin_token_file.is_some(),
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -178,8 +179,13 @@ fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -
             limits,
             tls,
         ));
+        // Taken before loading, so a SIGHUP while loading waits instead of ending the process.
+        #[cfg(unix)]
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("handling SIGHUP")?;
         node.start(&config).await?;
-        tokio::spawn(apply_config_on_hangup(node, config_file));
+        #[cfg(unix)]
+        tokio::spawn(apply_config_on_hangup(node, config_file, hangups));
         info!(%address, %admin_address, ready_ms = started.elapsed().as_millis() as u64, "ready");
         // The lines on stdout, once ready: scripts and tests read the addresses from them.
         println!("edge-infer listening on {scheme}://{address}");
@@ -191,29 +197,24 @@ fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -
     })
 }
 
-/// On each SIGHUP, reads the config file again and applies its routes and models (a
-/// failure is logged and changes nothing).
-async fn apply_config_on_hangup(node: Arc<Node>, config_file: Option<PathBuf>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            error!("SIGHUP cannot be handled: the config file is read at start-up only");
-            return;
+/// On each SIGHUP (from `hangups`), reads the config file again and applies its routes and
+/// models (a failure is logged and changes nothing).
+#[cfg(unix)]
+async fn apply_config_on_hangup(
+    node: Arc<Node>,
+    config_file: Option<PathBuf>,
+    mut hangups: tokio::signal::unix::Signal,
+) {
+    while hangups.recv().await.is_some() {
+        let applied = match read_config(config_file.as_deref()) {
+            Ok(config) => node.apply_config(&config).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
         };
-        while hangups.recv().await.is_some() {
-            let applied = match read_config(config_file.as_deref()) {
-                Ok(config) => node.apply_config(&config).await.map_err(anyhow::Error::from),
-                Err(e) => Err(e),
-            };
-            match applied {
-                Ok(outcome) => info!(?outcome, "SIGHUP: config file applied"),
-                Err(e) => error!("SIGHUP: config file not applied, nothing changed: {e:#}"),
-            }
+        match applied {
+            Ok(outcome) => info!(?outcome, "SIGHUP: config file applied"),
+            Err(e) => error!("SIGHUP: config file not applied, nothing changed: {e:#}"),
         }
     }
-    #[cfg(not(unix))]
-    let _ = (node, config_file);
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -281,7 +281,7 @@ async fn wait_for_nth_log(server: &Server, needle: &str, seen: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_deploys_leaves_the_old_or_the_new_version_serving() {
     let state = tempfile::tempdir().unwrap();
-    let start = || Server::try_start_on_state(&config(), state.path(), "info").unwrap();
+    let start = || Server::try_start_on_state(&config(), state.path(), "info", &[]).unwrap();
     let mut server = start();
     let http = client();
     let v2 = Admin::of(&server).upload(digits_version(V2)).await;
@@ -346,9 +346,36 @@ async fn kill_9_during_deploys_leaves_the_old_or_the_new_version_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_each_step_of_a_deploy_restarts_on_the_old_or_the_new_version() {
+    let http = client();
+    // Once the new version is saved, it is what a restart serves; before, the old one.
+    for (step, new_survives) in [("built", false), ("saved", true), ("serving", true)] {
+        let state = tempfile::tempdir().unwrap();
+        let crash_at = [("EDGE_INFER_CRASH_AT", Path::new(step))];
+        let crashing = Server::try_start_on_state(&config(), state.path(), "info", &crash_at).unwrap();
+        let admin = Admin::of(&crashing);
+        let old = admin.route("digits").await["component"].clone();
+        let new = admin.upload(digits_version(V2)).await;
+        let mut settings = admin.route("digits").await["settings"].clone();
+        settings["component"] = json!(new);
+        let answered =
+            admin.request(reqwest::Method::PUT, "/admin/routes/digits").json(&settings).send().await;
+        assert!(answered.is_err(), "{step}: the process aborted before answering");
+        assert!(!crashing.wait(Duration::from_secs(30)).success(), "{step}: it crashed");
+
+        let server = Server::try_start_on_state(&config(), state.path(), "info", &[]).unwrap();
+        let serving = Admin::of(&server).route("digits").await["component"].clone();
+        let (expected_component, expected_version) = if new_survives { (json!(new), V2) } else { (old, V1) };
+        assert_eq!(serving, expected_component, "{step}");
+        let (status, version) = classify(&http, &server.base).await;
+        assert_eq!((status, version.as_bytes()), (200, expected_version), "{step}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_serves_what_was_deployed_and_sighup_applies_the_edited_file() {
     let state = tempfile::tempdir().unwrap();
-    let server = Server::try_start_on_state(&config(), state.path(), "info").unwrap();
+    let server = Server::try_start_on_state(&config(), state.path(), "info", &[]).unwrap();
     let admin = Admin::of(&server);
     let http = client();
     // Through the API: a new digits version, and a second route for hello.
@@ -361,13 +388,17 @@ async fn a_restart_serves_what_was_deployed_and_sighup_applies_the_edited_file()
         admin.request(reqwest::Method::PUT, "/admin/routes/greeter").json(&greeter).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.json::<Value>().await.unwrap()["outcome"], "created");
+    let deleted = admin.request(reqwest::Method::DELETE, "/admin/routes/hello").send().await.unwrap();
+    assert_eq!(deleted.status(), 200);
     server.terminate();
     server.wait(Duration::from_secs(30));
 
     // Restarted with the same file: what the API deployed is served.
-    let server = Server::try_start_on_state(&config(), state.path(), "info").unwrap();
+    let server = Server::try_start_on_state(&config(), state.path(), "info", &[]).unwrap();
     assert_eq!(classify(&http, &server.base).await, (200, "digits-guest-v2".into()));
     assert_eq!(http.get(server.url("/greet")).send().await.unwrap().status(), 200);
+    let hello = http.get(server.url("/hello")).send().await.unwrap();
+    assert_eq!(hello.status(), 404, "deleted through the API, it stays deleted: the file did not change");
 
     // The file edited (digits' timeout, hello's cap), applied on SIGHUP.
     let edited = format!(
@@ -379,7 +410,7 @@ async fn a_restart_serves_what_was_deployed_and_sighup_applies_the_edited_file()
     server.signal("HUP");
     wait_for_log(&server, "SIGHUP: config file applied").await;
     let admin = Admin::of(&server);
-    assert_eq!(admin.route("hello").await["settings"]["max_concurrency"], 3);
+    assert_eq!(admin.route("hello").await["settings"]["max_concurrency"], 3, "its entry changed: back");
     let digits = admin.route("digits").await;
     assert_eq!(digits["settings"]["timeout_ms"], 1234, "the file's new word wins over the API's");
     assert_eq!(classify(&http, &server.base).await, (200, "digits-guest-v1".into()));

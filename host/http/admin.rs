@@ -130,20 +130,18 @@ async fn upload(node: &Node, mut body: Incoming) -> Response<Body> {
     let stored = async {
         let mut upload = state.upload(node.control().max_artifact_bytes())?;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| StateError::Io {
-                what: "receiving",
-                path: "the upload".into(),
-                source: std::io::Error::other(e),
-            })?;
+            // The client stopped sending: a bad request, nothing stored.
+            let frame =
+                frame.map_err(|e| DeployError::Invalid(anyhow::anyhow!("the upload did not finish: {e}")))?;
             if let Ok(data) = frame.into_data() {
                 upload.write(&data)?;
             }
         }
-        tokio::task::block_in_place(|| upload.finish())
+        Ok::<_, DeployError>(tokio::task::block_in_place(|| upload.finish())?)
     };
     match stored.await {
         Ok(digest) => response::json(StatusCode::CREATED, &json!({ "digest": digest })),
-        Err(error) => deploy_error(error.into()),
+        Err(error) => deploy_error(error),
     }
 }
 
@@ -224,6 +222,7 @@ pub fn deploy_error(error: DeployError) -> Response<Body> {
         }
         DeployError::State(StateError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
         DeployError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        DeployError::Loading => return response::overloaded(error.to_string()),
     };
     let message = error.to_string();
     if status.is_server_error() {

@@ -128,6 +128,14 @@ async fn serve_oip(
         Endpoint::Metadata(model) => oip::model_metadata(models, model),
         Endpoint::Ready(model) => oip::model_ready(models, model),
         Endpoint::Config(model) => oip::model_config(models, model),
+        Endpoint::RepositoryLoad(_) | Endpoint::RepositoryUnload(_)
+            if !node.control().repository_changes_on_main_listener() =>
+        {
+            response::error(
+                StatusCode::FORBIDDEN,
+                "model repository changes on this listener need server.admin_token_file; use the admin listener",
+            )
+        }
         Endpoint::RepositoryLoad(model) => admin::change_repository(node, Action::Load, model, request).await,
         Endpoint::RepositoryUnload(model) => {
             admin::change_repository(node, Action::Unload, model, request).await

@@ -24,6 +24,9 @@ const MIN_HOST_RESOURCES: u64 = 16;
 /// Largest `memory_mib` and `host_memory_mib` (1 TiB): bytes stay far from overflowing.
 const MAX_MIB: u64 = 1 << 20;
 
+/// Most executor threads one model may have.
+const MAX_EXECUTORS: usize = 1024;
+
 /// The smallest `server.max_header_bytes`.
 const MIN_HEADER_BYTES: usize = 8192;
 
@@ -108,7 +111,7 @@ impl Default for ServerConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
             admin_token_file: None,
             state_dir: None,
-            max_artifact_bytes: 4 << 30,
+            max_artifact_bytes: 2 << 30,
         }
     }
 }
@@ -431,6 +434,7 @@ impl Config {
             route
                 .validate(|model| self.models.contains_key(model))
                 .with_context(|| format!("field `{field}`"))?;
+            check_route_name(&route.name()).with_context(|| format!("field `{field}.name`"))?;
             if !paths.insert(route.path.as_str()) {
                 bail!("field `{field}.path`: {:?} is served by an earlier route", route.path);
             }
@@ -456,6 +460,12 @@ impl<F> ModelConfig<F> {
         }
         if self.max_padding_ratio.is_some_and(|ratio| !(0.0..1.0).contains(&ratio)) {
             bail!("`max_padding_ratio` must be at least 0 and below 1");
+        }
+        if let Some((input, _)) = self.pad_values.iter().find(|(_, value)| !value.is_finite()) {
+            bail!("`pad_values.{input}` must be a finite number");
+        }
+        if self.executors.is_some_and(|executors| executors > MAX_EXECUTORS) {
+            bail!("`executors`: at most {MAX_EXECUTORS}");
         }
         Ok(())
     }
@@ -504,7 +514,6 @@ impl<C> RouteConfig<C> {
     /// Checks one route on its own: its name and path, grants, limits, folders, and that
     /// each model it names passes `model_exists`. The messages name the field.
     pub fn validate(&self, model_exists: impl Fn(&str) -> bool) -> anyhow::Result<()> {
-        check_route_name(&self.name()).context("`name`")?;
         let path = self.path.as_str();
         if !path.starts_with('/') || path.len() < 2 || path.ends_with('/') {
             bail!("`path`: {path:?} must start with '/', name something, and not end with '/'");
@@ -696,7 +705,7 @@ mod tests {
         );
         assert!(clash.contains("routes[1].name") && clash.contains("a-b"), "{clash}");
         let bad = error("[[routes]]\npath = \"/a\"\nname = \"../etc\"\ncomponent = \"a.wasm\"");
-        assert!(bad.contains("`routes[0]`: `name`") && bad.contains("letters"), "{bad}");
+        assert!(bad.contains("`routes[0].name`") && bad.contains("letters"), "{bad}");
         let model = error("[models.\"a/b\"]\nfile = \"m.onnx\"");
         assert!(model.contains("models.a/b") && model.contains("model name"), "{model}");
     }

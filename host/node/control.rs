@@ -20,17 +20,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use anyhow::Context;
 use serde::Serialize;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::node::config::{Config, check_model_name, check_route_name};
 use crate::node::models::Models;
-use crate::node::state::{
-    DesiredState, Digest, ModelRecord, ModelSpec, RouteRecord, RouteSpec, StateDir, StateError,
-};
+use crate::node::state::{DesiredState, Digest, ModelSpec, RouteRecord, RouteSpec, StateDir, StateError};
 use crate::node::{Node, Route, Runtime, load_route};
 use crate::telemetry::metrics::{self, RouteMetrics};
 
@@ -54,6 +52,9 @@ pub enum DeployError {
     /// The state folder failed (or named an artifact that is not there).
     #[error(transparent)]
     State(#[from] StateError),
+    /// The node is still loading what it serves.
+    #[error("the node is still loading; retry shortly")]
+    Loading,
 }
 
 /// What a change did.
@@ -90,6 +91,9 @@ pub struct ControlSettings {
     pub admin_token: String,
     /// Largest artifact accepted, in bytes.
     pub max_artifact_bytes: u64,
+    /// Whether the main listener takes model repository changes (with the token): when it
+    /// is on the loopback interface, or the token was configured (not made by the node).
+    pub repository_changes_on_main_listener: bool,
 }
 
 /// The node's desired state and the folder that keeps it.
@@ -125,6 +129,11 @@ impl ControlPlane {
         self.settings.max_artifact_bytes
     }
 
+    /// Whether the main listener takes model repository changes.
+    pub fn repository_changes_on_main_listener(&self) -> bool {
+        self.settings.repository_changes_on_main_listener
+    }
+
     /// Whether `presented` is the admin token, compared in constant time.
     pub fn is_admin_token(&self, presented: &[u8]) -> bool {
         let expected = self.settings.admin_token.as_bytes();
@@ -136,8 +145,7 @@ impl ControlPlane {
     /// whose settings (and, for a route, models) are unchanged.
     async fn build(&self, desired: &DesiredState, serving: Option<&Runtime>) -> Result<Runtime, DeployError> {
         let mut models = Models::default();
-        for (name, record) in &desired.models {
-            let spec = &record.current;
+        for (name, spec) in &desired.models {
             let reused = serving.and_then(|s| s.models.loaded(name)).filter(|loaded| loaded.spec == *spec);
             let loaded = match reused {
                 Some(loaded) => loaded.clone(),
@@ -231,11 +239,26 @@ impl ControlPlane {
 impl Node {
     /// Loads what the node serves at start-up: the state folder's desired state, with the
     /// config file's changes applied.
+    /// If the file cannot be applied to a saved state, the saved state is served as it is
+    /// (and the error logged): a node that has served once never starts with nothing.
     pub async fn start(&self, config: &Config) -> anyhow::Result<()> {
         let saved = self.control.state.load()?;
-        self.change_from(Some(saved), "start-up", |desired, state| apply_config(desired, config, state))
-            .await?;
-        Ok(())
+        let first_start = saved == DesiredState::default();
+        let applied = self
+            .change_from(Some(saved.clone()), "start-up", |desired, state| {
+                apply_config(desired, config, state)
+            })
+            .await;
+        match applied {
+            Ok(_) => Ok(()),
+            Err(error) if first_start => Err(error.into()),
+            Err(error) => {
+                error!("the config file was not applied; serving what the state folder holds: {error}");
+                self.change_from(Some(saved), "start-up (state folder)", |_, _| Ok(Outcome::Unchanged))
+                    .await?;
+                Ok(())
+            }
+        }
     }
 
     /// Applies the config file's routes and models (on SIGHUP).
@@ -262,10 +285,7 @@ impl Node {
                     Outcome::Replaced
                 }
                 None => {
-                    desired.routes.insert(
-                        name.to_string(),
-                        RouteRecord { current: spec, previous: None, from_config: None },
-                    );
+                    desired.routes.insert(name.to_string(), RouteRecord { current: spec, previous: None });
                     Outcome::Created
                 }
             })
@@ -310,14 +330,14 @@ impl Node {
             return Err(StateError::UnknownArtifact(spec.file.clone()).into());
         }
         self.change(&format!("model {name}"), |desired, _| match (desired.models.get_mut(name), spec) {
-            (Some(record), Some(spec)) if record.current == spec => Ok(Outcome::Unchanged),
-            (Some(record), Some(spec)) => {
-                record.current = spec;
+            (Some(current), Some(spec)) if *current == spec => Ok(Outcome::Unchanged),
+            (Some(current), Some(spec)) => {
+                *current = spec;
                 Ok(Outcome::Replaced)
             }
             (Some(_), None) => Ok(Outcome::Unchanged),
             (None, Some(spec)) => {
-                desired.models.insert(name.to_string(), ModelRecord { current: spec, from_config: None });
+                desired.models.insert(name.to_string(), spec);
                 Ok(Outcome::Created)
             }
             (None, None) => Err(DeployError::NotFound(format!(
@@ -384,6 +404,10 @@ impl Node {
     ) -> Result<Outcome, DeployError> {
         let control = &self.control;
         let _turn = control.changing.lock().await;
+        // Before start-up has loaded the saved state, there is nothing to change yet.
+        if base.is_none() && self.runtime().is_none() {
+            return Err(DeployError::Loading);
+        }
         let saved = control.desired.lock().unwrap().clone();
         let mut next = base.unwrap_or_else(|| saved.clone());
         let outcome = edit(&mut next, &control.state)?;
@@ -393,10 +417,14 @@ impl Node {
         }
         let runtime = control.build(&next, serving.as_deref()).await?;
         info!(change = what, "deploy built");
+        let after_start_up = serving.is_some();
+        crash_point(after_start_up, "built");
         control.state.save(&next)?;
         info!(change = what, "deploy saved");
+        crash_point(after_start_up, "saved");
         if let Some(serving) = &serving {
             let mut retired = control.retired.lock().unwrap();
+            retired.retain(|route| route.strong_count() > 0);
             for route in serving.routes() {
                 if !runtime.routes.iter().any(|kept| Arc::ptr_eq(kept, route)) {
                     retired.push(Arc::downgrade(route));
@@ -408,97 +436,96 @@ impl Node {
         control.state.collect_garbage(&next.artifacts());
         *control.desired.lock().unwrap() = next;
         info!(change = what, ?outcome, "deploy serving");
+        crash_point(after_start_up, "serving");
         Ok(outcome)
+    }
+}
+
+/// For testing crash safety: with `EDGE_INFER_CRASH_AT` set to `built`, `saved` or
+/// `serving`, the process aborts (no clean-up at all, as under `kill -9`) right after that
+/// step of a change made after start-up.
+fn crash_point(after_start_up: bool, step: &str) {
+    static CRASH_AT: LazyLock<Option<String>> = LazyLock::new(|| std::env::var("EDGE_INFER_CRASH_AT").ok());
+    if after_start_up && CRASH_AT.as_deref() == Some(step) {
+        error!(step, "EDGE_INFER_CRASH_AT: aborting");
+        std::process::abort();
     }
 }
 
 /// Applies the config file to `desired`: each route and model whose entry in the file
 /// changed since the file was last applied is deployed as the file says; those the file
-/// dropped are removed, unless the API has replaced them since.
+/// dropped are removed, unless the API has replaced them since. An entry the file still
+/// gives unchanged is left as the API made it (replaced, or deleted).
 fn apply_config(
     desired: &mut DesiredState,
     config: &Config,
     state: &StateDir,
 ) -> Result<Outcome, DeployError> {
     let before = desired.clone();
+    let applied = &mut desired.config_applied;
+    let mut file_models = BTreeMap::new();
     for (name, model) in &config.models {
         let file = state.import(&model.file).map_err(|e| config_error(e, format!("model {name:?}")))?;
-        let spec = model.clone().with_file(file);
-        let digest = digest_of(&spec);
-        if desired.models.get(name).and_then(|record| record.from_config.as_ref()) != Some(&digest) {
-            desired.models.insert(name.clone(), ModelRecord { current: spec, from_config: Some(digest) });
-        }
+        file_models.insert(name.clone(), model.clone().with_file(file));
     }
-    forget_dropped(&mut desired.models, |name| config.models.contains_key(name));
+    for (name, spec) in changed_entries(&mut applied.models, &file_models, &mut desired.models, |model| model)
+    {
+        desired.models.insert(name, spec);
+    }
+    let mut file_routes = BTreeMap::new();
     for route in &config.routes {
         let name = route.name();
         let component =
             state.import(&route.component).map_err(|e| config_error(e, format!("route {name:?}")))?;
-        let spec = RouteSpec { name: None, ..route.clone().with_component(component) };
-        let digest = digest_of(&spec);
+        file_routes.insert(name, RouteSpec { name: None, ..route.clone().with_component(component) });
+    }
+    for (name, spec) in
+        changed_entries(&mut applied.routes, &file_routes, &mut desired.routes, |r| &r.current)
+    {
         match desired.routes.get_mut(&name) {
-            Some(record) if record.from_config.as_ref() == Some(&digest) => {}
-            Some(record) => {
-                if record.current != spec {
-                    record.previous = Some(std::mem::replace(&mut record.current, spec));
-                }
-                record.from_config = Some(digest);
-            }
-            None => {
-                desired
-                    .routes
-                    .insert(name, RouteRecord { current: spec, previous: None, from_config: Some(digest) });
-            }
+            Some(record) if record.current == spec => {}
+            Some(record) => record.previous = Some(std::mem::replace(&mut record.current, spec)),
+            None => drop(desired.routes.insert(name, RouteRecord { current: spec, previous: None })),
         }
     }
-    let in_file: Vec<String> = config.routes.iter().map(|route| route.name()).collect();
-    forget_dropped(&mut desired.routes, |name| in_file.iter().any(|n| n == name));
     Ok(if *desired == before { Outcome::Unchanged } else { Outcome::Replaced })
+}
+
+/// Compares the file's entries with what the file said when it was last applied
+/// (`applied`, updated to the file): returns the entries that are new or changed in the
+/// file, and removes from `deployed` the entries the file dropped that are still as the file
+/// gave them (`version` finds an entry's settings).
+fn changed_entries<S: Serialize + Clone, R>(
+    applied: &mut BTreeMap<String, Digest>,
+    file: &BTreeMap<String, S>,
+    deployed: &mut BTreeMap<String, R>,
+    version: impl Fn(&R) -> &S,
+) -> Vec<(String, S)> {
+    let dropped: Vec<(String, Digest)> = applied
+        .iter()
+        .filter(|(name, _)| !file.contains_key(*name))
+        .map(|(n, d)| (n.clone(), d.clone()))
+        .collect();
+    for (name, digest) in dropped {
+        applied.remove(&name);
+        if deployed.get(&name).is_some_and(|entry| digest_of(version(entry)) == digest) {
+            deployed.remove(&name);
+        }
+    }
+    let mut changed = Vec::new();
+    for (name, spec) in file {
+        let digest = digest_of(spec);
+        if applied.get(name) != Some(&digest) {
+            applied.insert(name.clone(), digest);
+            changed.push((name.clone(), spec.clone()));
+        }
+    }
+    changed
 }
 
 /// A file the config names that cannot be read, as the error of the entry naming it.
 fn config_error(error: StateError, entry: String) -> DeployError {
     DeployError::Invalid(anyhow::Error::new(error).context(entry))
-}
-
-/// An entry of the desired state that the config file may have given.
-trait FromConfig {
-    /// The digest of the file's entry when it was last applied.
-    fn config_digest(&mut self) -> &mut Option<Digest>;
-    /// The digest of the version serving.
-    fn current_digest(&self) -> Digest;
-}
-
-impl FromConfig for RouteRecord {
-    fn config_digest(&mut self) -> &mut Option<Digest> {
-        &mut self.from_config
-    }
-    fn current_digest(&self) -> Digest {
-        digest_of(&self.current)
-    }
-}
-
-impl FromConfig for ModelRecord {
-    fn config_digest(&mut self) -> &mut Option<Digest> {
-        &mut self.from_config
-    }
-    fn current_digest(&self) -> Digest {
-        digest_of(&self.current)
-    }
-}
-
-/// Removes the entries the config file gave and no longer gives; an entry the API has
-/// replaced since stays, the API's alone from now on.
-fn forget_dropped<R: FromConfig>(entries: &mut BTreeMap<String, R>, in_file: impl Fn(&str) -> bool) {
-    entries.retain(|name, record| {
-        if in_file(name) {
-            return true;
-        }
-        match record.config_digest().take() {
-            Some(digest) => digest != record.current_digest(),
-            None => true,
-        }
-    });
 }
 
 /// The digest of a setting's canonical JSON.
@@ -542,4 +569,66 @@ pub fn admin_token(file: Option<&Path>, state: &StateDir) -> anyhow::Result<(Str
     let token: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
     let path = state.write_private(ADMIN_TOKEN_FILE, token.as_bytes())?;
     Ok((token, Some(path)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config file with route `a` (capped at `a_cap`) and, if `with_b`, route `b`.
+    fn file(folder: &Path, a_cap: usize, with_b: bool) -> Config {
+        std::fs::write(folder.join("a.wasm"), b"component a").unwrap();
+        std::fs::write(folder.join("b.wasm"), b"component b").unwrap();
+        let mut text =
+            format!("[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\nmax_concurrency = {a_cap}\n");
+        if with_b {
+            text.push_str("[[routes]]\npath = \"/b\"\ncomponent = \"b.wasm\"\n");
+        }
+        Config::from_toml(&text, folder).unwrap()
+    }
+
+    #[test]
+    fn the_last_word_wins_between_the_file_and_the_api() {
+        let folder = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&folder.path().join("state")).unwrap();
+        let mut desired = DesiredState::default();
+        let apply =
+            |desired: &mut DesiredState, config: &Config| apply_config(desired, config, &state).unwrap();
+
+        assert_eq!(apply(&mut desired, &file(folder.path(), 1, true)), Outcome::Replaced);
+        assert_eq!(desired.routes.keys().collect::<Vec<_>>(), ["a", "b"]);
+
+        // The API deletes a and changes b; the same file again undoes neither.
+        desired.routes.remove("a");
+        desired.routes.get_mut("b").unwrap().current.max_concurrency = 9;
+        assert_eq!(apply(&mut desired, &file(folder.path(), 1, true)), Outcome::Unchanged);
+        assert!(!desired.routes.contains_key("a"));
+        assert_eq!(desired.routes["b"].current.max_concurrency, 9);
+
+        // The file's entry for a changes: the file's new word brings it back.
+        apply(&mut desired, &file(folder.path(), 2, true));
+        assert_eq!(desired.routes["a"].current.max_concurrency, 2);
+
+        // The file drops b, which the API changed since: it stays. Then the file drops a,
+        // still as the file gave it: it goes.
+        apply(&mut desired, &file(folder.path(), 2, false));
+        assert_eq!(desired.routes["b"].current.max_concurrency, 9);
+        apply(&mut desired, &Config::from_toml("", folder.path()).unwrap());
+        assert_eq!(desired.routes.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(desired.config_applied.routes.is_empty());
+    }
+
+    #[test]
+    fn a_changed_file_entry_keeps_the_version_it_replaces_for_rollback() {
+        let folder = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&folder.path().join("state")).unwrap();
+        let mut desired = DesiredState::default();
+        apply_config(&mut desired, &file(folder.path(), 1, false), &state).unwrap();
+        apply_config(&mut desired, &file(folder.path(), 5, false), &state).unwrap();
+        let record = &desired.routes["a"];
+        assert_eq!(
+            (record.current.max_concurrency, record.previous.as_ref().unwrap().max_concurrency),
+            (5, 1)
+        );
+    }
 }

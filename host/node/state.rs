@@ -19,6 +19,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -84,43 +85,44 @@ pub type RouteSpec = RouteConfig<Digest>;
 /// A deployed model: its file named by digest.
 pub type ModelSpec = ModelConfig<Digest>;
 
-/// What the node should serve: every route and model, by name.
+/// What the node should serve: every route and model, by name; and what the config file
+/// said when it was last applied.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DesiredState {
     #[serde(default)]
     pub routes: BTreeMap<String, RouteRecord>,
     #[serde(default)]
-    pub models: BTreeMap<String, ModelRecord>,
+    pub models: BTreeMap<String, ModelSpec>,
+    #[serde(default)]
+    pub config_applied: ConfigApplied,
 }
 
-/// One route: the version serving, the one before it (for rollback), and the digest of the
-/// config file's entry for it when that was last applied.
+/// One route: the version serving, and the one before it (for rollback).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRecord {
     pub current: RouteSpec,
     #[serde(default)]
     pub previous: Option<RouteSpec>,
-    #[serde(default)]
-    pub from_config: Option<Digest>,
 }
 
-/// One model: the version serving, and the digest of the config file's entry for it when
-/// that was last applied.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The digest of each entry of the config file when the file was last applied, by name;
+/// kept whatever the API did to the entry since.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelRecord {
-    pub current: ModelSpec,
+pub struct ConfigApplied {
     #[serde(default)]
-    pub from_config: Option<Digest>,
+    pub routes: BTreeMap<String, Digest>,
+    #[serde(default)]
+    pub models: BTreeMap<String, Digest>,
 }
 
 impl DesiredState {
     /// Every artifact a version in this state names (current or previous).
     pub fn artifacts(&self) -> HashSet<Digest> {
         let routes = self.routes.values().flat_map(|r| [Some(&r.current), r.previous.as_ref()]).flatten();
-        let models = self.models.values().map(|m| &m.current.file);
+        let models = self.models.values().map(|model| &model.file);
         routes.map(|route| route.component.clone()).chain(models.cloned()).collect()
     }
 }
@@ -174,6 +176,13 @@ impl StateDir {
     fn open_as(root: &Path, temporary: bool) -> Result<StateDir, StateError> {
         let artifacts = root.join("artifacts/sha256");
         fs::create_dir_all(&artifacts).map_err(io_error("making", &artifacts))?;
+        // What is deployed, and the admin token, are the owner's business only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                .map_err(io_error("protecting", root))?;
+        }
         let lock_path = root.join("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -184,17 +193,14 @@ impl StateDir {
         if lock.try_lock().is_err() {
             return Err(StateError::InUse(root.to_path_buf()));
         }
-        Ok(StateDir { root: root.to_path_buf(), _lock: lock, temporary })
+        let state = StateDir { root: root.to_path_buf(), _lock: lock, temporary };
+        state.remove_partial_files();
+        Ok(state)
     }
 
     /// The folder.
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    /// Whether deploys outlive this process.
-    pub fn is_persistent(&self) -> bool {
-        !self.temporary
     }
 
     fn state_file(&self) -> PathBuf {
@@ -220,7 +226,7 @@ impl StateDir {
     /// Saves `state` atomically: after a crash, the old state or this one, never a mix.
     pub fn save(&self, state: &DesiredState) -> Result<(), StateError> {
         let json = serde_json::to_vec_pretty(state).expect("the state serializes");
-        write_atomically(&self.state_file(), &json)
+        write_atomically(&self.state_file(), &json, false)
     }
 
     /// Stores `bytes` as an artifact and returns its digest (storing the same bytes twice
@@ -228,8 +234,13 @@ impl StateDir {
     pub fn store(&self, bytes: &[u8]) -> Result<Digest, StateError> {
         let digest = Digest::of(bytes);
         let path = self.artifact_path(&digest);
-        if !path.is_file() {
-            write_atomically(&path, bytes)?;
+        if path.is_file() {
+            // Stored again: young again, so it is not collected before the deploy naming it.
+            let touched =
+                File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+            touched.map_err(io_error("touching", &path))?;
+        } else {
+            write_atomically(&path, bytes, false)?;
         }
         Ok(digest)
     }
@@ -237,8 +248,8 @@ impl StateDir {
     /// Starts storing an artifact that arrives in pieces (at most `limit` bytes), hashed as
     /// it is written, never held whole in memory.
     pub fn upload(&self, limit: u64) -> Result<Upload<'_>, StateError> {
-        let partial = self.root.join(format!("artifacts/upload-{}", unique_suffix()));
-        let file = File::create(&partial).map_err(io_error("creating", &partial))?;
+        let partial = self.root.join(format!("artifacts/{UPLOAD_PREFIX}{}", unique_suffix()));
+        let file = File::create_new(&partial).map_err(io_error("creating", &partial))?;
         Ok(Upload { state: self, partial, file, hasher: Sha256::new(), received: 0, limit })
     }
 
@@ -270,26 +281,31 @@ impl StateDir {
         Ok(bytes)
     }
 
-    /// Removes artifacts that `keep` does not name and that are older than an hour, and any
-    /// temporary file a crash left behind.
+    /// Removes artifacts that `keep` does not name and that are older than an hour (younger
+    /// ones may be uploads a deploy is about to name).
     pub fn collect_garbage(&self, keep: &HashSet<Digest>) {
         let folder = self.root.join("artifacts/sha256");
-        let Ok(entries) = fs::read_dir(&folder) else { return };
-        for entry in entries.flatten() {
+        for entry in fs::read_dir(&folder).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let referenced = Digest::try_from(format!("sha256:{name}")).is_ok_and(|d| keep.contains(&d));
+            let artifact = Digest::try_from(format!("sha256:{name}"));
+            let referenced = artifact.as_ref().is_ok_and(|digest| keep.contains(digest));
             let old = entry
                 .metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().unwrap_or_default() > UNREFERENCED_ARTIFACT_GRACE);
-            if (!referenced && old) || name.starts_with(".tmp-") {
+            if artifact.is_ok() && !referenced && old {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        for folder in [self.root.clone(), self.root.join("artifacts")] {
+    }
+
+    /// Removes the temporary files and partial uploads a crash left behind. Only at opening:
+    /// once the folder is locked, no other process writes to it, and this one has not yet.
+    fn remove_partial_files(&self) {
+        for folder in [self.root.clone(), self.root.join("artifacts"), self.root.join("artifacts/sha256")] {
             for entry in fs::read_dir(&folder).into_iter().flatten().flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(".tmp-") || name.starts_with("upload-") {
+                if name.starts_with(TEMPORARY_FILE_PREFIX) || name.starts_with(UPLOAD_PREFIX) {
                     let _ = fs::remove_file(entry.path());
                 }
             }
@@ -299,13 +315,7 @@ impl StateDir {
     /// Writes `bytes` to `name` in the folder, atomically, readable by the owner only.
     pub fn write_private(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, StateError> {
         let path = self.root.join(name);
-        write_atomically(&path, bytes)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-                .map_err(io_error("protecting", &path))?;
-        }
+        write_atomically(&path, bytes, true)?;
         Ok(path)
     }
 }
@@ -359,11 +369,21 @@ impl Drop for Upload<'_> {
 
 /// Names of the temporary state folders in the system's temporary folder.
 const TEMPORARY_PREFIX: &str = "edge-infer-state-";
+/// Names of files being written, and of uploads being received.
+const TEMPORARY_FILE_PREFIX: &str = ".tmp-";
+const UPLOAD_PREFIX: &str = "upload-";
+/// A temporary state folder younger than this may belong to a process that has made it but
+/// not locked it yet.
+const ABANDONED_AFTER: Duration = Duration::from_secs(60);
 
 /// Removes temporary state folders whose process is gone (their lock is free).
 fn remove_abandoned(parent: &Path) {
     for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
         if !entry.file_name().to_string_lossy().starts_with(TEMPORARY_PREFIX) {
+            continue;
+        }
+        let age = entry.metadata().and_then(|m| m.modified()).map(|t| t.elapsed().unwrap_or_default());
+        if !age.is_ok_and(|age| age > ABANDONED_AFTER) {
             continue;
         }
         let Ok(lock) = File::open(entry.path().join("lock")) else { continue };
@@ -373,18 +393,29 @@ fn remove_abandoned(parent: &Path) {
     }
 }
 
+/// A name part no other file of this process or another has: the process id and a count.
 fn unique_suffix() -> String {
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    format!("{}-{nanos}", std::process::id())
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder: flushed, renamed
-/// over `path`, and the folder flushed so the rename itself survives a power cut.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+/// over `path`, and the folder flushed so the rename itself survives a power cut. A
+/// `private` file is readable by its owner only, from its creation.
+fn write_atomically(path: &Path, bytes: &[u8], private: bool) -> Result<(), StateError> {
     let folder = path.parent().expect("state files live in a folder");
-    let temporary = folder.join(format!(".tmp-{}", unique_suffix()));
+    let temporary = folder.join(format!("{TEMPORARY_FILE_PREFIX}{}", unique_suffix()));
     let written = (|| {
-        let mut file = File::create(&temporary)?;
+        let mut options = File::options();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        let mut file = options.open(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()
     })();
@@ -453,14 +484,9 @@ mod tests {
         assert!(matches!(StateDir::open(folder.path()), Err(StateError::InUse(_))));
         assert_eq!(state.load().unwrap(), DesiredState::default());
         let mut desired = DesiredState::default();
-        desired.models.insert(
-            "m".into(),
-            ModelRecord {
-                current: toml::from_str::<ModelConfig<Digest>>(&format!("file = \"{}\"", Digest::of(b"m")))
-                    .unwrap(),
-                from_config: None,
-            },
-        );
+        let model =
+            toml::from_str::<ModelConfig<Digest>>(&format!("file = \"{}\"", Digest::of(b"m"))).unwrap();
+        desired.models.insert("m".into(), model);
         state.save(&desired).unwrap();
         drop(state);
         let reopened = StateDir::open(folder.path()).unwrap();
@@ -472,7 +498,7 @@ mod tests {
     fn temporary_folders_go_with_their_process() {
         let state = StateDir::temporary().unwrap();
         let root = state.root().to_path_buf();
-        assert!(root.is_dir() && !state.is_persistent());
+        assert!(root.is_dir());
         drop(state);
         assert!(!root.exists());
     }

@@ -76,11 +76,17 @@ impl Server {
 
     /// Starts the server with `config` (logging at `level`) on the state folder `state_dir`,
     /// which outlives it: a later server started on it serves what this one deployed.
-    pub fn try_start_on_state(config: &str, state_dir: &Path, level: &str) -> Result<Server, String> {
+    /// With `env`, extra environment variables.
+    pub fn try_start_on_state(
+        config: &str,
+        state_dir: &Path,
+        level: &str,
+        env: &[(&str, &std::path::Path)],
+    ) -> Result<Server, String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("edge-infer.toml");
         std::fs::write(&path, config).unwrap();
-        Self::spawn(&["--config".as_ref(), path.as_os_str()], level, &[], dir, Some(state_dir))
+        Self::spawn(&["--config".as_ref(), path.as_os_str()], level, env, dir, Some(state_dir))
     }
 
     fn spawn(
