@@ -12,7 +12,7 @@ command -v oha > /dev/null || { echo "oha is not installed: cargo install oha --
 cargo build --release --quiet
 bin="${CARGO_TARGET_DIR:-target}/release/edge-infer"
 port=18282
-"$bin" serve --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 > /dev/null 2>&1 &
+"$bin" serve --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 > /dev/null 2>&1 &
 server=$!
 trap 'kill $server' EXIT
 until curl -sf "127.0.0.1:$port/v2/health/ready" > /dev/null; do sleep 0.2; done

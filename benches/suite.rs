@@ -196,7 +196,15 @@ fn start_to_first_request() -> f64 {
         .map(|_| {
             let started = Instant::now();
             let mut child = Command::new(env!("CARGO_BIN_EXE_edge-infer"))
-                .args(["serve", "--listen", "127.0.0.1:18181", "--admin-listen", "127.0.0.1:0"])
+                .args([
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:18181",
+                    "--admin-listen",
+                    "127.0.0.1:0",
+                    "--grpc-listen",
+                    "127.0.0.1:0",
+                ])
                 .env("RUST_LOG", "error")
                 .stdout(Stdio::null())
                 .spawn()

@@ -5,6 +5,9 @@
 //! their own (beside this build's, shared by all profiles). Their folder is handed to the
 //! crate as `EDGE_INFER_GUEST_DIR` (the bundled config and the tests read it). If the
 //! `wasm32-wasip2` standard library is missing, this script adds it with rustup first.
+//!
+//! It also generates the gRPC service of the Open Inference Protocol from
+//! `proto/inference.proto`.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -27,6 +30,22 @@ fn main() {
 
     let built = guest_target_dir.join(GUEST_TARGET).join("release");
     println!("cargo:rustc-env=EDGE_INFER_GUEST_DIR={}", built.display());
+
+    compile_grpc_service(&manifest_dir.join("proto"));
+}
+
+/// Generates the gRPC service (server side) from `proto/inference.proto`.
+fn compile_grpc_service(proto_dir: &Path) {
+    println!("cargo:rerun-if-changed={}", proto_dir.display());
+    let protoc =
+        protoc_bin_vendored::protoc_bin_path().expect("protoc-bin-vendored has a protoc for this machine");
+    // SAFETY: a build script is one thread; nothing reads the environment concurrently.
+    unsafe { env::set_var("PROTOC", protoc) };
+    tonic_build::configure()
+        .build_client(false)
+        .bytes(["."])
+        .compile_protos(&[proto_dir.join("inference.proto")], &[proto_dir])
+        .expect("compiling proto/inference.proto");
 }
 
 /// Adds the wasm32-wasip2 standard library to this toolchain if it is not there yet.

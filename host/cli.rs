@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use edge_infer::http::server::{self, ConnectionLimits, Service};
-use edge_infer::http::tls;
+use edge_infer::http::{grpc, tls};
 use edge_infer::node::Node;
 use edge_infer::node::config::Config;
 use edge_infer::node::control::{self, ControlSettings};
@@ -46,6 +46,10 @@ enum Command {
         /// Address of the admin API [default: the config's, else 127.0.0.1:9091].
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
+        /// Address of the Open Inference Protocol over gRPC [default: the config's, else
+        /// 127.0.0.1:8001].
+        #[arg(long)]
+        grpc_listen: Option<SocketAddr>,
         /// Folder keeping what was deployed, so restarts serve it again [default: the
         /// config's, else a temporary folder removed at exit].
         #[arg(long)]
@@ -67,8 +71,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let outcome = match cli.command {
-        Command::Serve { listen, config, admin_listen, state_dir } => {
-            serve(Addresses { listen, admin_listen, state_dir }, config, started)
+        Command::Serve { listen, config, admin_listen, grpc_listen, state_dir } => {
+            serve(Addresses { listen, admin_listen, grpc_listen, state_dir }, config, started)
         }
         Command::Bench(args) => bench::run(*args),
     };
@@ -97,6 +101,7 @@ fn init_logging(format: LogFormat) {
 struct Addresses {
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
+    grpc_listen: Option<SocketAddr>,
     state_dir: Option<PathBuf>,
 }
 
@@ -112,6 +117,7 @@ fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -
     let server = &config.server;
     let listen = addresses.listen.unwrap_or(server.listen);
     let admin_listen = addresses.admin_listen.unwrap_or(server.admin_listen);
+    let grpc_listen = addresses.grpc_listen.unwrap_or(server.grpc_listen);
     if !admin_listen.ip().is_loopback() && server.admin_token_file.is_none() {
         anyhow::bail!(
             "the admin API would listen on {admin_listen}, beyond this machine, without a token: set server.admin_token_file"
@@ -134,7 +140,8 @@ fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -
         compilation_cache: server.compilation_cache,
         admin_token,
         max_artifact_bytes: server.max_artifact_bytes,
-        repository_changes_on_main_listener: listen.ip().is_loopback() || server.admin_token_file.is_some(),
+        repository_changes_on_main_listener: (listen.ip().is_loopback() && grpc_listen.ip().is_loopback())
+            || server.admin_token_file.is_some(),
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -148,6 +155,10 @@ fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -
             .await
             .with_context(|| format!("listening on {admin_listen} for the admin API (--admin-listen)"))?;
         let admin_address = admin_listener.local_addr()?;
+        let grpc_listener = TcpListener::bind(grpc_listen)
+            .await
+            .with_context(|| format!("listening on {grpc_listen} for gRPC (--grpc-listen)"))?;
+        let grpc_address = grpc_listener.local_addr()?;
         let node = Arc::new(Node::new(state, settings));
         let limits = ConnectionLimits::from_config(server);
         let tls = match (&server.tls_cert, &server.tls_key) {
@@ -175,10 +186,11 @@ fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -
             Service::Admin,
             admin_listener,
             node.clone(),
-            stopped(stopping),
+            stopped(stopping.clone()),
             limits,
             tls,
         ));
+        let grpc = tokio::spawn(grpc::serve(grpc_listener, node.clone(), stopped(stopping)));
         // Taken before loading, so a SIGHUP while loading waits instead of ending the process.
         #[cfg(unix)]
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -190,9 +202,11 @@ fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -
         // The lines on stdout, once ready: scripts and tests read the addresses from them.
         println!("edge-infer listening on {scheme}://{address}");
         println!("edge-infer admin API on {scheme}://{admin_address}");
+        println!("edge-infer gRPC on grpc://{grpc_address}");
         std::io::stdout().flush()?;
         public.await?;
         admin.await?;
+        grpc.await?;
         Ok(())
     })
 }

@@ -90,3 +90,16 @@ fn examples_http2_and_any_endpoint_work() {
         (Some("rate=200/s poisson"), Some(30))
     );
 }
+
+#[test]
+fn a_grpc_load_calls_model_infer_and_counts_grpc_failures() {
+    let server = Server::start_bundled();
+    let url = format!("grpc://{}/digits", server.grpc);
+    let common = ["--concurrency", "2", "--requests", "40", "--warm-up", "0", "--duration", "60"];
+    let reports = json_reports(&[&[url.as_str(), "--example", "digits"], &common[..]].concat());
+    assert_eq!(reports[0]["statuses"]["200"], 40, "{}", reports[0]);
+    // A model that does not exist: every call fails with NOT_FOUND, counted as 404.
+    let missing = format!("grpc://{}/no-such-model", server.grpc);
+    let reports = json_reports(&[&[missing.as_str(), "--example", "digits"], &common[..]].concat());
+    assert_eq!(reports[0]["statuses"]["404"], 40, "{}", reports[0]);
+}

@@ -2,8 +2,10 @@
 //! or open-loop rates), shows progress on a terminal, prints a row per step as a table, CSV
 //! or JSON, and can plot throughput against p99 latency as an SVG.
 //!
-//! `loadgen` generates the load; the benchmarks under `benches/` use it too.
+//! `loadgen` generates the load; the benchmarks under `benches/` use it too. `grpc` turns a
+//! `grpc://HOST:PORT/MODEL` URL and a JSON infer request into the protocol's gRPC call.
 
+pub mod grpc;
 pub mod loadgen;
 
 use std::io::IsTerminal;
@@ -21,7 +23,9 @@ use self::loadgen::{Load, Rate, Report};
 /// Options of `edge-infer bench`.
 #[derive(Args)]
 pub struct BenchArgs {
-    /// The endpoint, e.g. http://127.0.0.1:8080/digits
+    /// The endpoint, e.g. http://127.0.0.1:8080/digits, or grpc://127.0.0.1:8001/digits for
+    /// the Open Inference Protocol's gRPC infer call (the body: a JSON infer request, as for
+    /// REST's /v2/models/MODEL/infer; or --example digits).
     url: http::Uri,
     /// Closed loop: clients at each step. Open loop (with --rate): the most requests in flight.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
@@ -102,6 +106,14 @@ pub fn embed_bodies() -> Vec<Bytes> {
     EMBED_CORPUS.lines().map(|text| serde_json::json!({ "texts": [text] }).to_string().into()).collect()
 }
 
+/// The digits image as the Open Inference Protocol's JSON infer request.
+fn digits_infer_request() -> Bytes {
+    let request = serde_json::json!({
+        "inputs": [{ "name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": DIGITS_IMAGE.as_slice() }],
+    });
+    request.to_string().into()
+}
+
 impl Example {
     /// Bodies (used in turn) and content type of the example's requests.
     fn requests(self) -> (Vec<Bytes>, Option<&'static str>) {
@@ -134,19 +146,35 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let has_body = bodies.iter().any(|body| !body.is_empty());
     let method = args.method.unwrap_or(if has_body { http::Method::POST } else { http::Method::GET });
-    let base = Load {
+    let mut base = Load {
         method,
         bodies,
         content_type: args.content_type.or(example_type.map(str::to_string)),
         requests: args.requests,
         http2: args.http2,
         ..Load::closed(
-            args.url,
+            args.url.clone(),
             1,
             Duration::from_secs_f64(args.warm_up),
             Duration::from_secs_f64(args.duration),
         )
     };
+    if let Some((call, model)) = grpc::endpoint(&args.url)? {
+        let json = match (&args.body, args.example) {
+            (Some(_), _) => base.bodies[0].clone(),
+            (None, Some(Example::Digits)) => digits_infer_request(),
+            _ => anyhow::bail!("a gRPC load needs a JSON infer request: --body FILE (or --example digits)"),
+        };
+        base = Load {
+            url: call,
+            method: http::Method::POST,
+            bodies: vec![grpc::infer_frame(&model, &json)?],
+            content_type: Some("application/grpc".into()),
+            http2: true,
+            grpc: true,
+            ..base
+        };
+    }
     let steps: Vec<Load> = if args.rate.is_empty() {
         args.concurrency.iter().map(|&concurrency| Load { concurrency, ..base.clone() }).collect()
     } else {
@@ -158,7 +186,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut reports = Vec::new();
     if args.format == Format::Table {
-        println!("{} {} ({})", base.method, base.url, if base.http2 { "HTTP/2" } else { "HTTP/1.1" });
+        let protocol = match (base.grpc, base.http2) {
+            (true, _) => "gRPC",
+            (false, true) => "HTTP/2",
+            (false, false) => "HTTP/1.1",
+        };
+        println!("{} {} ({protocol})", base.method, base.url);
         println!("{}", Report::HEADER);
     } else if args.format == Format::Csv {
         println!("{}", Report::CSV_HEADER);

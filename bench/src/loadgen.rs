@@ -60,6 +60,8 @@ pub struct Load {
     pub requests: Option<u64>,
     /// HTTP/2 with prior knowledge instead of HTTP/1.1.
     pub http2: bool,
+    /// gRPC calls (over HTTP/2): a request succeeds when its `grpc-status` trailer is 0.
+    pub grpc: bool,
 }
 
 impl Load {
@@ -76,6 +78,7 @@ impl Load {
             duration,
             requests: None,
             http2: false,
+            grpc: false,
         }
     }
 
@@ -230,10 +233,14 @@ pub async fn run(load: &Load) -> anyhow::Result<Report> {
 /// Like [`run`], counting answered requests (warm-up included) in `answered` as it goes, for
 /// a progress display.
 pub async fn run_counting(load: &Load, answered: &Arc<AtomicU64>) -> anyhow::Result<Report> {
+    // Requests go out at once: HTTP/2 writes a request in several pieces, which Nagle's
+    // algorithm would otherwise hold back until the server's delayed acknowledgement.
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
         .http2_only(load.http2)
         .pool_max_idle_per_host(load.concurrency)
-        .build_http::<Full<Bytes>>();
+        .build::<_, Full<Bytes>>(connector);
     let started = Instant::now();
     let record_from = started + load.warm_up;
     let run = Arc::new(Run {
@@ -365,10 +372,20 @@ async fn send(client: &Client<HttpConnector, Full<Bytes>>, load: &Load, body: By
     if let Some(content_type) = &load.content_type {
         request = request.header(header::CONTENT_TYPE, content_type);
     }
+    if load.grpc {
+        request = request.header(header::TE, "trailers");
+    }
     let request = request.body(Full::new(body)).ok()?;
     let response = client.request(request).await.ok()?;
     let status = response.status().as_u16();
-    response.into_body().collect().await.ok()?;
+    let headers = response.headers().clone();
+    let answered = response.into_body().collect().await.ok()?;
+    if load.grpc && status == 200 {
+        // The outcome is in the trailers (or, for an immediate error, in the headers).
+        let grpc_status =
+            answered.trailers().and_then(|t| t.get("grpc-status")).or(headers.get("grpc-status"));
+        return Some(crate::grpc::status_of(grpc_status.map(|value| value.as_bytes())));
+    }
     Some(status)
 }
 

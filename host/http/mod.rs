@@ -2,9 +2,11 @@
 //! `tls`), `router` dispatches each request to health, metrics, the front door (`index`), a
 //! guest route or the Open Inference Protocol (`oip`, with the model repository calls in
 //! `repository`), and `response` writes what the host answers itself (JSON errors
-//! included). `admin` answers the admin listener: deploys, rollbacks, uploads.
+//! included). `admin` answers the admin listener: deploys, rollbacks, uploads; `grpc` serves
+//! the Open Inference Protocol over gRPC on its own listener.
 
 pub mod admin;
+pub mod grpc;
 pub mod index;
 pub mod oip;
 pub mod repository;

@@ -141,43 +141,86 @@ pub fn describe_model(model: &ModelScheduler) -> Value {
     })
 }
 
-/// A model's configuration as Triton publishes it, or 404. With `max_batch_size` above 0
-/// (the model batches along its first axis), `dims` leave the batch axis out, as in Triton.
+/// A model's configuration, as Triton publishes it (over REST and gRPC).
+pub struct PublishedConfig {
+    /// Above 0 when the model batches along its first axis; `dims` then leave that axis out.
+    pub max_batch_size: usize,
+    pub inputs: Vec<PublishedTensor>,
+    pub outputs: Vec<PublishedTensor>,
+    pub executors: usize,
+    pub on_gpu: bool,
+    pub max_queue_delay_us: u64,
+    pub max_padding_ratio: f64,
+}
+
+/// One input or output in a [`PublishedConfig`].
+pub struct PublishedTensor {
+    pub name: String,
+    pub element_type: ElementType,
+    pub dims: Vec<i64>,
+}
+
+impl PublishedConfig {
+    /// What `model` publishes.
+    pub fn of(model: &ModelScheduler) -> PublishedConfig {
+        let signature = model.signature();
+        let batches_on_first_axis = model.max_batch_items() > 1
+            && signature.inputs.iter().chain(&signature.outputs).all(|spec| spec.batch_axis == Some(0));
+        let max_batch_size = if batches_on_first_axis { model.max_batch_items() } else { 0 };
+        let describe = |specs: &[crate::inference::tensor::TensorSpec]| -> Vec<PublishedTensor> {
+            specs
+                .iter()
+                .map(|spec| {
+                    let dims = spec.shape_for_display();
+                    let dims = if batches_on_first_axis { &dims[1..] } else { &dims[..] };
+                    PublishedTensor {
+                        name: spec.name.clone(),
+                        element_type: spec.element_type,
+                        dims: dims.to_vec(),
+                    }
+                })
+                .collect()
+        };
+        PublishedConfig {
+            max_batch_size,
+            inputs: describe(&signature.inputs),
+            outputs: describe(&signature.outputs),
+            executors: model.executors(),
+            on_gpu: model.on_gpu(),
+            max_queue_delay_us: model.max_queue_delay().as_micros() as u64,
+            max_padding_ratio: model.max_padding_ratio(),
+        }
+    }
+}
+
+/// A model's configuration as Triton publishes it, or 404.
 pub fn model_config(models: &Models, name: &str) -> Response<Body> {
     let Some(model) = models.get(name) else { return no_model(name) };
-    let signature = model.signature();
-    let batches_on_first_axis = model.max_batch_items() > 1
-        && signature.inputs.iter().chain(&signature.outputs).all(|spec| spec.batch_axis == Some(0));
-    let max_batch_size = if batches_on_first_axis { model.max_batch_items() } else { 0 };
-    let describe = |specs: &[crate::inference::tensor::TensorSpec]| -> Vec<Value> {
-        specs
+    let published = PublishedConfig::of(model);
+    let describe = |tensors: &[PublishedTensor]| -> Vec<Value> {
+        tensors
             .iter()
-            .map(|spec| {
-                let dims = spec.shape_for_display();
-                let dims = if batches_on_first_axis { &dims[1..] } else { &dims[..] };
-                json!({ "name": spec.name, "data_type": format!("TYPE_{}", spec.element_type), "dims": dims })
-            })
+            .map(|t| json!({ "name": t.name, "data_type": format!("TYPE_{}", t.element_type), "dims": t.dims }))
             .collect()
     };
     let mut config = json!({
         "name": model.name(),
         "platform": "onnxruntime_onnx",
         "backend": model.backend(),
-        "max_batch_size": max_batch_size,
-        "input": describe(&signature.inputs),
-        "output": describe(&signature.outputs),
+        "max_batch_size": published.max_batch_size,
+        "input": describe(&published.inputs),
+        "output": describe(&published.outputs),
         "instance_group": [{
             "name": model.name(),
-            "count": model.executors(),
-            "kind": if model.on_gpu() { "KIND_GPU" } else { "KIND_CPU" },
+            "count": published.executors,
+            "kind": if published.on_gpu { "KIND_GPU" } else { "KIND_CPU" },
         }],
         "parameters": {
-            "max_padding_ratio": { "string_value": model.max_padding_ratio().to_string() },
+            "max_padding_ratio": { "string_value": published.max_padding_ratio.to_string() },
         },
     });
-    if max_batch_size > 0 {
-        config["dynamic_batching"] =
-            json!({ "max_queue_delay_microseconds": model.max_queue_delay().as_micros() as u64 });
+    if published.max_batch_size > 0 {
+        config["dynamic_batching"] = json!({ "max_queue_delay_microseconds": published.max_queue_delay_us });
     }
     response::json(StatusCode::OK, &config)
 }
@@ -308,8 +351,9 @@ fn parse_request(
     Ok((request, body.slice(json_length..)))
 }
 
-fn element_type(datatype: &str) -> Result<ElementType, BadRequest> {
-    Ok(match datatype {
+/// The element type of a protocol datatype (`FP32`, ...), if edge-infer supports it.
+pub fn element_type_of(datatype: &str) -> Option<ElementType> {
+    Some(match datatype {
         "FP16" => ElementType::F16,
         "FP32" => ElementType::F32,
         "FP64" => ElementType::F64,
@@ -317,8 +361,12 @@ fn element_type(datatype: &str) -> Result<ElementType, BadRequest> {
         "UINT8" => ElementType::U8,
         "INT32" => ElementType::I32,
         "INT64" => ElementType::I64,
-        other => return Err(BadRequest::Datatype(other.to_string())),
+        _ => return None,
     })
+}
+
+fn element_type(datatype: &str) -> Result<ElementType, BadRequest> {
+    element_type_of(datatype).ok_or_else(|| BadRequest::Datatype(datatype.to_string()))
 }
 
 /// The request's input tensors, from JSON data or the binary part, in request order.

@@ -58,28 +58,44 @@ fn load_request(node: &Node, model: &str, body: &[u8]) -> Result<Option<ModelSpe
         Some(Value::Object(parameters)) => parameters,
         Some(_) => return Err(bad("\"parameters\" must be an object".into())),
     };
-    let mut files = parameters.iter().filter(|(key, _)| key.starts_with("file:"));
-    let file = match (files.next(), files.next()) {
-        (None, _) => None,
-        (Some((key, Value::String(encoded))), None) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .map_err(|e| bad(format!("parameter {key:?}: not base64: {e}")))?;
-            Some(node.control().state().store(&bytes)?)
-        }
-        (Some((key, _)), None) => return Err(bad(format!("parameter {key:?} must be a base64 string"))),
-        (Some(_), Some(_)) => return Err(bad("one model file expected (an ONNX file), got several".into())),
-    };
+    let mut files = Vec::new();
+    for (key, value) in parameters.iter().filter(|(key, _)| key.starts_with("file:")) {
+        let Value::String(encoded) = value else {
+            return Err(bad(format!("parameter {key:?} must be a base64 string")));
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| bad(format!("parameter {key:?}: not base64: {e}")))?;
+        files.push(bytes);
+    }
     let config = match parameters.get("config") {
         None => None,
-        Some(Value::String(text)) => {
-            Some(serde_json::from_str::<Value>(text).map_err(|e| bad(format!("parameter \"config\": {e}")))?)
-        }
-        Some(Value::Object(object)) => Some(Value::Object(object.clone())),
+        Some(Value::String(text)) => Some(text.as_str()),
         Some(_) => return Err(bad("parameter \"config\" must be a JSON string".into())),
     };
-    let file = match (file, &config) {
-        (Some(file), _) => file,
+    model_spec(node, model, config, files)
+}
+
+/// The settings of a load of `model` with Triton's `config` (JSON) and model `files` (at
+/// most one: the ONNX file), as the REST and gRPC repository calls carry them. None: load
+/// what the repository has.
+pub fn model_spec(
+    node: &Node,
+    model: &str,
+    config: Option<&str>,
+    mut files: Vec<Vec<u8>>,
+) -> Result<Option<ModelSpec>, DeployError> {
+    let bad = |message: String| DeployError::Invalid(anyhow::anyhow!(message));
+    if files.len() > 1 {
+        return Err(bad("one model file expected (an ONNX file), got several".into()));
+    }
+    let config = config
+        .map(|text| {
+            serde_json::from_str::<Value>(text).map_err(|e| bad(format!("parameter \"config\": {e}")))
+        })
+        .transpose()?;
+    let file = match (files.pop(), &config) {
+        (Some(bytes), _) => node.control().state().store(&bytes)?,
         (None, None) => return Ok(None),
         // A new configuration for the model's current file.
         (None, Some(_)) => match node
@@ -90,8 +106,7 @@ fn load_request(node: &Node, model: &str, body: &[u8]) -> Result<Option<ModelSpe
             None => return Err(bad(format!("model {model:?} is not in the repository: send its file too"))),
         },
     };
-    let settings = settings_from_triton(config.unwrap_or_else(|| json!({}))).map_err(bad)?;
-    let mut settings = settings;
+    let mut settings = settings_from_triton(config.unwrap_or_else(|| json!({}))).map_err(bad)?;
     settings.insert("file".into(), Value::String(file.to_string()));
     serde_path_to_error::deserialize(Value::Object(settings))
         .map(Some)

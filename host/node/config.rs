@@ -82,6 +82,8 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// The private key (PEM) of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Address of the Open Inference Protocol over gRPC; `--grpc-listen` overrides it.
+    pub grpc_listen: SocketAddr,
     /// Address of the admin API (deploys, rollbacks, model loads); `--admin-listen`
     /// overrides it. Off the loopback interface it needs `admin_token_file`.
     pub admin_listen: SocketAddr,
@@ -108,6 +110,7 @@ impl Default for ServerConfig {
             http2_max_concurrent_streams: 256,
             tls_cert: None,
             tls_key: None,
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
             admin_token_file: None,
             state_dir: None,

@@ -26,6 +26,8 @@ pub struct Server {
     pub base: String,
     /// The admin API's `http://127.0.0.1:PORT`.
     pub admin: String,
+    /// The gRPC listener's `127.0.0.1:PORT`.
+    pub grpc: String,
     /// The state folder it was started with.
     pub state_dir: PathBuf,
     _config_dir: tempfile::TempDir,
@@ -99,7 +101,14 @@ impl Server {
         let state_dir = state_dir.map_or_else(|| config_dir.path().join("state"), Path::to_path_buf);
         let mut child = Command::new(binary())
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--state-dir")
             .arg(&state_dir)
             .args(args)
@@ -123,20 +132,22 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let (sender, receiver) = mpsc::channel();
         std::thread::spawn(move || {
-            // Two lines once ready: the main listener's address, then the admin API's.
+            // Three lines once ready: the main listener's address, the admin API's, gRPC's.
             let mut reader = BufReader::new(stdout);
-            let (mut line, mut admin) = (String::new(), String::new());
+            let (mut line, mut admin, mut grpc) = (String::new(), String::new(), String::new());
             let _ = reader.read_line(&mut line);
             let _ = reader.read_line(&mut admin);
-            let _ = sender.send((line, admin));
+            let _ = reader.read_line(&mut grpc);
+            let _ = sender.send((line, admin, grpc));
             // Keep reading, so the server never writes to a closed pipe.
             let _ = std::io::copy(&mut reader, &mut std::io::sink());
         });
         let last_word = |line: &str| line.trim().rsplit(' ').next().unwrap().to_string();
         match receiver.recv_timeout(START_TIMEOUT) {
-            Ok((line, admin)) if line.contains("listening on ") && admin.contains("admin API on ") => {
+            Ok((line, admin, grpc)) if line.contains("listening on ") && grpc.contains("gRPC on ") => {
                 let (base, admin) = (last_word(&line), last_word(&admin));
-                Ok(Server { child, stderr, logged, base, admin, state_dir, _config_dir: config_dir })
+                let grpc = last_word(&grpc).trim_start_matches("grpc://").to_string();
+                Ok(Server { child, stderr, logged, base, admin, grpc, state_dir, _config_dir: config_dir })
             }
             _ => {
                 let _ = child.kill();
@@ -271,7 +282,7 @@ pub fn compat_python() -> String {
     let python = venv.join("bin/python").display().to_string();
     let ready = || {
         Command::new(&python)
-            .args(["-c", "import tritonclient.http, numpy, onnxruntime"])
+            .args(["-c", "import tritonclient.http, tritonclient.grpc, numpy, onnxruntime"])
             .status()
             .is_ok_and(|s| s.success())
     };

@@ -1,0 +1,556 @@
+//! The Open Inference Protocol over gRPC: `inference.GRPCInferenceService`, as Triton's and
+//! KServe's clients call it, on its own listener (`server.grpc_listen`).
+//!
+//! Inference goes through the same model schedulers as REST and the guests (so requests of
+//! both protocols batch together), with the same deadlines, priorities, cache and metrics.
+//! The gRPC deadline (`grpc-timeout`) is the request's deadline (default 10 s, shortened by
+//! `x-edge-deadline-ms`); `x-edge-priority` and `x-request-id` work as in REST. A client
+//! that cancels drops its request, queued work included.
+//!
+//! Errors carry the status codes the protocol's clients expect: `INVALID_ARGUMENT` (bad
+//! tensors or settings), `NOT_FOUND`, `RESOURCE_EXHAUSTED` (a full queue),
+//! `DEADLINE_EXCEEDED`, `UNAVAILABLE` (still loading), `UNAUTHENTICATED` (repository
+//! changes without the admin token), `FAILED_PRECONDITION` (a change that contradicts what
+//! is deployed), `INTERNAL`.
+
+// tonic's `Status` is the error every method of the service returns; it is large, and boxing
+// it here would only unbox it again at each method.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::http::oip::{self, PublishedConfig, PublishedTensor};
+use crate::http::repository;
+use crate::inference::scheduler::{ComputeError, ModelScheduler};
+use crate::inference::tensor::{ElementType, NamedTensor, Tensor};
+use crate::node::Node;
+use crate::node::control::DeployError;
+use crate::request::RequestContext;
+use crate::telemetry::metrics::RouteMetrics;
+
+/// The code generated from `proto/inference.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("inference");
+}
+
+use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use proto::model_infer_request::InferInputTensor;
+use proto::model_infer_response::InferOutputTensor;
+use proto::model_metadata_response::TensorMetadata;
+use proto::model_repository_parameter::ParameterChoice;
+use proto::*;
+
+/// Largest message accepted or sent, as for REST infer bodies.
+const MAX_MESSAGE_BYTES: usize = oip::MAX_BODY_BYTES;
+/// Requests of one stream in flight at once; the stream waits beyond that.
+const STREAM_IN_FLIGHT: usize = 64;
+
+/// Serves the gRPC service of `node` on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
+    let service =
+        GrpcInferenceServiceServer::new(Service { node, metrics: Arc::new(RouteMetrics::new("grpc")) })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Small answers go out at once, not after the peer's delayed acknowledgement.
+    let connections = TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    });
+    let served = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(connections, shutdown)
+        .await;
+    if let Err(e) = served {
+        warn!("the gRPC listener stopped: {e}");
+    }
+}
+
+/// The service: the node it serves, and the series of its requests.
+struct Service {
+    node: Arc<Node>,
+    metrics: Arc<RouteMetrics>,
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+impl Service {
+    /// The models of the runtime serving now, or UNAVAILABLE while loading.
+    fn runtime(&self) -> Result<Arc<crate::node::Runtime>, Status> {
+        self.node.runtime().ok_or_else(|| Status::unavailable("the node is still loading its models"))
+    }
+
+    fn model(&self, name: &str) -> Result<Arc<ModelScheduler>, Status> {
+        self.runtime()?.models().get(name).cloned().ok_or_else(|| no_model(name))
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Service {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Answer<ServerLiveResponse> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Answer<ServerReadyResponse> {
+        Ok(Response::new(ServerReadyResponse { ready: self.node.is_ready() }))
+    }
+
+    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Answer<ModelReadyResponse> {
+        let ready = self.node.runtime().is_some_and(|r| r.models().get(&request.get_ref().name).is_some());
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Answer<ServerMetadataResponse> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "edge-infer".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec!["model_repository".into(), "model_configuration".into()],
+        }))
+    }
+
+    async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> Answer<ModelMetadataResponse> {
+        let model = self.model(&request.get_ref().name)?;
+        let signature = model.signature();
+        let describe = |specs: &[crate::inference::tensor::TensorSpec]| -> Vec<TensorMetadata> {
+            specs
+                .iter()
+                .map(|spec| TensorMetadata {
+                    name: spec.name.clone(),
+                    datatype: spec.element_type.to_string(),
+                    shape: spec.shape_for_display(),
+                })
+                .collect()
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: model.name().to_string(),
+            versions: vec!["1".into()],
+            platform: "onnx".into(),
+            inputs: describe(&signature.inputs),
+            outputs: describe(&signature.outputs),
+        }))
+    }
+
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
+        let arrival = Instant::now();
+        let context = context(request.metadata(), arrival)?;
+        let request = request.into_inner();
+        let model_name = request.model_name.clone();
+        let answer = match self.model(&model_name) {
+            Ok(model) => infer(&model, request, &context).await,
+            Err(status) => Err(status),
+        };
+        self.observe(&model_name, &context, arrival, answer.as_ref().err());
+        answer.map(Response::new)
+    }
+
+    type ModelStreamInferStream = ReceiverStream<Result<ModelStreamInferResponse, Status>>;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<ModelInferRequest>>,
+    ) -> Answer<Self::ModelStreamInferStream> {
+        let metadata = request.metadata().clone();
+        // The stream's headers are checked once; each request gets its own deadline.
+        context(&metadata, Instant::now())?;
+        let mut incoming = request.into_inner();
+        let (sender, receiver) = mpsc::channel(STREAM_IN_FLIGHT);
+        let service = Service { node: self.node.clone(), metrics: self.metrics.clone() };
+        let service = Arc::new(service);
+        tokio::spawn(async move {
+            let mut in_flight = JoinSet::new();
+            loop {
+                tokio::select! {
+                    next = incoming.message(), if in_flight.len() < STREAM_IN_FLIGHT => match next {
+                        Ok(Some(request)) => {
+                            let (service, sender, metadata) = (service.clone(), sender.clone(), metadata.clone());
+                            in_flight.spawn(async move {
+                                let answer = service.infer_one(&metadata, request).await;
+                                let _ = sender.send(Ok(answer)).await;
+                            });
+                        }
+                        // The client finished sending (or went away): answer what is in flight.
+                        Ok(None) | Err(_) => break,
+                    },
+                    Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                    // The client stopped listening: what is in flight is dropped.
+                    () = sender.closed() => return,
+                }
+            }
+            tokio::select! {
+                () = async { while in_flight.join_next().await.is_some() {} } => {}
+                () = sender.closed() => {}
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn model_config(&self, request: Request<ModelConfigRequest>) -> Answer<ModelConfigResponse> {
+        let model = self.model(&request.get_ref().name)?;
+        Ok(Response::new(ModelConfigResponse { config: Some(model_config(&model)) }))
+    }
+
+    async fn repository_index(&self, _: Request<RepositoryIndexRequest>) -> Answer<RepositoryIndexResponse> {
+        let runtime = self.runtime()?;
+        let models = runtime
+            .models()
+            .all()
+            .iter()
+            .map(|model| repository_index_response::ModelIndex {
+                name: model.name().to_string(),
+                version: "1".into(),
+                state: "READY".into(),
+                reason: String::new(),
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<RepositoryModelLoadRequest>,
+    ) -> Answer<RepositoryModelLoadResponse> {
+        self.authorize(request.metadata())?;
+        let request = request.into_inner();
+        let mut config = None;
+        let mut files = Vec::new();
+        for (key, parameter) in request.parameters {
+            match (key.as_str(), parameter.parameter_choice) {
+                ("config", Some(ParameterChoice::StringParam(text))) => config = Some(text),
+                (file, Some(ParameterChoice::BytesParam(bytes))) if file.starts_with("file:") => {
+                    files.push(bytes.to_vec())
+                }
+                (other, _) => {
+                    return Err(Status::invalid_argument(format!("unexpected parameter {other:?}")));
+                }
+            }
+        }
+        let node = &self.node;
+        let spec = repository::model_spec(node, &request.model_name, config.as_deref(), files)
+            .map_err(deploy_status)?;
+        node.load_model(&request.model_name, spec).await.map_err(deploy_status)?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<RepositoryModelUnloadRequest>,
+    ) -> Answer<RepositoryModelUnloadResponse> {
+        self.authorize(request.metadata())?;
+        self.node.unload_model(&request.get_ref().model_name).await.map_err(deploy_status)?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+}
+
+impl Service {
+    /// One request of a stream: its answer, or the error message in its place.
+    async fn infer_one(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        request: ModelInferRequest,
+    ) -> ModelStreamInferResponse {
+        let arrival = Instant::now();
+        let model_name = request.model_name.clone();
+        let answer = match (context(metadata, arrival), self.model(&model_name)) {
+            (Ok(context), Ok(model)) => {
+                let answer = infer(&model, request, &context).await;
+                self.observe(&model_name, &context, arrival, answer.as_ref().err());
+                answer
+            }
+            (Err(status), _) | (_, Err(status)) => Err(status),
+        };
+        match answer {
+            Ok(response) => {
+                ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) }
+            }
+            Err(status) => {
+                ModelStreamInferResponse { error_message: status.message().to_string(), infer_response: None }
+            }
+        }
+    }
+
+    /// Lets a repository change through with the admin token, where this listener takes them.
+    fn authorize(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let control = self.node.control();
+        if !control.repository_changes_on_main_listener() {
+            return Err(Status::permission_denied(
+                "model repository changes on this listener need server.admin_token_file; use the admin listener",
+            ));
+        }
+        let token = metadata
+            .get("authorization")
+            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+            .map(|token| token.trim_ascii());
+        match token {
+            Some(token) if control.is_admin_token(token) => Ok(()),
+            _ => {
+                Err(Status::unauthenticated("this call needs the admin token: authorization: Bearer <token>"))
+            }
+        }
+    }
+
+    /// Counts and logs one infer request.
+    fn observe(&self, model: &str, context: &RequestContext, arrival: Instant, failure: Option<&Status>) {
+        let status = failure.map_or(200, |status| http_equivalent(status.code()));
+        self.metrics.duration.observe(arrival.elapsed().as_secs_f64());
+        self.metrics.request(status);
+        info!(
+            request_id = %context.id,
+            protocol = "grpc",
+            %model,
+            status,
+            total_us = arrival.elapsed().as_micros() as u64,
+            "request"
+        );
+    }
+}
+
+/// The request's context from its metadata: id, priority, and a deadline from `grpc-timeout`
+/// (default 10 s) shortened by `x-edge-deadline-ms`.
+fn context(metadata: &tonic::metadata::MetadataMap, arrival: Instant) -> Result<RequestContext, Status> {
+    let headers = metadata.clone().into_headers();
+    let timeout = match headers.get("grpc-timeout") {
+        None => oip::DEFAULT_TIMEOUT,
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(grpc_timeout)
+            .ok_or_else(|| Status::invalid_argument("grpc-timeout is malformed"))?,
+    };
+    RequestContext::from_headers(&headers, arrival, timeout)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// A `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(text: &str) -> Option<Duration> {
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Runs one infer request on `model`.
+async fn infer(
+    model: &ModelScheduler,
+    request: ModelInferRequest,
+    context: &RequestContext,
+) -> Result<ModelInferResponse, Status> {
+    let requested: Vec<String> = request.outputs.iter().map(|output| output.name.clone()).collect();
+    let inputs = input_tensors(request.inputs, request.raw_input_contents)?;
+    let deadline = tokio::time::Instant::from_std(context.deadline);
+    let outputs = match tokio::time::timeout_at(deadline, model.compute(inputs, context)).await {
+        Ok(Ok(outputs)) => outputs,
+        Ok(Err(error)) => return Err(compute_status(error)),
+        Err(_) => return Err(Status::deadline_exceeded("the request's deadline passed")),
+    };
+    let mut response = ModelInferResponse {
+        model_name: model.name().to_string(),
+        model_version: "1".into(),
+        id: request.id,
+        ..Default::default()
+    };
+    for (name, tensor) in outputs {
+        if !requested.is_empty() && !requested.contains(&name) {
+            continue;
+        }
+        response.outputs.push(InferOutputTensor {
+            name,
+            datatype: tensor.element_type.to_string(),
+            shape: tensor.shape.iter().map(|&d| d as i64).collect(),
+            ..Default::default()
+        });
+        response.raw_output_contents.push(tensor.data);
+    }
+    if let Some(missing) = requested.iter().find(|name| !response.outputs.iter().any(|o| &o.name == *name)) {
+        return Err(Status::invalid_argument(format!("the model has no output {missing:?}")));
+    }
+    Ok(response)
+}
+
+/// The request's inputs: from `raw_input_contents` (one per input, in order) or from each
+/// input's typed `contents`.
+fn input_tensors(inputs: Vec<InferInputTensor>, raw: Vec<Bytes>) -> Result<Vec<NamedTensor>, Status> {
+    if !raw.is_empty() && raw.len() != inputs.len() {
+        return Err(Status::invalid_argument(format!(
+            "raw_input_contents has {} entries for {} inputs",
+            raw.len(),
+            inputs.len()
+        )));
+    }
+    let mut raw = raw.into_iter();
+    inputs
+        .into_iter()
+        .map(|input| {
+            let bad = |reason: String| Status::invalid_argument(format!("input {:?}: {reason}", input.name));
+            let element_type = oip::element_type_of(&input.datatype)
+                .ok_or_else(|| bad(format!("datatype {} is not supported", input.datatype)))?;
+            let shape = input
+                .shape
+                .iter()
+                .map(|&d| usize::try_from(d).map_err(|_| bad(format!("dimension {d} is negative"))))
+                .collect::<Result<Vec<usize>, Status>>()?;
+            let data = match (raw.next(), &input.contents) {
+                (Some(bytes), None) => bytes,
+                (None, Some(contents)) => typed_contents(contents, element_type).map_err(bad)?,
+                (Some(_), Some(_)) => return Err(bad("contents given twice (typed and raw)".into())),
+                (None, None) => return Err(bad("no contents".into())),
+            };
+            let tensor = Tensor::new(element_type, shape, data).map_err(|e| bad(e.to_string()))?;
+            Ok((input.name, tensor))
+        })
+        .collect()
+}
+
+/// Little-endian bytes of typed contents, from the field the element type uses.
+fn typed_contents(contents: &InferTensorContents, element_type: ElementType) -> Result<Bytes, String> {
+    let bytes: Vec<u8> = match element_type {
+        ElementType::F32 => contents.fp32_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ElementType::F64 => contents.fp64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ElementType::I64 => contents.int64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ElementType::I32 => contents.int_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ElementType::U8 => contents
+            .uint_contents
+            .iter()
+            .map(|&v| u8::try_from(v).map_err(|_| format!("{v} is not a UINT8")))
+            .collect::<Result<_, _>>()?,
+        ElementType::F16 | ElementType::Bf16 => {
+            return Err(format!("send {element_type} data in raw_input_contents"));
+        }
+    };
+    Ok(bytes.into())
+}
+
+/// Triton's model configuration message for `model`.
+fn model_config(model: &ModelScheduler) -> ModelConfig {
+    let published = PublishedConfig::of(model);
+    let inputs = published.inputs.iter().map(|t| ModelInput {
+        name: t.name.clone(),
+        data_type: data_type(t),
+        dims: t.dims.clone(),
+    });
+    let outputs = published.outputs.iter().map(|t| ModelOutput {
+        name: t.name.clone(),
+        data_type: data_type(t),
+        dims: t.dims.clone(),
+    });
+    let kind =
+        if published.on_gpu { model_instance_group::Kind::Gpu } else { model_instance_group::Kind::Cpu };
+    ModelConfig {
+        name: model.name().to_string(),
+        platform: "onnxruntime_onnx".into(),
+        backend: model.backend().to_string(),
+        max_batch_size: i32::try_from(published.max_batch_size).unwrap_or(i32::MAX),
+        input: inputs.collect(),
+        output: outputs.collect(),
+        instance_group: vec![ModelInstanceGroup {
+            name: model.name().to_string(),
+            count: i32::try_from(published.executors).unwrap_or(i32::MAX),
+            kind: kind as i32,
+        }],
+        dynamic_batching: (published.max_batch_size > 0)
+            .then_some(ModelDynamicBatching { max_queue_delay_microseconds: published.max_queue_delay_us }),
+        parameters: HashMap::from([(
+            "max_padding_ratio".to_string(),
+            ModelParameter { string_value: published.max_padding_ratio.to_string() },
+        )]),
+    }
+}
+
+fn data_type(tensor: &PublishedTensor) -> i32 {
+    let data_type = match tensor.element_type {
+        ElementType::F16 => DataType::TypeFp16,
+        ElementType::F32 => DataType::TypeFp32,
+        ElementType::F64 => DataType::TypeFp64,
+        ElementType::Bf16 => DataType::TypeBf16,
+        ElementType::U8 => DataType::TypeUint8,
+        ElementType::I32 => DataType::TypeInt32,
+        ElementType::I64 => DataType::TypeInt64,
+    };
+    data_type as i32
+}
+
+fn no_model(name: &str) -> Status {
+    Status::not_found(format!("no model named {name:?}"))
+}
+
+/// The status of a compute that failed.
+fn compute_status(error: ComputeError) -> Status {
+    let message = error.to_string();
+    match error {
+        ComputeError::InvalidInput(_) => Status::invalid_argument(message),
+        ComputeError::Overloaded { .. } => Status::resource_exhausted(message),
+        ComputeError::DeadlineExpired { .. } => Status::deadline_exceeded(message),
+        ComputeError::Failed { .. } => Status::internal(message),
+    }
+}
+
+/// The status of a repository change that was not made.
+fn deploy_status(error: DeployError) -> Status {
+    let message = error.to_string();
+    match error {
+        DeployError::NotFound(_) => Status::not_found(message),
+        DeployError::Conflict(_) => Status::failed_precondition(message),
+        DeployError::Invalid(_) | DeployError::Rejected(_) => Status::invalid_argument(message),
+        DeployError::State(crate::node::state::StateError::UnknownArtifact(_)) => {
+            Status::invalid_argument(message)
+        }
+        DeployError::State(crate::node::state::StateError::TooLarge(_)) => {
+            Status::resource_exhausted(message)
+        }
+        DeployError::State(_) => Status::internal(message),
+        DeployError::Loading => Status::unavailable(message),
+    }
+}
+
+/// The HTTP status a gRPC code stands for, so both protocols count outcomes alike.
+fn http_equivalent(code: Code) -> u16 {
+    match code {
+        Code::Ok => 200,
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => 400,
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::NotFound => 404,
+        Code::ResourceExhausted | Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+        Code::Cancelled => 499,
+        _ => 500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_every_unit_and_nothing_else() {
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "S", "12", "1x", "123456789S", "-1S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
+    }
+}
