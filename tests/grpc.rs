@@ -135,4 +135,9 @@ async fn rest_and_grpc_requests_share_one_model_execution() {
         1.0,
         "one run for both"
     );
+    for protocol in ["rest", "grpc"] {
+        let series =
+            format!(r#"edge_infer_inference_requests_total{{outcome="success",protocol="{protocol}"}}"#);
+        assert_eq!(metric(&text, &series), 1.0, "{series}");
+    }
 }

@@ -38,7 +38,7 @@ use crate::inference::tensor::{ElementType, NamedTensor, Tensor};
 use crate::node::Node;
 use crate::node::control::DeployError;
 use crate::request::RequestContext;
-use crate::telemetry::metrics::RouteMetrics;
+use crate::telemetry::metrics::{self, Protocol, RouteMetrics};
 
 /// The code generated from `proto/inference.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -306,6 +306,7 @@ impl Service {
         let status = failure.map_or(200, |status| http_equivalent(status.code()));
         self.metrics.duration.observe(arrival.elapsed().as_secs_f64());
         self.metrics.request(status);
+        metrics::inference_request(Protocol::Grpc, status);
         info!(
             request_id = %context.id,
             protocol = "grpc",

@@ -27,7 +27,7 @@ use crate::node::{Node, Route, Runtime};
 use crate::request::{ID_HEADER, RequestContext};
 use crate::sandbox::admission::Rejection;
 use crate::sandbox::component::GuestFailure;
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::{self, Protocol};
 
 /// Answers one request.
 pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
@@ -142,12 +142,15 @@ async fn serve_oip(
         }
         Endpoint::Infer(model) => {
             let (parts, body) = request.into_parts();
-            let body = match read_body(&parts.headers, body, oip::MAX_BODY_BYTES, context).await {
-                Ok(body) => body,
-                Err(response) => return response,
+            let response = match read_body(&parts.headers, body, oip::MAX_BODY_BYTES, context).await {
+                Ok(body) => {
+                    let header_length = parts.headers.get(oip::HEADER_LENGTH);
+                    oip::infer(models, model, &parts.method, header_length, body, context).await
+                }
+                Err(response) => response,
             };
-            let header_length = parts.headers.get(oip::HEADER_LENGTH);
-            oip::infer(models, model, &parts.method, header_length, body, context).await
+            metrics::inference_request(Protocol::Rest, response.status().as_u16());
+            response
         }
     }
 }

@@ -34,6 +34,7 @@ struct Families {
     model_queue_delay: GaugeVec,
     model_backend: IntGaugeVec,
     deploys: IntCounterVec,
+    inference_requests: IntCounterVec,
     gpu_memory_used: IntGaugeVec,
     gpu_memory_total: IntGaugeVec,
     model_cache: IntCounterVec,
@@ -181,6 +182,11 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             "edge_infer_model_backend_info",
             "1 for the backend that runs the model (tract, ort, ort-cuda)",
             &["model", "backend"],
+        ),
+        inference_requests: counter(
+            "edge_infer_inference_requests_total",
+            "Open Inference Protocol infer requests by protocol (rest, grpc) and outcome (success, invalid, rejected, timeout, error)",
+            &["protocol", "outcome"],
         ),
         deploys: counter(
             "edge_infer_deploys_total",
@@ -336,6 +342,25 @@ fn request_outcome(status: u16) -> usize {
         500..=599 => 4,
         _ => 0,
     }
+}
+
+/// The protocols the Open Inference Protocol is served over.
+#[derive(Clone, Copy, Debug)]
+pub enum Protocol {
+    Rest,
+    Grpc,
+}
+
+/// Infer requests by protocol and outcome, resolved once.
+static PROTOCOL_OUTCOMES: LazyLock<[[IntCounter; 5]; 2]> = LazyLock::new(|| {
+    ["rest", "grpc"].map(|protocol| {
+        REQUEST_OUTCOMES.map(|outcome| FAMILIES.inference_requests.with_label_values(&[protocol, outcome]))
+    })
+});
+
+/// Counts one Open Inference Protocol infer request of `protocol` by its (HTTP) status.
+pub fn inference_request(protocol: Protocol, status: u16) {
+    PROTOCOL_OUTCOMES[protocol as usize][request_outcome(status)].inc();
 }
 
 /// One route's series.
