@@ -140,8 +140,8 @@ fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -
         compilation_cache: server.compilation_cache,
         admin_token,
         max_artifact_bytes: server.max_artifact_bytes,
-        repository_changes_on_main_listener: (listen.ip().is_loopback() && grpc_listen.ip().is_loopback())
-            || server.admin_token_file.is_some(),
+        repository_changes_on_main_listener: listen.ip().is_loopback() || server.admin_token_file.is_some(),
+        repository_changes_on_grpc_listener: grpc_listen.ip().is_loopback(),
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -206,7 +206,11 @@ fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -
         std::io::stdout().flush()?;
         public.await?;
         admin.await?;
-        grpc.await?;
+        // tonic waits for every connection to close, with no limit of its own: an open stream
+        // gets the grace period, like the HTTP connections, and is then cut.
+        if tokio::time::timeout(limits.grace, grpc).await.is_err() {
+            warn!("grace period over; closing the remaining gRPC connections");
+        }
         Ok(())
     })
 }

@@ -98,6 +98,30 @@ async fn a_grpc_deadline_that_passes_in_the_queue_is_deadline_exceeded_and_never
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_itself_answers_deadline_exceeded_at_the_grpc_timeout() {
+    // A client with no deadline of its own: only the grpc-timeout it sends can end the call.
+    let server = Server::start(&slow_config(16));
+    let busy = occupy_slow_executor(&server).await;
+    let zeros = json!({ "inputs": [{ "name": "x", "shape": [7, 256], "datatype": "FP32", "data": vec![0.0; 7 * 256] }] });
+    let frame = edge_infer_bench::grpc::infer_frame("slow", zeros.to_string().as_bytes()).unwrap();
+    let http2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let answer = http2
+        .post(format!("http://{}/inference.GRPCInferenceService/ModelInfer", server.grpc))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "200m")
+        .body(frame)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED: {:?}", answer.headers());
+    assert_eq!(busy.await.unwrap(), 200);
+    let text = scrape(&server).await;
+    assert_eq!(metric(&text, r#"edge_infer_requests_total{outcome="timeout",route="grpc"}"#), 1.0);
+    assert_eq!(metric(&text, r#"edge_infer_model_inferences_total{model="slow"}"#), f64::from(BUSY_ROWS));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_is_resource_exhausted() {
     let server = Server::start(&slow_config(1));
     let busy = occupy_slow_executor(&server).await;

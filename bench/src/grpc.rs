@@ -95,10 +95,14 @@ fn flatten(value: &Value, out: &mut Vec<f64>) {
 
 /// The HTTP status a gRPC status code stands for in a report (`grpc-status` 0 is 200).
 pub fn status_of(grpc_status: Option<&[u8]>) -> u16 {
+    // As the server counts them (edge-infer's http/grpc.rs).
     match grpc_status {
         Some(b"0") => 200,
         Some(b"3") | Some(b"9") | Some(b"11") => 400,
+        Some(b"16") => 401,
+        Some(b"7") => 403,
         Some(b"5") => 404,
+        Some(b"1") => 499,
         Some(b"8") | Some(b"14") => 503,
         Some(b"4") => 504,
         _ => 500,

@@ -145,14 +145,23 @@ impl GrpcInferenceService for Service {
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
         let arrival = Instant::now();
-        let context = context(request.metadata(), arrival)?;
-        let request = request.into_inner();
-        let model_name = request.model_name.clone();
+        let model_name = request.get_ref().model_name.clone();
+        let context = match context(request.metadata(), arrival) {
+            Ok(context) => context,
+            Err(status) => {
+                self.count(arrival, Some(&status));
+                return Err(status);
+            }
+        };
+        // Counted even if the call is dropped (the client cancelled, or tonic's own timer for
+        // the client's deadline went off first).
+        let mut observation =
+            Observation { service: self, model: &model_name, context: &context, arrival, done: false };
         let answer = match self.model(&model_name) {
-            Ok(model) => infer(&model, request, &context).await,
+            Ok(model) => infer(&model, request.into_inner(), &context).await,
             Err(status) => Err(status),
         };
-        self.observe(&model_name, &context, arrival, answer.as_ref().err());
+        observation.finish(answer.as_ref().err());
         answer.map(Response::new)
     }
 
@@ -181,8 +190,15 @@ impl GrpcInferenceService for Service {
                                 let _ = sender.send(Ok(answer)).await;
                             });
                         }
-                        // The client finished sending (or went away): answer what is in flight.
-                        Ok(None) | Err(_) => break,
+                        // The client finished sending: answer what is in flight.
+                        Ok(None) => break,
+                        // A message that could not be read: answer what is in flight, then end
+                        // the stream with the reason.
+                        Err(status) => {
+                            while in_flight.join_next().await.is_some() {}
+                            let _ = sender.send(Err(status)).await;
+                            return;
+                        }
                     },
                     Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                     // The client stopped listening: what is in flight is dropped.
@@ -262,31 +278,44 @@ impl Service {
         request: ModelInferRequest,
     ) -> ModelStreamInferResponse {
         let arrival = Instant::now();
-        let model_name = request.model_name.clone();
-        let answer = match (context(metadata, arrival), self.model(&model_name)) {
-            (Ok(context), Ok(model)) => {
-                let answer = infer(&model, request, &context).await;
+        let (model_name, id) = (request.model_name.clone(), request.id.clone());
+        let answer = match context(metadata, arrival) {
+            Ok(context) => {
+                let answer = match self.model(&model_name) {
+                    Ok(model) => infer(&model, request, &context).await,
+                    Err(status) => Err(status),
+                };
                 self.observe(&model_name, &context, arrival, answer.as_ref().err());
                 answer
             }
-            (Err(status), _) | (_, Err(status)) => Err(status),
+            Err(status) => {
+                self.count(arrival, Some(&status));
+                Err(status)
+            }
         };
         match answer {
             Ok(response) => {
                 ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) }
             }
-            Err(status) => {
-                ModelStreamInferResponse { error_message: status.message().to_string(), infer_response: None }
-            }
+            // Answers come as requests finish: the id says which one failed.
+            Err(status) => ModelStreamInferResponse {
+                error_message: status.message().to_string(),
+                infer_response: Some(ModelInferResponse {
+                    model_name,
+                    model_version: "1".into(),
+                    id,
+                    ..Default::default()
+                }),
+            },
         }
     }
 
     /// Lets a repository change through with the admin token, where this listener takes them.
     fn authorize(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
         let control = self.node.control();
-        if !control.repository_changes_on_main_listener() {
+        if !control.repository_changes_on_grpc_listener() {
             return Err(Status::permission_denied(
-                "model repository changes on this listener need server.admin_token_file; use the admin listener",
+                "this gRPC listener is not on the loopback interface and has no TLS: make repository changes on the admin listener",
             ));
         }
         let token = metadata
@@ -301,12 +330,18 @@ impl Service {
         }
     }
 
-    /// Counts and logs one infer request.
-    fn observe(&self, model: &str, context: &RequestContext, arrival: Instant, failure: Option<&Status>) {
+    /// Counts one infer request; returns the HTTP status it counts as.
+    fn count(&self, arrival: Instant, failure: Option<&Status>) -> u16 {
         let status = failure.map_or(200, |status| http_equivalent(status.code()));
         self.metrics.duration.observe(arrival.elapsed().as_secs_f64());
         self.metrics.request(status);
         metrics::inference_request(Protocol::Grpc, status);
+        status
+    }
+
+    /// Counts and logs one infer request.
+    fn observe(&self, model: &str, context: &RequestContext, arrival: Instant, failure: Option<&Status>) {
+        let status = self.count(arrival, failure);
         info!(
             request_id = %context.id,
             protocol = "grpc",
@@ -318,8 +353,43 @@ impl Service {
     }
 }
 
+/// One infer call being answered: counted and logged when finished, or when dropped unfinished
+/// (as a deadline passed if it was past its deadline, else as cancelled by the client).
+struct Observation<'a> {
+    service: &'a Service,
+    model: &'a str,
+    context: &'a RequestContext,
+    arrival: Instant,
+    done: bool,
+}
+
+impl Observation<'_> {
+    fn finish(&mut self, failure: Option<&Status>) {
+        self.done = true;
+        self.service.observe(self.model, self.context, self.arrival, failure);
+    }
+}
+
+impl Drop for Observation<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let code = if Instant::now() >= self.context.deadline {
+                Code::DeadlineExceeded
+            } else {
+                Code::Cancelled
+            };
+            self.service.observe(self.model, self.context, self.arrival, Some(&Status::new(code, "dropped")));
+        }
+    }
+}
+
+/// How much earlier than the client's `grpc-timeout` the request's own deadline falls: tonic
+/// times the call from its arrival, before the message is decoded, and ends it at the
+/// deadline; the request's deadline comes first, so it answers DEADLINE_EXCEEDED itself.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
+
 /// The request's context from its metadata: id, priority, and a deadline from `grpc-timeout`
-/// (default 10 s) shortened by `x-edge-deadline-ms`.
+/// (default 10 s, less [`DEADLINE_MARGIN`]) shortened by `x-edge-deadline-ms`.
 fn context(metadata: &tonic::metadata::MetadataMap, arrival: Instant) -> Result<RequestContext, Status> {
     let headers = metadata.clone().into_headers();
     let timeout = match headers.get("grpc-timeout") {
@@ -328,7 +398,8 @@ fn context(metadata: &tonic::metadata::MetadataMap, arrival: Instant) -> Result<
             .to_str()
             .ok()
             .and_then(grpc_timeout)
-            .ok_or_else(|| Status::invalid_argument("grpc-timeout is malformed"))?,
+            .ok_or_else(|| Status::invalid_argument("grpc-timeout is malformed"))?
+            .saturating_sub(DEADLINE_MARGIN),
     };
     RequestContext::from_headers(&headers, arrival, timeout)
         .map_err(|e| Status::invalid_argument(e.to_string()))

@@ -70,10 +70,13 @@ fn load_request(node: &Node, model: &str, body: &[u8]) -> Result<Option<ModelSpe
     }
     let config = match parameters.get("config") {
         None => None,
-        Some(Value::String(text)) => Some(text.as_str()),
-        Some(_) => return Err(bad("parameter \"config\" must be a JSON string".into())),
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(object @ Value::Object(_)) => Some(object.to_string()),
+        Some(_) => {
+            return Err(bad("parameter \"config\" must be JSON (a string, as Triton sends it)".into()));
+        }
     };
-    model_spec(node, model, config, files)
+    model_spec(node, model, config.as_deref(), files)
 }
 
 /// The settings of a load of `model` with Triton's `config` (JSON) and model `files` (at

@@ -94,6 +94,9 @@ pub struct ControlSettings {
     /// Whether the main listener takes model repository changes (with the token): when it
     /// is on the loopback interface, or the token was configured (not made by the node).
     pub repository_changes_on_main_listener: bool,
+    /// Whether the gRPC listener takes them (with the token): only on the loopback interface,
+    /// as it speaks no TLS.
+    pub repository_changes_on_grpc_listener: bool,
 }
 
 /// The node's desired state and the folder that keeps it.
@@ -132,6 +135,11 @@ impl ControlPlane {
     /// Whether the main listener takes model repository changes.
     pub fn repository_changes_on_main_listener(&self) -> bool {
         self.settings.repository_changes_on_main_listener
+    }
+
+    /// Whether the gRPC listener takes model repository changes.
+    pub fn repository_changes_on_grpc_listener(&self) -> bool {
+        self.settings.repository_changes_on_grpc_listener
     }
 
     /// Whether `presented` is the admin token, compared in constant time.
