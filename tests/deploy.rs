@@ -12,14 +12,14 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use common::{
     Server, client, compat_python, digits_config, expect_error, guest, metric, repo_file, scrape,
-    wait_for_log,
+    wait_for_log, wait_for_logged_times,
 };
 
 const V1: &[u8] = b"digits-guest-v1";
@@ -123,7 +123,9 @@ async fn a_new_version_and_a_rollback_under_load_fail_no_request() {
     let v1 = admin.route("digits").await["component"].as_str().unwrap().to_string();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicUsize::new(0));
+    // How many requests have been answered, watched by the test.
+    let (done, answered) = tokio::sync::watch::channel(0usize);
+    let done = Arc::new(done);
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let (stop, done, base) = (stop.clone(), done.clone(), server.base.clone());
@@ -134,19 +136,17 @@ async fn a_new_version_and_a_rollback_under_load_fail_no_request() {
                     let started = Instant::now();
                     let (status, version) = classify(&http, &base).await;
                     answers.push(Answer { started, status, version });
-                    done.fetch_add(1, Ordering::Relaxed);
+                    done.send_modify(|count| *count += 1);
                 }
                 answers
             })
         })
         .collect();
     let wait_for_requests = |count: usize| {
-        let done = done.clone();
+        let mut answered = answered.clone();
         async move {
-            let target = done.load(Ordering::Relaxed) + count;
-            while done.load(Ordering::Relaxed) < target {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let target = *answered.borrow() + count;
+            answered.wait_for(|done| *done >= target).await.unwrap();
         }
     };
 
@@ -269,15 +269,6 @@ async fn a_broken_version_changes_nothing_and_the_answer_says_why() {
     assert!(expect_error(response, 409).await.contains("no previous version"));
 }
 
-/// Waits until `needle` has been logged more than `seen` times.
-async fn wait_for_nth_log(server: &Server, needle: &str, seen: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while server.logs().matches(needle).count() <= seen {
-        assert!(Instant::now() < deadline, "no new {needle:?} in:\n{}", server.logs());
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_deploys_leaves_the_old_or_the_new_version_serving() {
     let state = tempfile::tempdir().unwrap();
@@ -301,7 +292,7 @@ async fn kill_9_during_deploys_leaves_the_old_or_the_new_version_serving() {
             let next = next.clone();
             async move { admin.deploy_component("digits", &next).await.status() }
         });
-        wait_for_nth_log(&server, needle, seen).await;
+        wait_for_logged_times(&server, needle, seen + 1).await;
         server.signal("KILL");
         let _ = deploy.await;
         drop(server);
@@ -332,11 +323,8 @@ async fn kill_9_during_deploys_leaves_the_old_or_the_new_version_serving() {
             .flatten()
             .any(|entry| entry.file_name().to_string_lossy().starts_with("upload-"))
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !partial() {
-        assert!(Instant::now() < deadline, "the upload never reached the state folder");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_for_log(&server, "receiving an artifact").await;
+    assert!(partial(), "the upload is being written to the state folder");
     server.signal("KILL");
     drop(server);
     let server = start();

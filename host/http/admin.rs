@@ -129,6 +129,7 @@ async fn upload(node: &Node, mut body: Incoming) -> Response<Body> {
     let state = node.control().state();
     let stored = async {
         let mut upload = state.upload(node.control().max_artifact_bytes())?;
+        info!("receiving an artifact");
         while let Some(frame) = body.frame().await {
             // The client stopped sending: a bad request, nothing stored.
             let frame =

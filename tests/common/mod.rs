@@ -424,14 +424,20 @@ pub fn metric(text: &str, series: &str) -> f64 {
 /// Waits until the server has logged a line containing `needle`, for at most 20 s: woken by
 /// each write the server makes to its log.
 pub async fn wait_for_log(server: &Server, needle: &str) {
+    wait_for_logged_times(server, needle, 1).await;
+}
+
+/// Waits until the server has logged lines containing `needle` at least `times` times in all,
+/// for at most 60 s, woken each time it logs.
+pub async fn wait_for_logged_times(server: &Server, needle: &str, times: usize) {
     let (stderr, logged, needle) = (server.stderr.clone(), server.logged.clone(), needle.to_string());
     let found = tokio::task::spawn_blocking(move || {
-        let missing = |log: &mut Vec<u8>| !String::from_utf8_lossy(log).contains(&needle);
+        let short = |log: &mut Vec<u8>| String::from_utf8_lossy(log).matches(needle.as_str()).count() < times;
         let (_log, waited) =
-            logged.wait_timeout_while(stderr.lock().unwrap(), Duration::from_secs(20), missing).unwrap();
+            logged.wait_timeout_while(stderr.lock().unwrap(), Duration::from_secs(60), short).unwrap();
         !waited.timed_out()
     });
-    assert!(found.await.unwrap(), "never logged the line:\n{}", server.logs());
+    assert!(found.await.unwrap(), "never logged the line {times} times:\n{}", server.logs());
 }
 
 /// Polls `/metrics` until `series` reaches `value`, for at most 20 s.
