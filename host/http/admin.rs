@@ -19,9 +19,8 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -29,6 +28,7 @@ use tracing::{info, warn};
 use crate::http::oip::Endpoint;
 use crate::http::repository::{self, Action};
 use crate::http::response::{self, Body};
+use crate::http::router;
 use crate::node::Node;
 use crate::node::control::DeployError;
 use crate::node::state::{RouteSpec, StateError};
@@ -64,7 +64,7 @@ async fn route(node: &Node, request: Request<Incoming>) -> Response<Body> {
         (&Method::GET, ["admin", "routes", name]) => list_routes(node, Some(name)),
         (&Method::PUT, ["admin", "routes", name]) => {
             let limit = inline_limit(node);
-            match read_all(request.into_body(), limit).await {
+            match router::read_whole(request.into_body(), limit).await {
                 Ok(body) => put_route(node, name, &body).await,
                 Err(refusal) => refusal,
             }
@@ -99,7 +99,7 @@ pub async fn change_repository(
     if let Some(refusal) = refusal(node, request.headers()) {
         return refusal;
     }
-    match read_all(request.into_body(), inline_limit(node)).await {
+    match router::read_whole(request.into_body(), inline_limit(node)).await {
         Ok(body) => repository::respond(node, action, model, body).await,
         Err(refusal) => refusal,
     }
@@ -230,15 +230,4 @@ pub fn deploy_error(error: DeployError) -> Response<Body> {
         warn!("change failed: {message}");
     }
     response::error(status, message)
-}
-
-/// Reads a whole body of at most `limit` bytes.
-pub async fn read_all(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(response::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {limit} bytes")))
-        }
-        Err(e) => Err(response::error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
-    }
 }

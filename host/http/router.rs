@@ -162,20 +162,29 @@ async fn read_body(
     limit: usize,
     context: &RequestContext,
 ) -> Result<Bytes, Response<Body>> {
-    let too_large =
-        || response::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {limit} bytes"));
     let declared_length =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared_length.is_some_and(|length| length > limit as u64) {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
     let deadline = tokio::time::Instant::from_std(context.deadline);
-    match tokio::time::timeout_at(deadline, Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(e)) => Err(response::error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
+    match tokio::time::timeout_at(deadline, read_whole(body, limit)).await {
+        Ok(read) => read,
         Err(_) => Err(deadline_exceeded("the request body did not arrive in time")),
     }
+}
+
+/// Reads a whole request body of at most `limit` bytes (413 beyond it).
+pub async fn read_whole(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
+        Err(e) => Err(response::error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
+    }
+}
+
+fn too_large(limit: usize) -> Response<Body> {
+    response::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {limit} bytes"))
 }
 
 fn failure_response(route: &Route, failure: GuestFailure, request_id: &str) -> Response<Body> {

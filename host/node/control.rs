@@ -183,7 +183,9 @@ impl ControlPlane {
             let unchanged = previous.filter(|route| {
                 route.spec == *spec
                     && route
-                        .granted
+                        .guest
+                        .grant()
+                        .models
                         .iter()
                         .all(|(model, old)| models.get(model).is_some_and(|m| Arc::ptr_eq(m, old)))
             });

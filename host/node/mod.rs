@@ -23,7 +23,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tracing::{info, warn};
 
-use crate::inference::scheduler::ModelScheduler;
 use crate::node::config::path_matches;
 use crate::node::control::{ControlPlane, ControlSettings};
 use crate::node::models::Models;
@@ -53,8 +52,6 @@ pub struct Route {
     pub guest: GuestComponent,
     /// The settings it was deployed with (its component by digest).
     pub spec: RouteSpec,
-    /// The models it was built with.
-    granted: HashMap<String, Arc<ModelScheduler>>,
     /// Deadline of one request, from arrival.
     pub timeout: Duration,
     /// Largest request body accepted.
@@ -172,7 +169,7 @@ async fn load_route(
             Ok((model.clone(), loaded.clone()))
         })
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
-    let grant = Arc::new(NnGrant { models: granted.clone(), allow_model_load: spec.allow_model_load });
+    let grant = Arc::new(NnGrant { models: granted, allow_model_load: spec.allow_model_load });
     let metrics = RouteMetrics::new(&spec.path);
     let engine = new_engine(EngineLimits {
         instances: u32::try_from(spec.max_concurrency).unwrap_or(u32::MAX),
@@ -208,7 +205,6 @@ async fn load_route(
             .unwrap_or_else(|| Arc::new(Admission::new(spec.max_concurrency, spec.max_queue))),
         guest,
         spec: spec.clone(),
-        granted,
         timeout: Duration::from_millis(spec.timeout_ms),
         max_body_bytes: spec.max_body_bytes,
         metrics,

@@ -148,6 +148,11 @@ impl GuestComponent {
         Ok(guest)
     }
 
+    /// The models its instances may use.
+    pub fn grant(&self) -> &NnGrant {
+        &self.grant
+    }
+
     /// Runs one request on a fresh instance. `permit` is the route's admission permit; it is
     /// released when the instance is gone.
     pub async fn handle(
