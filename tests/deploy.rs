@@ -11,29 +11,14 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use common::{
-    Server, client, compat_python, digits_config, expect_error, guest, metric, repo_file, scrape,
-    wait_for_log, wait_for_logged_times,
+    Admin, Answer, Load, Server, V1, V2, classify_version, client, compat_python, digits_config,
+    digits_version, expect_error, guest, metric, repo_file, scrape, wait_for_log, wait_for_logged_times,
 };
-
-const V1: &[u8] = b"digits-guest-v1";
-const V2: &[u8] = b"digits-guest-v2";
-
-/// The digits guest with its version marker replaced by `marker`.
-fn digits_version(marker: &[u8]) -> Vec<u8> {
-    let mut bytes = std::fs::read(guest("digits")).unwrap();
-    let at: Vec<usize> =
-        bytes.windows(V1.len()).enumerate().filter(|(_, w)| *w == V1).map(|(i, _)| i).collect();
-    assert_eq!(at.len(), 1, "the marker appears once in the guest");
-    bytes[at[0]..at[0] + marker.len()].copy_from_slice(marker);
-    bytes
-}
 
 /// A config with `/digits` and `/hello`.
 fn config() -> String {
@@ -44,77 +29,6 @@ fn config() -> String {
     )
 }
 
-/// The admin API, with the server's token.
-struct Admin {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Admin {
-    fn of(server: &Server) -> Admin {
-        Admin { http: client(), base: server.admin.clone(), token: server.admin_token() }
-    }
-
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
-    }
-
-    async fn upload(&self, bytes: Vec<u8>) -> String {
-        let response =
-            self.request(reqwest::Method::PUT, "/admin/artifacts").body(bytes).send().await.unwrap();
-        assert_eq!(response.status(), 201);
-        response.json::<Value>().await.unwrap()["digest"].as_str().unwrap().to_string()
-    }
-
-    async fn route(&self, name: &str) -> Value {
-        let response =
-            self.request(reqwest::Method::GET, &format!("/admin/routes/{name}")).send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
-    }
-
-    /// PUTs the route `name` with its current settings changed by `change`.
-    async fn put(&self, name: &str, change: impl FnOnce(&mut Value)) -> reqwest::Response {
-        let mut settings = self.route(name).await["settings"].clone();
-        change(&mut settings);
-        self.request(reqwest::Method::PUT, &format!("/admin/routes/{name}"))
-            .json(&settings)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn deploy_component(&self, name: &str, digest: &str) -> reqwest::Response {
-        self.put(name, |settings| settings["component"] = json!(digest)).await
-    }
-}
-
-/// Classifies one image on `/digits`: the status and the guest version that answered.
-async fn classify(http: &reqwest::Client, base: &str) -> (u16, String) {
-    let image = json!({ "pixels": [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0] });
-    match http.post(format!("{base}/digits")).json(&image).send().await {
-        Ok(response) => {
-            let version = response
-                .headers()
-                .get("x-guest-version")
-                .map_or_else(String::new, |v| v.to_str().unwrap().to_string());
-            let status = response.status().as_u16();
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            // A 200 without a label is no answer either.
-            (if status == 200 && !body["label"].is_u64() { 0 } else { status }, version)
-        }
-        Err(_) => (0, String::new()),
-    }
-}
-
-/// One request a load client made: when it started, its status, its guest version.
-struct Answer {
-    started: Instant,
-    status: u16,
-    version: String,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_version_and_a_rollback_under_load_fail_no_request() {
     let server = Server::start(&config());
@@ -122,52 +36,20 @@ async fn a_new_version_and_a_rollback_under_load_fail_no_request() {
     let v2 = admin.upload(digits_version(V2)).await;
     let v1 = admin.route("digits").await["component"].as_str().unwrap().to_string();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    // How many requests have been answered, watched by the test.
-    let (done, answered) = tokio::sync::watch::channel(0usize);
-    let done = Arc::new(done);
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, done, base) = (stop.clone(), done.clone(), server.base.clone());
-            tokio::spawn(async move {
-                let http = client();
-                let mut answers = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let started = Instant::now();
-                    let (status, version) = classify(&http, &base).await;
-                    answers.push(Answer { started, status, version });
-                    done.send_modify(|count| *count += 1);
-                }
-                answers
-            })
-        })
-        .collect();
-    let wait_for_requests = |count: usize| {
-        let mut answered = answered.clone();
-        async move {
-            let target = *answered.borrow() + count;
-            answered.wait_for(|done| *done >= target).await.unwrap();
-        }
-    };
-
-    wait_for_requests(200).await;
+    let load = Load::start(std::slice::from_ref(&server.base), 4);
+    load.wait_for_requests(200).await;
     let response = admin.deploy_component("digits", &v2).await;
     let swapped = Instant::now();
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    wait_for_requests(200).await;
+    load.wait_for_requests(200).await;
     // Requests that start while the rollback is under way may meet either version.
     let rolling_back = Instant::now();
     let response =
         admin.request(reqwest::Method::POST, "/admin/routes/digits/rollback").send().await.unwrap();
     let rolled_back = Instant::now();
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    wait_for_requests(200).await;
-    stop.store(true, Ordering::Relaxed);
-
-    let mut answers = Vec::new();
-    for client in clients {
-        answers.extend(client.await.unwrap());
-    }
+    load.wait_for_requests(200).await;
+    let answers = load.stop().await;
     let failed: Vec<u16> = answers.iter().map(|a| a.status).filter(|s| *s != 200).collect();
     assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), answers.len());
     let version_of = |answer: &Answer| answer.version.as_bytes().to_vec();
@@ -258,7 +140,7 @@ async fn a_broken_version_changes_nothing_and_the_answer_says_why() {
     expect_error(on_main, 401).await;
 
     assert_eq!(admin.route("digits").await["component"], before["component"]);
-    assert_eq!(classify(&http, &server.base).await, (200, "digits-guest-v1".into()));
+    assert_eq!(classify_version(&http, &server.base).await, (200, "digits-guest-v1".into()));
     // Refused changes are counted: the component, the import, the model name, the path, the
     // model file, the unload.
     let metrics = scrape(&server).await;
@@ -304,7 +186,7 @@ async fn kill_9_during_deploys_leaves_the_old_or_the_new_version_serving() {
             assert_eq!(now, next, "round {round}: once saved, the new version is what restarts");
         }
         let expected: &[u8] = if now == v1 { V1 } else { V2 };
-        let (status, version) = classify(&http, &server.base).await;
+        let (status, version) = classify_version(&http, &server.base).await;
         assert_eq!((status, version.as_bytes()), (200, expected), "round {round}");
     }
 
@@ -330,7 +212,7 @@ async fn kill_9_during_deploys_leaves_the_old_or_the_new_version_serving() {
     let server = start();
     assert!(!partial(), "the partial upload is removed at start-up");
     assert_eq!(Admin::of(&server).route("digits").await["component"], before);
-    assert_eq!(classify(&http, &server.base).await.0, 200);
+    assert_eq!(classify_version(&http, &server.base).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +237,7 @@ async fn a_crash_at_each_step_of_a_deploy_restarts_on_the_old_or_the_new_version
         let serving = Admin::of(&server).route("digits").await["component"].clone();
         let (expected_component, expected_version) = if new_survives { (json!(new), V2) } else { (old, V1) };
         assert_eq!(serving, expected_component, "{step}");
-        let (status, version) = classify(&http, &server.base).await;
+        let (status, version) = classify_version(&http, &server.base).await;
         assert_eq!((status, version.as_bytes()), (200, expected_version), "{step}");
     }
 }
@@ -383,7 +265,7 @@ async fn a_restart_serves_what_was_deployed_and_sighup_applies_the_edited_file()
 
     // Restarted with the same file: what the API deployed is served.
     let server = Server::try_start_on_state(&config(), state.path(), "info", &[]).unwrap();
-    assert_eq!(classify(&http, &server.base).await, (200, "digits-guest-v2".into()));
+    assert_eq!(classify_version(&http, &server.base).await, (200, "digits-guest-v2".into()));
     assert_eq!(http.get(server.url("/greet")).send().await.unwrap().status(), 200);
     let hello = http.get(server.url("/hello")).send().await.unwrap();
     assert_eq!(hello.status(), 404, "deleted through the API, it stays deleted: the file did not change");
@@ -401,14 +283,14 @@ async fn a_restart_serves_what_was_deployed_and_sighup_applies_the_edited_file()
     assert_eq!(admin.route("hello").await["settings"]["max_concurrency"], 3, "its entry changed: back");
     let digits = admin.route("digits").await;
     assert_eq!(digits["settings"]["timeout_ms"], 1234, "the file's new word wins over the API's");
-    assert_eq!(classify(&http, &server.base).await, (200, "digits-guest-v1".into()));
+    assert_eq!(classify_version(&http, &server.base).await, (200, "digits-guest-v1".into()));
     assert_eq!(http.get(server.url("/greet")).send().await.unwrap().status(), 200, "the API's route stays");
 
     // A broken file changes nothing.
     std::fs::write(server.config_path(), "[[routes]]\npath = \"nope\"").unwrap();
     server.signal("HUP");
     wait_for_log(&server, "SIGHUP: config file not applied").await;
-    assert_eq!(classify(&http, &server.base).await.0, 200);
+    assert_eq!(classify_version(&http, &server.base).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,7 +316,7 @@ async fn a_new_model_configuration_rebuilds_the_routes_that_use_it() {
         admin.request(reqwest::Method::GET, "/admin/models").send().await.unwrap().json().await.unwrap();
     assert_eq!(models["models"][0]["settings"]["batching"], "on");
     // The route was rebuilt on the new model, and answers.
-    assert_eq!(classify(&http, &server.base).await, (200, "digits-guest-v1".into()));
+    assert_eq!(classify_version(&http, &server.base).await, (200, "digits-guest-v1".into()));
     let unknown =
         admin.request(reqwest::Method::POST, "/v2/repository/models/nothing/load").send().await.unwrap();
     assert!(expect_error(unknown, 404).await.contains("send its file"));

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 /// The layers, top to bottom: a module may use its own layer and those after it.
-const LAYERS: [&str; 6] = ["http", "node", "sandbox", "inference", "telemetry", "request"];
+const LAYERS: [&str; 7] = ["http", "node", "oci", "sandbox", "inference", "telemetry", "request"];
 
 fn sources(folder: &Path, found: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(folder).unwrap() {

@@ -6,7 +6,8 @@
 //! | `PUT /admin/artifacts` | stores the body (a component or a model) by its sha256 digest |
 //! | `GET /admin/routes` | every route: component digest, settings, state, requests in flight |
 //! | `GET /admin/routes/{name}` | one route |
-//! | `PUT /admin/routes/{name}` | deploys the route (JSON settings, component by digest) |
+//! | `GET /admin/node` | the node's version, and its main listener's scheme and port |
+//! | `PUT /admin/routes/{name}` | deploys the route (JSON settings; component and models' files by digest or `oci://`) |
 //! | `DELETE /admin/routes/{name}` | stops serving it; requests in flight finish |
 //! | `POST /admin/routes/{name}/rollback` | serves its previous version again |
 //! | `GET /admin/models` | every model and its settings |
@@ -14,7 +15,7 @@
 //!
 //! A change answers once the new version serves (or, if it failed, with why and nothing
 //! changed): 400 malformed settings, 404 no such route or model, 409 a conflict with what is
-//! deployed, 413 too large, 422 the version did not load.
+//! deployed, 413 too large, 422 the version did not load, 502 its registry failed.
 
 use std::sync::Arc;
 
@@ -30,8 +31,10 @@ use crate::http::repository::{self, Action};
 use crate::http::response::{self, Body};
 use crate::http::router;
 use crate::node::Node;
+use crate::node::config::{ModelConfig, RouteConfig, Source};
 use crate::node::control::DeployError;
-use crate::node::state::{RouteSpec, StateError};
+use crate::node::state::StateError;
+use crate::oci::OciError;
 
 /// Largest route settings accepted, beside an inline component.
 const MAX_SETTINGS_BYTES: usize = 1 << 20;
@@ -60,6 +63,7 @@ async fn route(node: &Node, request: Request<Incoming>) -> Response<Body> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
         (&Method::PUT | &Method::POST, ["admin", "artifacts"]) => upload(node, request.into_body()).await,
+        (&Method::GET, ["admin", "node"]) => describe_node(node),
         (&Method::GET, ["admin", "routes"]) => list_routes(node, None),
         (&Method::GET, ["admin", "routes", name]) => list_routes(node, Some(name)),
         (&Method::PUT, ["admin", "routes", name]) => {
@@ -146,8 +150,9 @@ async fn upload(node: &Node, mut body: Incoming) -> Response<Body> {
     }
 }
 
-/// Deploys a route from its JSON settings; `component_base64` carries the component inline
-/// instead of naming an uploaded one by digest.
+/// Deploys a route from its JSON settings: `component` names an uploaded component by digest
+/// or one in a registry (`oci://…`), or `component_base64` carries it inline;
+/// `model_settings` maps names to the settings of models deployed in the same change.
 async fn put_route(node: &Node, name: &str, body: &[u8]) -> Response<Body> {
     let bad = |message: String| response::error(StatusCode::BAD_REQUEST, message);
     let mut settings: Value = match serde_json::from_slice(body) {
@@ -166,11 +171,34 @@ async fn put_route(node: &Node, name: &str, body: &[u8]) -> Response<Body> {
             Err(error) => return deploy_error(error.into()),
         }
     }
-    let spec: RouteSpec = match serde_path_to_error::deserialize(settings) {
-        Ok(spec) => spec,
+    let models = settings.as_object_mut().and_then(|s| s.remove("model_settings")).unwrap_or(json!({}));
+    let models: std::collections::BTreeMap<String, ModelConfig> =
+        match serde_path_to_error::deserialize(models) {
+            Ok(models) => models,
+            Err(e) => return bad(format!("field `model_settings.{}`: {}", e.path().clone(), e.into_inner())),
+        };
+    let route: RouteConfig = match serde_path_to_error::deserialize(settings) {
+        Ok(route) => route,
         Err(e) => return bad(format!("field `{}`: {}", e.path().clone(), e.into_inner())),
     };
-    answer(name, node.put_route(name, spec).await)
+    // Files on the node are the config file's business, not the network's.
+    let paths = std::iter::once(&route.component).chain(models.values().map(|model| &model.file));
+    if let Some(Source::File(path)) = paths.into_iter().find(|source| matches!(source, Source::File(_))) {
+        return bad(format!(
+            "{} is not a digest or an oci:// reference: upload files first (PUT /admin/artifacts)",
+            path.display()
+        ));
+    }
+    answer(name, node.put_route(name, route, models).await)
+}
+
+/// What fleet tools need to know of the node.
+fn describe_node(node: &Node) -> Response<Body> {
+    let (scheme, port) = node.control().public_listener();
+    response::json(
+        StatusCode::OK,
+        &json!({ "version": env!("CARGO_PKG_VERSION"), "scheme": scheme, "port": port }),
+    )
 }
 
 fn answer(name: &str, outcome: Result<crate::node::control::Outcome, DeployError>) -> Response<Body> {
@@ -223,6 +251,13 @@ pub fn deploy_error(error: DeployError) -> Response<Body> {
         }
         DeployError::State(StateError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
         DeployError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        DeployError::Pull(OciError::BadReference(_)) => StatusCode::BAD_REQUEST,
+        DeployError::Pull(OciError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+        DeployError::Pull(OciError::Registry { .. } | OciError::Unauthorized { .. }) => {
+            StatusCode::BAD_GATEWAY
+        }
+        DeployError::Pull(OciError::Credentials(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        DeployError::Pull(_) => StatusCode::UNPROCESSABLE_ENTITY,
         DeployError::Loading => return response::overloaded(error.to_string()),
     };
     let message = error.to_string();

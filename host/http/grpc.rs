@@ -592,6 +592,8 @@ fn deploy_status(error: DeployError) -> Status {
             Status::resource_exhausted(message)
         }
         DeployError::State(_) => Status::internal(message),
+        // Repository loads over gRPC carry their file; they pull nothing.
+        DeployError::Pull(_) => Status::invalid_argument(message),
         DeployError::Loading => Status::unavailable(message),
     }
 }

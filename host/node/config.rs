@@ -15,6 +15,8 @@ use tracing::info;
 
 use crate::inference::backend::BackendKind;
 use crate::inference::scheduler::{Batching, DelayPolicy};
+use crate::node::state::Digest;
+use crate::oci::{self, OciReference};
 use crate::sandbox::capabilities::is_outbound_entry;
 use crate::sandbox::imports::GRANTABLE;
 
@@ -96,6 +98,11 @@ pub struct ServerConfig {
     pub state_dir: Option<PathBuf>,
     /// Largest file accepted by `PUT /admin/artifacts` and repository loads, in bytes.
     pub max_artifact_bytes: u64,
+    /// Credentials for OCI registries, in the Docker config format. Without it, the Docker
+    /// config (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`) if there is one.
+    pub registry_credentials: Option<PathBuf>,
+    /// Registries (`HOST:PORT`) spoken to in plain HTTP; those on loopback always are.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -115,16 +122,51 @@ impl Default for ServerConfig {
             admin_token_file: None,
             state_dir: None,
             max_artifact_bytes: 2 << 30,
+            registry_credentials: None,
+            insecure_registries: Vec::new(),
         }
     }
 }
 
-/// One model. In a config file its `file` is a path (`F = PathBuf`); once deployed, the
+/// Where a component or a model comes from: a file on this machine, an artifact already in
+/// the state folder (`sha256:…`, as `PUT /admin/artifacts` answered), or an artifact in an
+/// OCI registry (`oci://REGISTRY/REPOSITORY:TAG` or `…@sha256:…`), pulled when deployed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Stored(Digest),
+    Oci(OciReference),
+}
+
+impl Serialize for Source {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Source::File(path) => path.serialize(serializer),
+            Source::Stored(digest) => digest.serialize(serializer),
+            Source::Oci(reference) => reference.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Source {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Source, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.starts_with(oci::SCHEME) {
+            text.parse().map(Source::Oci).map_err(serde::de::Error::custom)
+        } else if text.starts_with("sha256:") {
+            Digest::try_from(text).map(Source::Stored).map_err(serde::de::Error::custom)
+        } else {
+            Ok(Source::File(text.into()))
+        }
+    }
+}
+
+/// One model. In a config file its `file` is a [`Source`] (`F = Source`); once deployed, the
 /// sha256 digest of the file in the state folder.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelConfig<F = PathBuf> {
-    /// The ONNX file.
+pub struct ModelConfig<F = Source> {
+    /// The ONNX file: a path, or `oci://…`.
     pub file: F,
     /// Which backend runs it.
     #[serde(default, with = "BackendKindSetting")]
@@ -193,18 +235,18 @@ enum DelayPolicySetting {
     Fixed,
 }
 
-/// One guest route. In a config file its `component` is a path (`C = PathBuf`); once
+/// One guest route. In a config file its `component` is a [`Source`] (`C = Source`); once
 /// deployed, the sha256 digest of the component in the state folder.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteConfig<C = PathBuf> {
+pub struct RouteConfig<C = Source> {
     /// The route's name in the admin API [default: its path without the leading `/`, with
     /// `-` for each further `/`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The path it serves, e.g. `/digits`; it also serves every path below (`/digits/...`).
     pub path: String,
-    /// The guest component (`.wasm`).
+    /// The guest component: a `.wasm` path, or `oci://…`.
     pub component: C,
     /// The models the guest may load by name.
     #[serde(default)]
@@ -303,14 +345,19 @@ impl Config {
             let field = e.path().to_string();
             anyhow::anyhow!("field `{field}`: {}", e.into_inner().message())
         })?;
+        let in_base = |source: &mut Source| {
+            if let Source::File(path) = source {
+                *path = base.join(&*path);
+            }
+        };
         for model in config.models.values_mut() {
-            model.file = base.join(&model.file);
+            in_base(&mut model.file);
         }
         for file in [&mut config.server.tls_cert, &mut config.server.tls_key].into_iter().flatten() {
             *file = base.join(&*file);
         }
         for route in &mut config.routes {
-            route.component = base.join(&route.component);
+            in_base(&mut route.component);
             for folder in route.read_only_dirs.values_mut() {
                 *folder = base.join(&*folder);
             }
@@ -339,7 +386,7 @@ impl Config {
         let route = |path: &str, component: &str, models: &[&str]| RouteConfig {
             name: None,
             path: path.into(),
-            component: guests.join(component),
+            component: Source::File(guests.join(component)),
             models: models.iter().map(|m| m.to_string()).collect(),
             max_concurrency: default_max_concurrency(),
             max_queue: default_max_queue(),
@@ -356,7 +403,7 @@ impl Config {
             grant: Vec::new(),
         };
         let model = |file: &str| ModelConfig {
-            file: models.join(file),
+            file: Source::File(models.join(file)),
             backend: BackendKind::Auto,
             executors: None,
             queue_capacity: default_queue_capacity(),
@@ -661,15 +708,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.server.listen.port(), 9000);
-        assert_eq!(config.models["digits"].file, Path::new("/etc/edge/digits.onnx"));
+        assert_eq!(config.models["digits"].file, Source::File("/etc/edge/digits.onnx".into()));
         assert_eq!(config.models["digits"].executors, Some(2));
         let digits = &config.models["digits"];
         assert_eq!((digits.max_queue_delay_us, digits.queue_delay), (2000, DelayPolicy::Adaptive));
         assert_eq!((digits.max_padding_ratio, digits.pad_values.len()), (None, 0));
         let route = &config.routes[0];
-        assert_eq!(route.component, Path::new("/opt/digits.wasm"));
+        assert_eq!(route.component, Source::File("/opt/digits.wasm".into()));
         assert_eq!((route.timeout_ms, route.max_concurrency, route.memory_mib), (500, 64, 64));
         assert!(!route.allow_model_load);
+    }
+
+    #[test]
+    fn files_are_paths_digests_or_oci_references() {
+        let digest = format!("sha256:{}", "0a".repeat(32));
+        let config = parse(&format!(
+            "[models.m]\nfile = \"oci://registry.example:5000/models/m@{digest}\"\n[models.n]\nfile = \"{digest}\"\n\
+             [[routes]]\npath = \"/a\"\ncomponent = \"oci://registry.example/guests/a:v1\"\nmodels = [\"m\"]\n"
+        ))
+        .unwrap();
+        let Source::Oci(model) = &config.models["m"].file else { panic!("{:?}", config.models["m"].file) };
+        assert_eq!(model.digest(), Some(digest.clone()));
+        assert_eq!(config.models["n"].file, Source::Stored(Digest::try_from(digest).unwrap()));
+        assert!(matches!(&config.routes[0].component, Source::Oci(r) if r.digest().is_none()));
+        let bad = error("[[routes]]\npath = \"/a\"\ncomponent = \"oci://guests/a:v1\"");
+        assert!(bad.contains("routes[0].component") && bad.contains("name the registry"), "{bad}");
     }
 
     #[test]

@@ -13,6 +13,10 @@
 //!
 //! A change that fails at 1 or 2 changes nothing, and its error says why.
 //!
+//! Before a change, what it names is brought into the state folder ([`Node::fetch`]): a file
+//! copied, an OCI artifact pulled (once per digest: a reference pinned by digest and already
+//! pulled needs no registry), so a deployed version never depends on a registry again.
+//!
 //! The config file and the admin API both edit the desired state; the last word wins. The
 //! file's entry for a route or model is applied when it differs from what the file said the
 //! last time it was applied, so a restart with the same file keeps what the API deployed,
@@ -26,10 +30,11 @@ use anyhow::Context;
 use serde::Serialize;
 use tracing::{error, info};
 
-use crate::node::config::{Config, check_model_name, check_route_name};
+use crate::node::config::{Config, ModelConfig, RouteConfig, Source, check_model_name, check_route_name};
 use crate::node::models::Models;
 use crate::node::state::{DesiredState, Digest, ModelSpec, RouteRecord, RouteSpec, StateDir, StateError};
 use crate::node::{Node, Route, Runtime, load_route};
+use crate::oci::{ArtifactKind, OciError, OciReference, Registries};
 use crate::telemetry::metrics::{self, RouteMetrics};
 
 /// Why a change was not made. Nothing changed.
@@ -52,6 +57,9 @@ pub enum DeployError {
     /// The state folder failed (or named an artifact that is not there).
     #[error(transparent)]
     State(#[from] StateError),
+    /// An artifact could not be pulled from its registry, or is not what it should be.
+    #[error(transparent)]
+    Pull(#[from] OciError),
     /// The node is still loading what it serves.
     #[error("the node is still loading; retry shortly")]
     Loading,
@@ -75,6 +83,8 @@ pub struct RouteStatus {
     /// `serving`, or `draining` for a version replaced but still finishing requests.
     pub state: &'static str,
     pub component: Digest,
+    /// Where the component was pulled from, pinned by digest (for an `oci://` source).
+    pub source: Option<OciReference>,
     pub previous_component: Option<Digest>,
     pub settings: RouteSpec,
     pub in_flight: usize,
@@ -97,6 +107,10 @@ pub struct ControlSettings {
     /// Whether the gRPC listener takes them (with the token): only on the loopback interface,
     /// as it speaks no TLS.
     pub repository_changes_on_grpc_listener: bool,
+    /// How to reach OCI registries for `oci://` sources.
+    pub registries: Registries,
+    /// The main listener's scheme (`http` or `https`) and port, reported to fleet tools.
+    pub public_listener: (&'static str, u16),
 }
 
 /// The node's desired state and the folder that keeps it.
@@ -109,6 +123,8 @@ pub struct ControlPlane {
     desired: Mutex<DesiredState>,
     /// Route versions replaced by a change, until their last request ends.
     retired: Mutex<Vec<Weak<Route>>>,
+    /// Artifacts pulled from registries, with the references pinned by digest.
+    pulled: Mutex<BTreeMap<Digest, OciReference>>,
 }
 
 impl ControlPlane {
@@ -119,7 +135,13 @@ impl ControlPlane {
             changing: tokio::sync::Mutex::new(()),
             desired: Mutex::new(DesiredState::default()),
             retired: Mutex::new(Vec::new()),
+            pulled: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The main listener's scheme and port.
+    pub fn public_listener(&self) -> (&'static str, u16) {
+        self.settings.public_listener
     }
 
     /// The state folder (uploads go straight to it).
@@ -215,6 +237,7 @@ impl ControlPlane {
         let draining: Vec<Arc<Route>> = retired.iter().filter_map(Weak::upgrade).collect();
         drop(retired);
         let desired = self.desired.lock().unwrap().clone();
+        let source = |digest: &Digest| desired.sources.get(digest).cloned();
         let previous = |name: &str| {
             desired.routes.get(name).and_then(|r| r.previous.as_ref().map(|p| p.component.clone()))
         };
@@ -222,6 +245,7 @@ impl ControlPlane {
             name: route.name.clone(),
             state,
             component: route.spec.component.clone(),
+            source: source(&route.spec.component),
             previous_component: previous(&route.name),
             settings: route.spec.clone(),
             in_flight: route.admission.in_use(),
@@ -254,18 +278,20 @@ impl Node {
     pub async fn start(&self, config: &Config) -> anyhow::Result<()> {
         let saved = self.control.state.load()?;
         let first_start = saved == DesiredState::default();
-        let applied = self
-            .change_from(Some(saved.clone()), "start-up", |desired, state| {
-                apply_config(desired, config, state)
-            })
-            .await;
+        self.control.pulled.lock().unwrap().extend(saved.sources.clone());
+        let applied = match self.fetch_config(config).await {
+            Ok(file) => {
+                self.change_from(Some(saved.clone()), "start-up", |desired| Ok(apply_config(desired, &file)))
+                    .await
+            }
+            Err(error) => Err(error),
+        };
         match applied {
             Ok(_) => Ok(()),
             Err(error) if first_start => Err(error.into()),
             Err(error) => {
                 error!("the config file was not applied; serving what the state folder holds: {error}");
-                self.change_from(Some(saved), "start-up (state folder)", |_, _| Ok(Outcome::Unchanged))
-                    .await?;
+                self.change_from(Some(saved), "start-up (state folder)", |_| Ok(Outcome::Unchanged)).await?;
                 Ok(())
             }
         }
@@ -273,23 +299,95 @@ impl Node {
 
     /// Applies the config file's routes and models (on SIGHUP).
     pub async fn apply_config(&self, config: &Config) -> Result<Outcome, DeployError> {
-        self.change("config file", |desired, state| apply_config(desired, config, state)).await
+        let file = self.fetch_config(config).await?;
+        self.change("config file", |desired| Ok(apply_config(desired, &file))).await
     }
 
-    /// Deploys `spec` as the route `name`: created, or replacing the version serving, which
-    /// becomes the one to roll back to.
-    pub async fn put_route(&self, name: &str, spec: RouteSpec) -> Result<Outcome, DeployError> {
+    /// Brings the artifact `source` names into the state folder and returns its digest: a
+    /// file is copied; an OCI artifact is pulled (and checked to be `kind`), unless the
+    /// reference pins a digest already pulled.
+    pub async fn fetch(&self, source: &Source, kind: ArtifactKind) -> Result<Digest, DeployError> {
+        let state = &self.control.state;
+        match source {
+            Source::File(path) => Ok(tokio::task::block_in_place(|| state.import(path))?),
+            Source::Stored(digest) if state.has(digest) => Ok(digest.clone()),
+            Source::Stored(digest) => Err(StateError::UnknownArtifact(digest.clone()).into()),
+            Source::Oci(reference) => {
+                let cached = reference.digest().and_then(|_| {
+                    let pulled = self.control.pulled.lock().unwrap();
+                    pulled
+                        .iter()
+                        .find(|(digest, pinned)| *pinned == reference && state.has(digest))
+                        .map(|(d, _)| d.clone())
+                });
+                if let Some(digest) = cached {
+                    return Ok(digest);
+                }
+                let limit = self.control.settings.max_artifact_bytes;
+                let pulled = self.control.settings.registries.pull(reference, kind, limit).await?;
+                let digest = tokio::task::block_in_place(|| state.store(&pulled.bytes))?;
+                info!(%reference, pinned = %pulled.pinned, %digest, "pulled");
+                self.control.pulled.lock().unwrap().insert(digest.clone(), pulled.pinned);
+                Ok(digest)
+            }
+        }
+    }
+
+    /// Fetches every file the config names, and returns its entries with the files named by
+    /// digest.
+    async fn fetch_config(&self, config: &Config) -> Result<FileEntries, DeployError> {
+        let in_entry = |error: DeployError, entry: String| {
+            DeployError::Invalid(anyhow::Error::new(error).context(entry))
+        };
+        let mut file = FileEntries::default();
+        for (name, model) in &config.models {
+            let digest = self
+                .fetch(&model.file, ArtifactKind::Model)
+                .await
+                .map_err(|e| in_entry(e, format!("model {name:?}")))?;
+            file.models.insert(name.clone(), model.clone().with_file(digest));
+        }
+        for route in &config.routes {
+            let name = route.name();
+            let digest = self
+                .fetch(&route.component, ArtifactKind::Component)
+                .await
+                .map_err(|e| in_entry(e, format!("route {name:?}")))?;
+            file.routes.insert(name, RouteSpec { name: None, ..route.clone().with_component(digest) });
+        }
+        Ok(file)
+    }
+
+    /// Deploys `route` as the route `name`, with the `models` it brings (loaded or replaced),
+    /// in one change: created, or replacing the version serving, which becomes the one to roll
+    /// back to.
+    pub async fn put_route(
+        &self,
+        name: &str,
+        route: RouteConfig,
+        models: BTreeMap<String, ModelConfig>,
+    ) -> Result<Outcome, DeployError> {
         check_route_name(name).map_err(DeployError::Invalid)?;
-        if spec.name.as_ref().is_some_and(|named| named != name) {
+        if route.name.as_ref().is_some_and(|named| named != name) {
             return Err(DeployError::Invalid(anyhow::anyhow!("the settings name another route")));
         }
-        let spec = RouteSpec { name: None, ..spec };
-        if !self.control.state.has(&spec.component) {
-            return Err(StateError::UnknownArtifact(spec.component).into());
+        let mut model_specs = BTreeMap::new();
+        for (model, settings) in models {
+            check_model_name(&model).map_err(DeployError::Invalid)?;
+            let file = self.fetch(&settings.file, ArtifactKind::Model).await?;
+            model_specs.insert(model, settings.with_file(file));
         }
-        self.change(&format!("route {name}"), |desired, _| {
+        let component = self.fetch(&route.component, ArtifactKind::Component).await?;
+        let spec = RouteSpec { name: None, ..route.with_component(component) };
+        self.change(&format!("route {name}"), |desired| {
+            let mut models_changed = false;
+            for (model, spec) in model_specs {
+                models_changed |= desired.models.get(&model) != Some(&spec);
+                desired.models.insert(model, spec);
+            }
             Ok(match desired.routes.get_mut(name) {
-                Some(record) if record.current == spec => Outcome::Unchanged,
+                Some(record) if record.current == spec && !models_changed => Outcome::Unchanged,
+                Some(record) if record.current == spec => Outcome::Replaced,
                 Some(record) => {
                     record.previous = Some(std::mem::replace(&mut record.current, spec));
                     Outcome::Replaced
@@ -305,7 +403,7 @@ impl Node {
 
     /// Stops serving the route `name`; its requests in flight finish.
     pub async fn delete_route(&self, name: &str) -> Result<Outcome, DeployError> {
-        self.change(&format!("route {name}"), |desired, _| match desired.routes.remove(name) {
+        self.change(&format!("route {name}"), |desired| match desired.routes.remove(name) {
             Some(_) => Ok(Outcome::Deleted),
             None => Err(DeployError::NotFound(format!("no route named {name:?}"))),
         })
@@ -315,7 +413,7 @@ impl Node {
     /// Serves the route's previous version again (and keeps the current one as the version
     /// to roll back to).
     pub async fn rollback_route(&self, name: &str) -> Result<Outcome, DeployError> {
-        self.change(&format!("route {name}"), |desired, _| {
+        self.change(&format!("route {name}"), |desired| {
             let record = desired
                 .routes
                 .get_mut(name)
@@ -339,7 +437,7 @@ impl Node {
         {
             return Err(StateError::UnknownArtifact(spec.file.clone()).into());
         }
-        self.change(&format!("model {name}"), |desired, _| match (desired.models.get_mut(name), spec) {
+        self.change(&format!("model {name}"), |desired| match (desired.models.get_mut(name), spec) {
             (Some(current), Some(spec)) if *current == spec => Ok(Outcome::Unchanged),
             (Some(current), Some(spec)) => {
                 *current = spec;
@@ -359,7 +457,7 @@ impl Node {
 
     /// Unloads the model `name`, unless a route uses it.
     pub async fn unload_model(&self, name: &str) -> Result<Outcome, DeployError> {
-        self.change(&format!("model {name}"), |desired, _| {
+        self.change(&format!("model {name}"), |desired| {
             if !desired.models.contains_key(name) {
                 return Err(DeployError::NotFound(format!("no model named {name:?} is loaded")));
             }
@@ -384,7 +482,7 @@ impl Node {
     async fn change(
         &self,
         what: &str,
-        edit: impl FnOnce(&mut DesiredState, &StateDir) -> Result<Outcome, DeployError>,
+        edit: impl FnOnce(&mut DesiredState) -> Result<Outcome, DeployError>,
     ) -> Result<Outcome, DeployError> {
         self.change_from(None, what, edit).await
     }
@@ -395,7 +493,7 @@ impl Node {
         &self,
         base: Option<DesiredState>,
         what: &str,
-        edit: impl FnOnce(&mut DesiredState, &StateDir) -> Result<Outcome, DeployError>,
+        edit: impl FnOnce(&mut DesiredState) -> Result<Outcome, DeployError>,
     ) -> Result<Outcome, DeployError> {
         let result = self.make_change(base, what, edit).await;
         metrics::deploy(match &result {
@@ -410,7 +508,7 @@ impl Node {
         &self,
         base: Option<DesiredState>,
         what: &str,
-        edit: impl FnOnce(&mut DesiredState, &StateDir) -> Result<Outcome, DeployError>,
+        edit: impl FnOnce(&mut DesiredState) -> Result<Outcome, DeployError>,
     ) -> Result<Outcome, DeployError> {
         let control = &self.control;
         let _turn = control.changing.lock().await;
@@ -420,7 +518,17 @@ impl Node {
         }
         let saved = control.desired.lock().unwrap().clone();
         let mut next = base.unwrap_or_else(|| saved.clone());
-        let outcome = edit(&mut next, &control.state)?;
+        let outcome = edit(&mut next)?;
+        // Each artifact pulled from a registry keeps where it came from.
+        let artifacts = next.artifacts();
+        let pulled = control.pulled.lock().unwrap().clone();
+        next.sources = artifacts
+            .iter()
+            .filter_map(|digest| {
+                let source = pulled.get(digest).or_else(|| saved.sources.get(digest))?;
+                Some((digest.clone(), source.clone()))
+            })
+            .collect();
         let serving = self.runtime();
         if next == saved && serving.is_some() {
             return Ok(Outcome::Unchanged);
@@ -443,7 +551,8 @@ impl Node {
         }
         drop(serving);
         self.swap(runtime);
-        control.state.collect_garbage(&next.artifacts());
+        control.state.release(saved.artifacts().difference(&artifacts).cloned());
+        control.state.collect_garbage(&artifacts);
         *control.desired.lock().unwrap() = next;
         info!(change = what, ?outcome, "deploy serving");
         crash_point(after_start_up, "serving");
@@ -462,35 +571,26 @@ fn crash_point(after_start_up: bool, step: &str) {
     }
 }
 
+/// The config file's routes and models, their files fetched into the state folder.
+#[derive(Default)]
+struct FileEntries {
+    models: BTreeMap<String, ModelSpec>,
+    routes: BTreeMap<String, RouteSpec>,
+}
+
 /// Applies the config file to `desired`: each route and model whose entry in the file
 /// changed since the file was last applied is deployed as the file says; those the file
 /// dropped are removed, unless the API has replaced them since. An entry the file still
 /// gives unchanged is left as the API made it (replaced, or deleted).
-fn apply_config(
-    desired: &mut DesiredState,
-    config: &Config,
-    state: &StateDir,
-) -> Result<Outcome, DeployError> {
+fn apply_config(desired: &mut DesiredState, file: &FileEntries) -> Outcome {
     let before = desired.clone();
     let applied = &mut desired.config_applied;
-    let mut file_models = BTreeMap::new();
-    for (name, model) in &config.models {
-        let file = state.import(&model.file).map_err(|e| config_error(e, format!("model {name:?}")))?;
-        file_models.insert(name.clone(), model.clone().with_file(file));
-    }
-    for (name, spec) in changed_entries(&mut applied.models, &file_models, &mut desired.models, |model| model)
+    for (name, spec) in changed_entries(&mut applied.models, &file.models, &mut desired.models, |model| model)
     {
         desired.models.insert(name, spec);
     }
-    let mut file_routes = BTreeMap::new();
-    for route in &config.routes {
-        let name = route.name();
-        let component =
-            state.import(&route.component).map_err(|e| config_error(e, format!("route {name:?}")))?;
-        file_routes.insert(name, RouteSpec { name: None, ..route.clone().with_component(component) });
-    }
     for (name, spec) in
-        changed_entries(&mut applied.routes, &file_routes, &mut desired.routes, |r| &r.current)
+        changed_entries(&mut applied.routes, &file.routes, &mut desired.routes, |r| &r.current)
     {
         match desired.routes.get_mut(&name) {
             Some(record) if record.current == spec => {}
@@ -498,7 +598,7 @@ fn apply_config(
             None => drop(desired.routes.insert(name, RouteRecord { current: spec, previous: None })),
         }
     }
-    Ok(if *desired == before { Outcome::Unchanged } else { Outcome::Replaced })
+    if *desired == before { Outcome::Unchanged } else { Outcome::Replaced }
 }
 
 /// Compares the file's entries with what the file said when it was last applied
@@ -531,11 +631,6 @@ fn changed_entries<S: Serialize + Clone, R>(
         }
     }
     changed
-}
-
-/// A file the config names that cannot be read, as the error of the entry naming it.
-fn config_error(error: StateError, entry: String) -> DeployError {
-    DeployError::Invalid(anyhow::Error::new(error).context(entry))
 }
 
 /// The digest of a setting's canonical JSON.
@@ -585,8 +680,9 @@ pub fn admin_token(file: Option<&Path>, state: &StateDir) -> anyhow::Result<(Str
 mod tests {
     use super::*;
 
-    /// A config file with route `a` (capped at `a_cap`) and, if `with_b`, route `b`.
-    fn file(folder: &Path, a_cap: usize, with_b: bool) -> Config {
+    /// A config file with route `a` (capped at `a_cap`) and, if `with_b`, route `b`, its
+    /// files imported into `state`.
+    fn file(folder: &Path, state: &StateDir, a_cap: usize, with_b: bool) -> FileEntries {
         std::fs::write(folder.join("a.wasm"), b"component a").unwrap();
         std::fs::write(folder.join("b.wasm"), b"component b").unwrap();
         let mut text =
@@ -594,7 +690,28 @@ mod tests {
         if with_b {
             text.push_str("[[routes]]\npath = \"/b\"\ncomponent = \"b.wasm\"\n");
         }
-        Config::from_toml(&text, folder).unwrap()
+        entries(Config::from_toml(&text, folder).unwrap(), state)
+    }
+
+    fn entries(config: Config, state: &StateDir) -> FileEntries {
+        let import = |source: &Source| match source {
+            Source::File(path) => state.import(path).unwrap(),
+            _ => unreachable!("the test files name paths"),
+        };
+        FileEntries {
+            models: config
+                .models
+                .into_iter()
+                .map(|(n, m)| (n, m.clone().with_file(import(&m.file))))
+                .collect(),
+            routes: config
+                .routes
+                .iter()
+                .map(|r| {
+                    (r.name(), RouteSpec { name: None, ..r.clone().with_component(import(&r.component)) })
+                })
+                .collect(),
+        }
     }
 
     #[test]
@@ -602,28 +719,27 @@ mod tests {
         let folder = tempfile::tempdir().unwrap();
         let state = StateDir::open(&folder.path().join("state")).unwrap();
         let mut desired = DesiredState::default();
-        let apply =
-            |desired: &mut DesiredState, config: &Config| apply_config(desired, config, &state).unwrap();
+        let apply = |desired: &mut DesiredState, file: &FileEntries| apply_config(desired, file);
 
-        assert_eq!(apply(&mut desired, &file(folder.path(), 1, true)), Outcome::Replaced);
+        assert_eq!(apply(&mut desired, &file(folder.path(), &state, 1, true)), Outcome::Replaced);
         assert_eq!(desired.routes.keys().collect::<Vec<_>>(), ["a", "b"]);
 
         // The API deletes a and changes b; the same file again undoes neither.
         desired.routes.remove("a");
         desired.routes.get_mut("b").unwrap().current.max_concurrency = 9;
-        assert_eq!(apply(&mut desired, &file(folder.path(), 1, true)), Outcome::Unchanged);
+        assert_eq!(apply(&mut desired, &file(folder.path(), &state, 1, true)), Outcome::Unchanged);
         assert!(!desired.routes.contains_key("a"));
         assert_eq!(desired.routes["b"].current.max_concurrency, 9);
 
         // The file's entry for a changes: the file's new word brings it back.
-        apply(&mut desired, &file(folder.path(), 2, true));
+        apply(&mut desired, &file(folder.path(), &state, 2, true));
         assert_eq!(desired.routes["a"].current.max_concurrency, 2);
 
         // The file drops b, which the API changed since: it stays. Then the file drops a,
         // still as the file gave it: it goes.
-        apply(&mut desired, &file(folder.path(), 2, false));
+        apply(&mut desired, &file(folder.path(), &state, 2, false));
         assert_eq!(desired.routes["b"].current.max_concurrency, 9);
-        apply(&mut desired, &Config::from_toml("", folder.path()).unwrap());
+        apply(&mut desired, &FileEntries::default());
         assert_eq!(desired.routes.keys().collect::<Vec<_>>(), ["b"]);
         assert!(desired.config_applied.routes.is_empty());
     }
@@ -633,8 +749,8 @@ mod tests {
         let folder = tempfile::tempdir().unwrap();
         let state = StateDir::open(&folder.path().join("state")).unwrap();
         let mut desired = DesiredState::default();
-        apply_config(&mut desired, &file(folder.path(), 1, false), &state).unwrap();
-        apply_config(&mut desired, &file(folder.path(), 5, false), &state).unwrap();
+        apply_config(&mut desired, &file(folder.path(), &state, 1, false));
+        apply_config(&mut desired, &file(folder.path(), &state, 5, false));
         let record = &desired.routes["a"];
         assert_eq!(
             (record.current.max_concurrency, record.previous.as_ref().unwrap().max_concurrency),

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::node::config::{ModelConfig, RouteConfig};
+use crate::oci::OciReference;
 
 /// Unreferenced artifacts younger than this are kept: they may be uploads that a deploy is
 /// about to name.
@@ -96,6 +97,9 @@ pub struct DesiredState {
     pub models: BTreeMap<String, ModelSpec>,
     #[serde(default)]
     pub config_applied: ConfigApplied,
+    /// Where each artifact pulled from a registry came from, pinned by digest.
+    #[serde(default)]
+    pub sources: BTreeMap<Digest, OciReference>,
 }
 
 /// One route: the version serving, and the one before it (for rollback).
@@ -236,9 +240,7 @@ impl StateDir {
         let path = self.artifact_path(&digest);
         if path.is_file() {
             // Stored again: young again, so it is not collected before the deploy naming it.
-            let touched =
-                File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
-            touched.map_err(io_error("touching", &path))?;
+            touch(&path)?;
         } else {
             write_atomically(&path, bytes, false)?;
         }
@@ -281,8 +283,16 @@ impl StateDir {
         Ok(bytes)
     }
 
+    /// Makes the artifacts a change stopped naming young again, so they are kept an hour:
+    /// a roll-back may name them again.
+    pub fn release(&self, released: impl IntoIterator<Item = Digest>) {
+        for digest in released {
+            let _ = touch(&self.artifact_path(&digest));
+        }
+    }
+
     /// Removes artifacts that `keep` does not name and that are older than an hour (younger
-    /// ones may be uploads a deploy is about to name).
+    /// ones may be uploads a deploy is about to name, or versions a change just released).
     pub fn collect_garbage(&self, keep: &HashSet<Digest>) {
         let folder = self.root.join("artifacts/sha256");
         for entry in fs::read_dir(&folder).into_iter().flatten().flatten() {
@@ -397,6 +407,12 @@ fn remove_abandoned(parent: &Path) {
 fn unique_suffix() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Sets a file's modification time to now.
+fn touch(path: &Path) -> Result<(), StateError> {
+    let touched = File::options().write(true).open(path).and_then(|f| f.set_modified(SystemTime::now()));
+    touched.map_err(io_error("touching", path))
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder: flushed, renamed

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod registry;
+
 /// How long a server may take to load its models and components.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -225,6 +227,11 @@ impl Drop for Server {
     }
 }
 
+/// The `edge-infer` binary, to run one of its commands.
+pub fn edge_infer() -> Command {
+    Command::new(binary())
+}
+
 /// The `edge-infer` binary: this build's, or `EDGE_INFER_BIN` where a compiled benchmark runs
 /// on another machine (benches/gpu.sh).
 fn binary() -> PathBuf {
@@ -282,7 +289,7 @@ pub fn compat_python() -> String {
     let python = venv.join("bin/python").display().to_string();
     let ready = || {
         Command::new(&python)
-            .args(["-c", "import tritonclient.http, tritonclient.grpc, numpy, onnxruntime"])
+            .args(["-c", "import tritonclient.http, tritonclient.grpc, numpy, onnxruntime, kubernetes_validate, bcrypt"])
             .status()
             .is_ok_and(|s| s.success())
     };
@@ -322,6 +329,19 @@ pub fn onnxruntime_library() -> PathBuf {
 /// A file of the repo.
 pub fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+pub const V1: &[u8] = b"digits-guest-v1";
+pub const V2: &[u8] = b"digits-guest-v2";
+
+/// The digits guest with its version marker replaced by `marker`.
+pub fn digits_version(marker: &[u8]) -> Vec<u8> {
+    let mut bytes = std::fs::read(guest("digits")).unwrap();
+    let at: Vec<usize> =
+        bytes.windows(V1.len()).enumerate().filter(|(_, w)| *w == V1).map(|(i, _)| i).collect();
+    assert_eq!(at.len(), 1, "the marker appears once in the guest");
+    bytes[at[0]..at[0] + marker.len()].copy_from_slice(marker);
+    bytes
 }
 
 /// The digits model and the Rust `/digits` route, as a config fragment.
@@ -397,6 +417,136 @@ pub async fn classify(client: &reqwest::Client, server: &Server, image: &[u8]) -
         post_json(client, &server.url("/digits"), &serde_json::json!({ "pixels": image })).await;
     assert_eq!(status, 200, "{body}");
     body["label"].as_u64().unwrap() as usize
+}
+
+/// Classifies one image on `/digits`: the status and the guest version that answered.
+pub async fn classify_version(http: &reqwest::Client, base: &str) -> (u16, String) {
+    let image = serde_json::json!({ "pixels": [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0] });
+    match http.post(format!("{base}/digits")).json(&image).send().await {
+        Ok(response) => {
+            let version = response
+                .headers()
+                .get("x-guest-version")
+                .map_or_else(String::new, |v| v.to_str().unwrap().to_string());
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            // A 200 without a label is no answer either.
+            (if status == 200 && !body["label"].is_u64() { 0 } else { status }, version)
+        }
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// The admin API, with the server's token.
+pub struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    pub fn of(server: &Server) -> Admin {
+        Self::with_token(server, server.admin_token())
+    }
+
+    /// The server's admin API, with `token` (for a server given a token file).
+    pub fn with_token(server: &Server, token: String) -> Admin {
+        Admin { http: client(), base: server.admin.clone(), token }
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+    }
+
+    pub async fn upload(&self, bytes: Vec<u8>) -> String {
+        let response =
+            self.request(reqwest::Method::PUT, "/admin/artifacts").body(bytes).send().await.unwrap();
+        assert_eq!(response.status(), 201);
+        response.json::<Value>().await.unwrap()["digest"].as_str().unwrap().to_string()
+    }
+
+    pub async fn route(&self, name: &str) -> Value {
+        let response =
+            self.request(reqwest::Method::GET, &format!("/admin/routes/{name}")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// PUTs the route `name` with its current settings changed by `change`.
+    pub async fn put(&self, name: &str, change: impl FnOnce(&mut Value)) -> reqwest::Response {
+        let mut settings = self.route(name).await["settings"].clone();
+        change(&mut settings);
+        self.request(reqwest::Method::PUT, &format!("/admin/routes/{name}"))
+            .json(&settings)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn deploy_component(&self, name: &str, digest: &str) -> reqwest::Response {
+        self.put(name, |settings| settings["component"] = serde_json::json!(digest)).await
+    }
+}
+
+/// One request a load client made: when it started, its status, its guest version.
+pub struct Answer {
+    pub started: std::time::Instant,
+    pub base: String,
+    pub status: u16,
+    pub version: String,
+}
+
+/// Load on `/digits`: clients each sending one request after another until stopped.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// How many requests have been answered.
+    answered: tokio::sync::watch::Receiver<usize>,
+    clients: Vec<tokio::task::JoinHandle<Vec<Answer>>>,
+}
+
+impl Load {
+    /// Starts `per_server` clients on each server of `bases`.
+    pub fn start(bases: &[String], per_server: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (done, answered) = tokio::sync::watch::channel(0usize);
+        let done = Arc::new(done);
+        let clients = bases
+            .iter()
+            .flat_map(|base| std::iter::repeat_n(base.clone(), per_server))
+            .map(|base| {
+                let (stop, done) = (stop.clone(), done.clone());
+                tokio::spawn(async move {
+                    let http = client();
+                    let mut answers = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let started = std::time::Instant::now();
+                        let (status, version) = classify_version(&http, &base).await;
+                        answers.push(Answer { started, base: base.clone(), status, version });
+                        done.send_modify(|count| *count += 1);
+                    }
+                    answers
+                })
+            })
+            .collect();
+        Load { stop, answered, clients }
+    }
+
+    /// Waits until `count` more requests have been answered.
+    pub async fn wait_for_requests(&self, count: usize) {
+        let mut answered = self.answered.clone();
+        let target = *answered.borrow() + count;
+        answered.wait_for(|done| *done >= target).await.unwrap();
+    }
+
+    /// Stops the clients and returns every answer.
+    pub async fn stop(self) -> Vec<Answer> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut answers = Vec::new();
+        for client in self.clients {
+            answers.extend(client.await.unwrap());
+        }
+        answers
+    }
 }
 
 /// Asserts that a response is a JSON error with `status` and returns its message.

@@ -1,5 +1,8 @@
-//! The command line: `edge-infer serve` and `edge-infer bench` (see `bench`), logging
-//! set-up, and the process's exit status.
+//! The command line: `edge-infer serve`, `push` and `deploy`, and `edge-infer bench` (see
+//! `bench`); logging set-up, and the process's exit status.
+
+mod deploy;
+mod push;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ use edge_infer::node::Node;
 use edge_infer::node::config::Config;
 use edge_infer::node::control::{self, ControlSettings};
 use edge_infer::node::state::StateDir;
+use edge_infer::oci::{Credentials, Registries};
 use edge_infer_bench::{self as bench, BenchArgs};
 
 /// A WebAssembly edge inference runtime.
@@ -55,6 +59,12 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Publish a component or a model to an OCI registry; prints the reference pinned by
+    /// digest.
+    Push(push::PushArgs),
+    /// Roll a route (and its models) out to many nodes: a canary, then the rest; on any
+    /// failure, put back the nodes changed.
+    Deploy(Box<deploy::DeployArgs>),
     /// Load-test an HTTP endpoint and print throughput and latency percentiles per step.
     Bench(Box<BenchArgs>),
 }
@@ -74,6 +84,8 @@ pub fn main() -> ExitCode {
         Command::Serve { listen, config, admin_listen, grpc_listen, state_dir } => {
             serve(Addresses { listen, admin_listen, grpc_listen, state_dir }, config, started)
         }
+        Command::Push(args) => push::run(args),
+        Command::Deploy(args) => deploy::run(*args),
         Command::Bench(args) => bench::run(*args),
     };
     match outcome {
@@ -136,12 +148,9 @@ fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -
     if let Some(file) = token_file {
         info!(file = %file.display(), "admin token made");
     }
-    let settings = ControlSettings {
-        compilation_cache: server.compilation_cache,
-        admin_token,
-        max_artifact_bytes: server.max_artifact_bytes,
-        repository_changes_on_main_listener: listen.ip().is_loopback() || server.admin_token_file.is_some(),
-        repository_changes_on_grpc_listener: grpc_listen.ip().is_loopback(),
+    let registries = Registries {
+        credentials: Credentials::load(server.registry_credentials.as_deref())?,
+        insecure: server.insecure_registries.clone(),
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -159,13 +168,23 @@ fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -
             .await
             .with_context(|| format!("listening on {grpc_listen} for gRPC (--grpc-listen)"))?;
         let grpc_address = grpc_listener.local_addr()?;
-        let node = Arc::new(Node::new(state, settings));
         let limits = ConnectionLimits::from_config(server);
         let tls = match (&server.tls_cert, &server.tls_key) {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let settings = ControlSettings {
+            compilation_cache: server.compilation_cache,
+            admin_token,
+            max_artifact_bytes: server.max_artifact_bytes,
+            repository_changes_on_main_listener: listen.ip().is_loopback()
+                || server.admin_token_file.is_some(),
+            repository_changes_on_grpc_listener: grpc_listen.ip().is_loopback(),
+            registries,
+            public_listener: (scheme, address.port()),
+        };
+        let node = Arc::new(Node::new(state, settings));
         let (stop, stopping) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;
