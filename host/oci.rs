@@ -15,7 +15,8 @@
 //!
 //! A pull checks the manifest's digest when the reference names one, the layer's digest
 //! always (oci-client verifies both while reading), the layer's kind and size before
-//! reading it, and that a component is one.
+//! reading it, and that a component is one. The bytes stream to the caller's writer (the
+//! state folder), never held whole in memory.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,9 +28,9 @@ use std::task::{Context, Poll};
 use base64::Engine as _;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::errors::OciDistributionError;
-use oci_client::manifest::{OciImageManifest, OciManifest};
+use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -101,7 +102,7 @@ impl OciReference {
     }
 
     /// The same repository, pinned to the manifest `digest`.
-    fn pinned(&self, digest: &str) -> OciReference {
+    pub fn pinned(&self, digest: &str) -> OciReference {
         let reference = self.parsed();
         let pinned =
             Reference::with_digest(reference.registry().into(), reference.repository().into(), digest.into());
@@ -193,6 +194,7 @@ impl OciError {
             OciDistributionError::ServerError { code: 401 | 403, .. } => {
                 OciError::Unauthorized { reference, message }
             }
+            OciDistributionError::ServerError { code: 404, .. } => OciError::NotFound(reference),
             OciDistributionError::ImageManifestNotFoundError(_) => OciError::NotFound(reference),
             OciDistributionError::RegistryError { ref envelope, .. } => {
                 let unknown = envelope.errors.iter().any(|e| {
@@ -217,10 +219,18 @@ impl OciError {
 }
 
 /// Credentials for registries, by host: a file in the Docker config format
-/// (`{"auths": {"HOST[:PORT]": {"auth": base64("user:password")}}}`).
-#[derive(Clone, Debug, Default)]
+/// (`{"auths": {"HOST[:PORT]": {"auth": base64("user:password")}}}`), read once.
+#[derive(Clone, Default)]
 pub struct Credentials {
     by_registry: BTreeMap<String, (String, String)>,
+}
+
+/// Names the registries, never the secrets.
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let registries: Vec<&String> = self.by_registry.keys().collect();
+        f.debug_struct("Credentials").field("registries", &registries).finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -322,15 +332,13 @@ pub struct Pushed {
     pub pinned: OciReference,
 }
 
-/// What a pull brought.
-#[derive(Debug)]
-pub struct Pulled {
-    pub bytes: Vec<u8>,
-    /// The reference pinned to the manifest pulled.
-    pub pinned: OciReference,
-}
-
 impl Registries {
+    /// Credentials from `credentials_file` (else the Docker config, if any), and the
+    /// registries to speak plain HTTP to.
+    pub fn load(credentials_file: Option<&Path>, insecure: Vec<String>) -> Result<Registries, OciError> {
+        Ok(Registries { credentials: Credentials::load(credentials_file)?, insecure })
+    }
+
     fn client(&self, reference: &OciReference) -> (Client, Reference, RegistryAuth) {
         let registry = reference.registry();
         let mut plain_http = self.insecure.clone();
@@ -364,23 +372,32 @@ impl Registries {
         let layers = [ImageLayer::new(bytes, kind.layer_media_type().into(), None)];
         let config = Config::new(serde_json::to_vec(&config).expect("JSON"), config_media_type.into(), None);
         let mut manifest = OciImageManifest::build(&layers, &config, None);
+        manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.into());
         if kind == ArtifactKind::Model {
             manifest.artifact_type = Some(MODEL_ARTIFACT_TYPE.into());
         }
+        // The manifest goes as these bytes, so their digest is the one the registry keeps,
+        // whatever else is pushed to the tag meanwhile.
+        let manifest = serde_json::to_vec(&manifest).expect("JSON");
         let (client, parsed, auth) = self.client(reference);
         let failed = |e| OciError::from_client(reference, e);
-        client.push(&parsed, &layers, config, &auth, Some(manifest)).await.map_err(failed)?;
-        let digest = client.fetch_manifest_digest(&parsed, &auth).await.map_err(failed)?;
-        Ok(Pushed { kind, pinned: reference.pinned(&digest) })
+        client.auth(&parsed, &auth, RegistryOperation::Push).await.map_err(failed)?;
+        client.push_blob(&parsed, &layers[0].data, &layer_digest).await.map_err(failed)?;
+        client.push_blob(&parsed, &config.data, &sha256(&config.data)).await.map_err(failed)?;
+        let content_type = http::HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE);
+        client.push_manifest_raw(&parsed, manifest.clone(), content_type).await.map_err(failed)?;
+        Ok(Pushed { kind, pinned: reference.pinned(&sha256(&manifest)) })
     }
 
-    /// Pulls the artifact at `reference`, which must be `kind` and at most `limit` bytes.
+    /// Pulls the artifact at `reference`, which must be `kind` and at most `limit` bytes,
+    /// into `out`; returns the reference pinned to the manifest pulled.
     pub async fn pull(
         &self,
         reference: &OciReference,
         kind: ArtifactKind,
         limit: u64,
-    ) -> Result<Pulled, OciError> {
+        out: &mut (impl std::io::Write + Unpin + Send),
+    ) -> Result<OciReference, OciError> {
         let (client, parsed, auth) = self.client(reference);
         let failed = |e| OciError::from_client(reference, e);
         let (manifest, digest) = client.pull_manifest(&parsed, &auth).await.map_err(failed)?;
@@ -398,14 +415,14 @@ impl Registries {
         if size > limit {
             return Err(OciError::TooLarge { reference: reference.clone(), size, limit });
         }
-        let mut out = LimitedBuffer { bytes: Vec::with_capacity(size as usize), limit: size };
-        client.pull_blob(&parsed, layer, &mut out).await.map_err(failed)?;
-        if kind == ArtifactKind::Component && ArtifactKind::of(&out.bytes)? != ArtifactKind::Component {
+        let mut received = Received { out, written: 0, size, header: Vec::new() };
+        client.pull_blob(&parsed, layer, &mut received).await.map_err(failed)?;
+        if kind == ArtifactKind::Component && ArtifactKind::of(&received.header)? != ArtifactKind::Component {
             return Err(OciError::NotAComponent(format!(
                 "{reference} does not hold a WebAssembly component"
             )));
         }
-        Ok(Pulled { bytes: out.bytes, pinned: reference.pinned(&digest) })
+        Ok(reference.pinned(&digest))
     }
 }
 
@@ -414,21 +431,26 @@ fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
-/// Bytes received, refusing more than the layer's announced size.
-struct LimitedBuffer {
-    bytes: Vec<u8>,
-    limit: u64,
+/// A layer's bytes on their way to `out`: no more than the layer's size, and its first bytes
+/// kept to tell its kind.
+struct Received<'a, W> {
+    out: &'a mut W,
+    written: u64,
+    size: u64,
+    header: Vec<u8>,
 }
 
-impl tokio::io::AsyncWrite for LimitedBuffer {
+impl<W: std::io::Write + Unpin> tokio::io::AsyncWrite for Received<'_, W> {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if this.bytes.len() as u64 + data.len() as u64 > this.limit {
-            return Poll::Ready(Err(std::io::Error::other(
-                "the registry sent more bytes than the layer's size",
-            )));
+        if this.written + data.len() as u64 > this.size {
+            let error = std::io::Error::other("the registry sent more bytes than the layer's size");
+            return Poll::Ready(Err(error));
         }
-        this.bytes.extend_from_slice(data);
+        let wanted = COMPONENT_HEADER.len().saturating_sub(this.header.len()).min(data.len());
+        this.header.extend_from_slice(&data[..wanted]);
+        this.out.write_all(data)?;
+        this.written += data.len() as u64;
         Poll::Ready(Ok(data.len()))
     }
 

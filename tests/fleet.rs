@@ -116,7 +116,7 @@ async fn nodes_pull_by_tag_and_by_digest_and_refuse_what_does_not_check_out() {
     assert_eq!(damaged, v3_bytes);
     damaged[1000] ^= 0xff;
     std::fs::write(&blob, &damaged).unwrap();
-    let mismatch = expect_error(refused(v3.clone()).await, 422).await;
+    let mismatch = expect_error(refused(v3.clone()).await, 502).await;
     assert!(mismatch.contains("digest mismatch"), "{mismatch}");
     let missing =
         expect_error(refused(format!("{}:v9", registry.reference("guests/digits"))).await, 422).await;
@@ -152,12 +152,13 @@ async fn nodes_pull_by_tag_and_by_digest_and_refuse_what_does_not_check_out() {
     let fresh_state = folder.path().join("fresh-state");
     let node = Server::try_start_on_state(&config, &fresh_state, "info", &[]).unwrap();
     assert_eq!(classify_version(&http, &node.base).await, (200, "digits-guest-v2".into()));
-    assert!(node.logs().contains("pulled"), "{}", node.logs());
+    let pulled = format!("pulled reference={v2}");
+    assert!(node.logs().contains(&pulled), "{}", node.logs());
     drop(node);
     drop(registry);
     let node = Server::try_start_on_state(&config, &fresh_state, "info", &[]).unwrap();
     assert_eq!(classify_version(&http, &node.base).await, (200, "digits-guest-v2".into()));
-    assert!(!node.logs().contains("pulled"), "nothing is pulled again: {}", node.logs());
+    assert!(!node.logs().contains("pulled reference="), "nothing is pulled again: {}", node.logs());
     assert!(!node.logs().contains("not applied"), "{}", node.logs());
 }
 
@@ -315,11 +316,11 @@ async fn a_roll_out_to_three_nodes_under_load_fails_no_request_and_one_failing_n
     assert_eq!(reports[2]["outcome"], "failed", "{report:#}");
     let reason = reports[2]["error"].as_str().unwrap();
     assert!(reason.contains("over the limit of 1024 bytes"), "{reason}");
-    assert_eq!(reports[0]["outcome"], "replaced", "the canary changed: {report:#}");
-    for (i, node) in reports.iter().enumerate().filter(|(i, _)| *i != 2) {
-        let changed = node["outcome"] == "replaced";
-        assert_eq!(node["rolled_back"], changed, "node {i}: {report:#}");
+    for i in [0, 1, 3] {
+        assert_eq!(reports[i]["outcome"], "replaced", "node {i}: {report:#}");
+        assert_eq!(reports[i]["rolled_back"], true, "node {i}: {report:#}");
     }
+    assert_eq!(reports[2]["rolled_back"], false, "the failed node changed nothing: {report:#}");
     load.wait_for_requests(100).await;
     let answers = load.stop().await;
     let failed: Vec<u16> = answers.iter().map(|a| a.status).filter(|s| *s != 200).collect();
@@ -328,4 +329,38 @@ async fn a_roll_out_to_three_nodes_under_load_fails_no_request_and_one_failing_n
         assert_eq!(classify_version(&client(), &node.base).await, (200, "digits-guest-v2".into()));
         assert_eq!(Admin::with_token(node, FLEET_TOKEN.into()).route("digits").await["source"], v2.as_str());
     }
+
+    // A new route, with new settings for the model it shares: when the roll-out fails, the
+    // route goes and the model gets its settings back.
+    let admin = Admin::with_token(&nodes[0], FLEET_TOKEN.into());
+    let models = |admin: &Admin| {
+        let request = admin.request(reqwest::Method::GET, "/admin/models");
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap()["models"].clone() }
+    };
+    let models_before = models(&admin).await;
+    std::fs::write(
+        &file,
+        format!(
+            "[models.digits]\nfile = \"{model}\"\nexecutors = 1\n[[routes]]\npath = \"/digits-new\"\ncomponent = \"{v2}\"\nmodels = [\"digits\"]\n"
+        ),
+    )
+    .unwrap();
+    let (succeeded, report) = deploy(&file, &[&nodes[0], &small], folder.path()).await;
+    assert!(!succeeded, "{report:#}");
+    assert_eq!(
+        (&report["nodes"][0]["outcome"], &report["nodes"][0]["rolled_back"]),
+        (&json!("created"), &json!(true))
+    );
+    let gone = admin.request(reqwest::Method::GET, "/admin/routes/digits-new").send().await.unwrap();
+    assert_eq!(gone.status(), 404);
+    assert_eq!(models(&admin).await, models_before, "the model's settings are back");
+
+    // The admin API takes no paths on the node, files or folders.
+    let response =
+        put_digits(&admin, &repo_file("models/digits/digits.onnx").display().to_string(), &model).await;
+    assert!(expect_error(response, 400).await.contains("upload files first"));
+    let settings = json!({ "path": "/digits", "component": v2, "models": ["digits"], "read_only_dirs": { "/etc": "/etc" } });
+    let response =
+        admin.request(reqwest::Method::PUT, "/admin/routes/digits").json(&settings).send().await.unwrap();
+    assert!(expect_error(response, 400).await.contains("read_only_dirs"));
 }

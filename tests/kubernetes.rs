@@ -1,7 +1,8 @@
 //! The Kubernetes manifests in `deploy/kubernetes`: valid against the Kubernetes schemas
 //! (kubernetes-validate, offline and strict), and in agreement with the server they run:
-//! the ConfigMap's config parses, the probes' paths and the autoscaler's metric are what a
-//! real server answers, and names, ports and labels line up across the objects.
+//! the config file the ConfigMap is made from parses, the probes' paths and the autoscaler's
+//! metric are what a real server answers, and names, ports and labels line up across the
+//! objects.
 
 mod common;
 
@@ -84,10 +85,23 @@ async fn the_manifests_agree_with_the_server_and_each_other() {
     let labels = &deployment["spec"]["template"]["metadata"]["labels"];
     assert_eq!(&deployment["spec"]["selector"]["matchLabels"], labels);
 
-    // The ConfigMap's config is one the server takes, and its ports are the container's.
-    let config_map = object("configmap.yaml");
-    let text = config_map["data"]["config.toml"].as_str().unwrap();
-    let config = edge_infer::node::config::Config::from_toml(text, Path::new("/etc/edge-infer")).unwrap();
+    // The kustomization makes the ConfigMap the pods mount from config.toml, and applies
+    // files that are there.
+    let kustomization = object("kustomization.yaml");
+    let generated = &kustomization["configMapGenerator"][0];
+    assert_eq!(generated["files"][0], "config.toml");
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert!(volumes.iter().any(|v| v["configMap"]["name"] == generated["name"]), "the config is mounted");
+    for resource in kustomization["resources"].as_array().unwrap() {
+        assert!(
+            repo_file(&format!("deploy/kubernetes/{}", resource.as_str().unwrap())).is_file(),
+            "{resource}"
+        );
+    }
+
+    // The config is one the server takes, and its ports are the container's.
+    let text = std::fs::read_to_string(repo_file("deploy/kubernetes/config.toml")).unwrap();
+    let config = edge_infer::node::config::Config::from_toml(&text, Path::new("/etc/edge-infer")).unwrap();
     let port = |name: &str| {
         container["ports"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["containerPort"]
             .as_u64()
@@ -95,15 +109,19 @@ async fn the_manifests_agree_with_the_server_and_each_other() {
     };
     assert_eq!(config.server.listen.port(), port("http"));
     assert_eq!(config.server.grpc_listen.port(), port("grpc"));
-    assert_eq!(config.server.admin_listen.port(), port("admin"));
+    assert!(config.server.admin_listen.ip().is_loopback(), "the admin API stays in the pod");
     let mounts = container["volumeMounts"].as_array().unwrap();
     let mounted = |path: &Path| mounts.iter().any(|m| path.starts_with(m["mountPath"].as_str().unwrap()));
-    assert!(mounted(config.server.admin_token_file.as_deref().unwrap()), "the token file is mounted");
     let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     let state_dir = args[args.iter().position(|a| *a == "--state-dir").unwrap() + 1];
     assert!(mounted(Path::new(state_dir)), "the state folder is on a volume");
     let grace_s = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
-    assert!(config.server.shutdown_grace_ms < grace_s * 1000, "requests in flight finish before SIGKILL");
+    let pause_s = container["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().unwrap();
+    assert!(
+        config.server.shutdown_grace_ms < (grace_s - pause_s) * 1000,
+        "requests in flight finish before SIGKILL"
+    );
+    assert!(deployment["spec"]["replicas"].is_null(), "the autoscaler owns the replica count");
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
 

@@ -1,7 +1,8 @@
 //! `edge-infer deploy`: rolls one route, and the models it brings, out to many nodes through
 //! their admin APIs. The first node is the canary: changed, then checked (ready, and a smoke
-//! request answered 2xx); then every other node at once, each checked the same way. If any
-//! node fails, every node already changed is put back as it was, and the exit status is 1.
+//! request answered 2xx); then every other node (`--parallel` at a time), each checked the
+//! same way. If any node fails, every node that changed, or may have (a call lost in
+//! transit), is put back as it was, and the exit status is 1.
 //! A report says what happened on each node: a table, or JSON with `--json`.
 
 use std::collections::BTreeMap;
@@ -10,10 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use clap::Args;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use edge_infer::node::config::{Config, Source};
 
@@ -48,6 +50,9 @@ pub struct DeployArgs {
     /// How long one node may take to change, or to answer a check, in seconds.
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
+    /// Nodes changed at once after the canary.
+    #[arg(long, default_value_t = 16)]
+    parallel: usize,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -68,7 +73,7 @@ struct NodeReport {
     smoke_ms: Option<u64>,
     /// Why the node failed.
     error: Option<String>,
-    /// Whether the node was put back as it was (after another node failed).
+    /// Whether the node was put back as it was (after a node failed).
     rolled_back: bool,
 }
 
@@ -77,6 +82,8 @@ struct NodeReport {
 struct Report {
     route: String,
     ok: bool,
+    /// Nodes that should have been put back but could not be (see their `error`).
+    not_rolled_back: usize,
     nodes: Vec<NodeReport>,
 }
 
@@ -100,9 +107,9 @@ struct Rollout {
     /// The models' settings, by name, `file` likewise.
     models: BTreeMap<String, Value>,
     /// The local files to upload (by the path the settings give), read once.
-    uploads: BTreeMap<String, Vec<u8>>,
+    uploads: BTreeMap<String, Bytes>,
     smoke_path: String,
-    smoke_body: Option<(Vec<u8>, String)>,
+    smoke_body: Option<(Bytes, String)>,
 }
 
 /// Runs the roll-out; the exit status says whether it succeeded.
@@ -114,6 +121,13 @@ pub fn run(args: DeployArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);
+    }
+    if report.not_rolled_back > 0 {
+        bail!(
+            "the roll-out of route {:?} failed, and {} node(s) could not be put back: see the report",
+            report.route,
+            report.not_rolled_back
+        );
     }
     if !report.ok {
         bail!("the roll-out of route {:?} failed; the nodes changed were put back", report.route);
@@ -141,50 +155,60 @@ async fn roll_out(args: DeployArgs) -> anyhow::Result<Report> {
         })
         .collect();
     let nodes: Vec<Arc<Node>> = found.into_iter().map(Arc::new).collect();
-    let mut changed: Vec<usize> = Vec::new();
+    let mut steps: Vec<Option<Step>> = nodes.iter().map(|_| None).collect();
 
     let canary = rollout.change_and_check(&nodes[0], &mut reports[0]).await;
-    let mut ok = canary.changed_ok();
-    if canary.changed() {
-        changed.push(0);
-    }
+    let mut ok = canary.succeeded();
+    steps[0] = Some(canary);
     if ok {
+        let parallel = Arc::new(tokio::sync::Semaphore::new(args.parallel.max(1)));
         let mut rest = tokio::task::JoinSet::new();
         for (i, node) in nodes.iter().enumerate().skip(1) {
-            let (rollout, node) = (rollout.clone(), node.clone());
+            let (rollout, node, parallel) = (rollout.clone(), node.clone(), parallel.clone());
             rest.spawn(async move {
+                let _turn = parallel.acquire().await;
                 let mut report = NodeReport::default();
                 let step = rollout.change_and_check(&node, &mut report).await;
                 (i, step, report)
             });
         }
         while let Some(done) = rest.join_next().await {
-            let (i, step, report) = done?;
-            ok &= step.changed_ok();
-            if step.changed() {
-                changed.push(i);
-            }
+            let Ok((i, step, report)) = done else {
+                // A task that panicked: its node may have changed; every node is put back.
+                ok = false;
+                continue;
+            };
+            ok &= step.succeeded();
+            steps[i] = Some(step);
             reports[i] = NodeReport { node: reports[i].node.clone(), phase: reports[i].phase, ..report };
         }
     }
+    let mut not_rolled_back = 0;
     if !ok {
-        for &i in &changed {
-            match rollout.restore(&nodes[i]).await {
-                Ok(()) => reports[i].rolled_back = true,
-                Err(e) => {
-                    let before = reports[i].error.take().map_or(String::new(), |e| format!("{e}; "));
-                    reports[i].error = Some(format!("{before}roll-back failed: {e:#}"));
-                }
+        for (i, node) in nodes.iter().enumerate() {
+            // A node whose task was lost counts as one that may have changed.
+            if !steps[i].as_ref().is_none_or(Step::may_have_changed) {
+                continue;
+            }
+            let failures = rollout.restore(node).await;
+            if failures.is_empty() {
+                reports[i].rolled_back = true;
+            } else {
+                not_rolled_back += 1;
+                let before = reports[i].error.take().map_or(String::new(), |e| format!("{e}; "));
+                reports[i].error = Some(format!("{before}roll-back failed: {}", failures.join("; ")));
             }
         }
     }
-    Ok(Report { route: rollout.route_name.clone(), ok, nodes: reports })
+    Ok(Report { route: rollout.route_name.clone(), ok, not_rolled_back, nodes: reports })
 }
 
 /// How far a node's change went.
 enum Step {
-    /// The change was refused or never made: nothing changed on the node.
-    NotChanged,
+    /// The node refused the change (it answered an error): nothing changed on it.
+    Refused,
+    /// The call was lost in transit: the node may have made the change, or not.
+    Unknown,
     /// The node changed, and its checks passed (`true`) or failed.
     Changed(bool),
     /// The node answered that nothing needed changing, and its checks passed or failed.
@@ -192,11 +216,13 @@ enum Step {
 }
 
 impl Step {
-    fn changed(&self) -> bool {
-        matches!(self, Step::Changed(_))
+    /// Whether the node must be put back if the roll-out fails.
+    fn may_have_changed(&self) -> bool {
+        matches!(self, Step::Changed(_) | Step::Unknown)
     }
 
-    fn changed_ok(&self) -> bool {
+    /// Whether the node serves the new version and passed its checks.
+    fn succeeded(&self) -> bool {
         matches!(self, Step::Changed(true) | Step::Unchanged(true))
     }
 }
@@ -219,10 +245,16 @@ fn prepare(args: &DeployArgs) -> anyhow::Result<Rollout> {
     let mut note_upload = |source: &Source| -> anyhow::Result<()> {
         if let Source::File(path) = source {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            uploads.insert(path.display().to_string(), bytes);
+            uploads.insert(path.display().to_string(), Bytes::from(bytes));
         }
         Ok(())
     };
+    if !route.read_only_dirs.is_empty() {
+        bail!(
+            "route {:?}: `read_only_dirs` are folders on a node: set them in its config file",
+            route.name()
+        );
+    }
     note_upload(&route.component)?;
     let mut models = BTreeMap::new();
     for name in &route.models {
@@ -237,7 +269,7 @@ fn prepare(args: &DeployArgs) -> anyhow::Result<Rollout> {
     };
     let smoke_body = match &args.smoke_body {
         Some(file) => Some((
-            std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
+            Bytes::from(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?),
             args.smoke_content_type.clone(),
         )),
         None => None,
@@ -296,7 +328,7 @@ impl Rollout {
     async fn expect_ok(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         match self.call(request).await? {
             (status, body) if status.is_success() => Ok(body),
-            (status, body) => bail!("{status}: {}", body["error"].as_str().unwrap_or("no reason given")),
+            (status, body) => Err(refusal(status, &body)),
         }
     }
 
@@ -318,7 +350,7 @@ impl Rollout {
         {
             (StatusCode::NOT_FOUND, _) => None,
             (status, body) if status.is_success() => Some(body["settings"].clone()),
-            (status, body) => bail!("{status}: {}", body["error"].as_str().unwrap_or("no reason given")),
+            (status, body) => return Err(refusal(status, &body)),
         };
         let models = self.expect_ok(self.admin(Method::GET, &admin, "/admin/models")).await?;
         let models_before = models["models"]
@@ -335,10 +367,10 @@ impl Rollout {
     async fn change_and_check(&self, node: &Node, report: &mut NodeReport) -> Step {
         let outcome = match self.change(node).await {
             Ok(outcome) => outcome,
-            Err(e) => {
+            Err((step, e)) => {
                 report.outcome = "failed".into();
                 report.error = Some(format!("{e:#}"));
-                return Step::NotChanged;
+                return step;
             }
         };
         report.outcome = outcome.clone();
@@ -349,15 +381,15 @@ impl Rollout {
         if outcome == "unchanged" { Step::Unchanged(checked.is_ok()) } else { Step::Changed(checked.is_ok()) }
     }
 
-    /// Uploads the local files, then deploys the route with its models in one change.
-    async fn change(&self, node: &Node) -> anyhow::Result<String> {
+    /// Uploads the local files, then deploys the route with its models in one change. On
+    /// failure, whether the node may have changed (`Unknown`) or not (`Refused`).
+    async fn change(&self, node: &Node) -> Result<String, (Step, anyhow::Error)> {
         let mut digests = BTreeMap::new();
         for (path, bytes) in &self.uploads {
-            let stored = self
-                .expect_ok(self.admin(Method::PUT, &node.admin, "/admin/artifacts").body(bytes.clone()))
-                .await
-                .with_context(|| format!("uploading {path}"))?;
-            digests.insert(path.clone(), stored["digest"].clone());
+            let upload = self.admin(Method::PUT, &node.admin, "/admin/artifacts").body(bytes.clone());
+            // An artifact stored is not yet served: nothing changed.
+            let stored = self.expect_ok(upload).await.with_context(|| format!("uploading {path}"));
+            digests.insert(path.clone(), stored.map_err(|e| (Step::Refused, e))?["digest"].clone());
         }
         let named = |settings: &Value, field: &str| {
             let mut settings = settings.clone();
@@ -369,14 +401,15 @@ impl Rollout {
         let mut settings = named(&self.route, "component");
         settings["model_settings"] =
             self.models.iter().map(|(name, model)| (name.clone(), named(model, "file"))).collect();
-        let answer = self
-            .expect_ok(
-                self.admin(Method::PUT, &node.admin, &format!("/admin/routes/{}", self.route_name))
-                    .json(&settings),
-            )
-            .await
-            .context("deploying")?;
-        Ok(answer["outcome"].as_str().unwrap_or("changed").to_string())
+        let put = self.admin(Method::PUT, &node.admin, &format!("/admin/routes/{}", self.route_name));
+        match self.call(put.json(&settings)).await {
+            Ok((status, answer)) if status.is_success() => {
+                Ok(answer["outcome"].as_str().unwrap_or("changed").to_string())
+            }
+            // The node answered why: a refused change changes nothing.
+            Ok((status, answer)) => Err((Step::Refused, refusal(status, &answer).context("deploying"))),
+            Err(e) => Err((Step::Unknown, e.context("deploying; the node may have made the change"))),
+        }
     }
 
     /// Checks a changed node: ready, serving the route, and the smoke request answered 2xx.
@@ -409,24 +442,49 @@ impl Rollout {
         Ok(())
     }
 
-    /// Puts a changed node back as it was: the route's and models' settings before (their
-    /// files are still on the node), or, for what was not there, deleted.
-    async fn restore(&self, node: &Node) -> anyhow::Result<()> {
+    /// Puts a node back as it was: the route's and its models' settings before (their files
+    /// are still on the node), and what was not there deleted. Every step is tried; returns
+    /// the failures. Each step is idempotent, so a node that did not change is left as it is.
+    async fn restore(&self, node: &Node) -> Vec<String> {
+        let mut failures = Vec::new();
+        let mut step = |what: String, result: anyhow::Result<(StatusCode, Value)>| match result {
+            Ok((status, _)) if status.is_success() || status == StatusCode::NOT_FOUND => {}
+            Ok((status, answer)) => failures.push(format!("{what}: {:#}", refusal(status, &answer))),
+            Err(e) => failures.push(format!("{what}: {e:#}")),
+        };
         let route = format!("/admin/routes/{}", self.route_name);
         match &node.route_before {
             Some(before) => {
+                // The route and the models it had, in one change.
                 let mut settings = before.clone();
                 settings["model_settings"] = node.models_before.clone().into_iter().collect();
-                self.expect_ok(self.admin(Method::PUT, &node.admin, &route).json(&settings)).await?;
+                step(
+                    route.clone(),
+                    self.call(self.admin(Method::PUT, &node.admin, &route).json(&settings)).await,
+                );
             }
-            None => drop(self.expect_ok(self.admin(Method::DELETE, &node.admin, &route)).await?),
+            None => {
+                step(route.clone(), self.call(self.admin(Method::DELETE, &node.admin, &route)).await);
+                for (model, before) in &node.models_before {
+                    let path = format!("/admin/models/{model}");
+                    step(
+                        path.clone(),
+                        self.call(self.admin(Method::PUT, &node.admin, &path).json(before)).await,
+                    );
+                }
+            }
         }
         for model in self.models.keys().filter(|model| !node.models_before.contains_key(*model)) {
-            let unload = format!("/v2/repository/models/{model}/unload");
-            self.expect_ok(self.admin(Method::POST, &node.admin, &unload).json(&json!({}))).await?;
+            let path = format!("/admin/models/{model}");
+            step(path.clone(), self.call(self.admin(Method::DELETE, &node.admin, &path)).await);
         }
-        Ok(())
+        failures
     }
+}
+
+/// The error for an admin call answered `status`, with the node's reason.
+fn refusal(status: StatusCode, answer: &Value) -> anyhow::Error {
+    anyhow::anyhow!("{status}: {}", answer["error"].as_str().unwrap_or("no reason given"))
 }
 
 fn print_table(report: &Report) {
@@ -451,9 +509,10 @@ fn print_table(report: &Report) {
             node.node, node.phase, node.outcome, component, smoke
         );
     }
-    println!(
-        "route {}: {}",
-        report.route,
-        if report.ok { "rolled out to every node" } else { "failed; the nodes changed were put back" }
-    );
+    let verdict = match (report.ok, report.not_rolled_back) {
+        (true, _) => "rolled out to every node".to_string(),
+        (false, 0) => "failed; the nodes changed were put back".to_string(),
+        (false, stuck) => format!("failed; {stuck} node(s) could not be put back"),
+    };
+    println!("route {}: {verdict}", report.route);
 }

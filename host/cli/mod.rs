@@ -23,7 +23,7 @@ use edge_infer::node::Node;
 use edge_infer::node::config::Config;
 use edge_infer::node::control::{self, ControlSettings};
 use edge_infer::node::state::StateDir;
-use edge_infer::oci::{Credentials, Registries};
+use edge_infer::oci::Registries;
 use edge_infer_bench::{self as bench, BenchArgs};
 
 /// A WebAssembly edge inference runtime.
@@ -148,10 +148,8 @@ fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -
     if let Some(file) = token_file {
         info!(file = %file.display(), "admin token made");
     }
-    let registries = Registries {
-        credentials: Credentials::load(server.registry_credentials.as_deref())?,
-        insecure: server.insecure_registries.clone(),
-    };
+    let registries =
+        Registries::load(server.registry_credentials.as_deref(), server.insecure_registries.clone())?;
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

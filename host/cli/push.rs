@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use edge_infer::oci::{Credentials, OciReference, Registries};
+use edge_infer::oci::{OciReference, Registries};
 
 #[derive(Args)]
 pub struct PushArgs {
@@ -26,10 +26,7 @@ pub struct PushArgs {
 pub fn run(args: PushArgs) -> anyhow::Result<()> {
     let reference: OciReference = args.reference.parse()?;
     let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let registries = Registries {
-        credentials: Credentials::load(args.credentials.as_deref())?,
-        insecure: args.insecure_registries,
-    };
+    let registries = Registries::load(args.credentials.as_deref(), args.insecure_registries)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let pushed = runtime.block_on(registries.push(bytes, &reference))?;
     eprintln!("pushed {} to {reference}", pushed.kind);

@@ -11,6 +11,8 @@
 //! | `DELETE /admin/routes/{name}` | stops serving it; requests in flight finish |
 //! | `POST /admin/routes/{name}/rollback` | serves its previous version again |
 //! | `GET /admin/models` | every model and its settings |
+//! | `PUT /admin/models/{name}` | loads or replaces the model (JSON settings; file by digest or `oci://`) |
+//! | `DELETE /admin/models/{name}` | unloads it, unless a route uses it |
 //! | `POST /v2/repository/...` | the model repository API, as on the main listener |
 //!
 //! A change answers once the new version serves (or, if it failed, with why and nothing
@@ -73,11 +75,18 @@ async fn route(node: &Node, request: Request<Incoming>) -> Response<Body> {
                 Err(refusal) => refusal,
             }
         }
-        (&Method::DELETE, ["admin", "routes", name]) => answer(name, node.delete_route(name).await),
+        (&Method::DELETE, ["admin", "routes", name]) => answer("route", name, node.delete_route(name).await),
         (&Method::POST, ["admin", "routes", name, "rollback"]) => {
-            answer(name, node.rollback_route(name).await)
+            answer("route", name, node.rollback_route(name).await)
         }
         (&Method::GET, ["admin", "models"]) => list_models(node),
+        (&Method::PUT, ["admin", "models", name]) => {
+            match router::read_whole(request.into_body(), MAX_SETTINGS_BYTES).await {
+                Ok(body) => put_model(node, name, &body).await,
+                Err(refusal) => refusal,
+            }
+        }
+        (&Method::DELETE, ["admin", "models", name]) => answer("model", name, node.unload_model(name).await),
         _ => match Endpoint::parse(&path) {
             Some(Endpoint::RepositoryLoad(model)) => {
                 change_repository(node, Action::Load, model, request).await
@@ -181,15 +190,47 @@ async fn put_route(node: &Node, name: &str, body: &[u8]) -> Response<Body> {
         Ok(route) => route,
         Err(e) => return bad(format!("field `{}`: {}", e.path().clone(), e.into_inner())),
     };
-    // Files on the node are the config file's business, not the network's.
-    let paths = std::iter::once(&route.component).chain(models.values().map(|model| &model.file));
-    if let Some(Source::File(path)) = paths.into_iter().find(|source| matches!(source, Source::File(_))) {
-        return bad(format!(
-            "{} is not a digest or an oci:// reference: upload files first (PUT /admin/artifacts)",
-            path.display()
-        ));
+    if !route.read_only_dirs.is_empty() {
+        return bad("`read_only_dirs` name folders on the node: set them in the node's config file".into());
     }
-    answer(name, node.put_route(name, route, models).await)
+    let files = std::iter::once(&route.component).chain(models.values().map(|model| &model.file));
+    if let Some(refusal) = refuse_node_paths(files) {
+        return refusal;
+    }
+    answer("route", name, node.put_route(name, route, models).await)
+}
+
+/// Loads or replaces a model from its JSON settings, `file` by digest or `oci://`.
+async fn put_model(node: &Node, name: &str, body: &[u8]) -> Response<Body> {
+    let settings: ModelConfig = match serde_json::from_slice::<Value>(body) {
+        Ok(settings) => match serde_path_to_error::deserialize(settings) {
+            Ok(settings) => settings,
+            Err(e) => {
+                let message = format!("field `{}`: {}", e.path().clone(), e.into_inner());
+                return response::error(StatusCode::BAD_REQUEST, message);
+            }
+        },
+        Err(e) => return response::error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+    };
+    if let Some(refusal) = refuse_node_paths([&settings.file]) {
+        return refusal;
+    }
+    answer("model", name, node.put_model(name, settings).await)
+}
+
+/// The 400 for a file given as a path on the node: over the network, files arrive by upload
+/// or from a registry; the node's own files are the config file's business.
+fn refuse_node_paths<'a>(files: impl IntoIterator<Item = &'a Source>) -> Option<Response<Body>> {
+    files.into_iter().find_map(|source| match source {
+        Source::File(path) => Some(response::error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} is not a digest or an oci:// reference: upload files first (PUT /admin/artifacts)",
+                path.display()
+            ),
+        )),
+        _ => None,
+    })
 }
 
 /// What fleet tools need to know of the node.
@@ -201,9 +242,14 @@ fn describe_node(node: &Node) -> Response<Body> {
     )
 }
 
-fn answer(name: &str, outcome: Result<crate::node::control::Outcome, DeployError>) -> Response<Body> {
+/// The answer to a change of the route or the model (`kind`) `name`.
+fn answer(
+    kind: &str,
+    name: &str,
+    outcome: Result<crate::node::control::Outcome, DeployError>,
+) -> Response<Body> {
     match outcome {
-        Ok(outcome) => response::json(StatusCode::OK, &json!({ "route": name, "outcome": outcome })),
+        Ok(outcome) => response::json(StatusCode::OK, &json!({ kind: name, "outcome": outcome })),
         Err(error) => deploy_error(error),
     }
 }
@@ -252,11 +298,12 @@ pub fn deploy_error(error: DeployError) -> Response<Body> {
         DeployError::State(StateError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
         DeployError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
         DeployError::Pull(OciError::BadReference(_)) => StatusCode::BAD_REQUEST,
-        DeployError::Pull(OciError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-        DeployError::Pull(OciError::Registry { .. } | OciError::Unauthorized { .. }) => {
-            StatusCode::BAD_GATEWAY
-        }
-        DeployError::Pull(OciError::Credentials(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        // The registry failed, refused the node, or sent bytes that are not what it named.
+        DeployError::Pull(
+            OciError::Registry { .. } | OciError::Unauthorized { .. } | OciError::DigestMismatch { .. },
+        ) => StatusCode::BAD_GATEWAY,
+        // Not there, not the kind asked for, too large, unreadable credentials: the version
+        // cannot load.
         DeployError::Pull(_) => StatusCode::UNPROCESSABLE_ENTITY,
         DeployError::Loading => return response::overloaded(error.to_string()),
     };

@@ -123,8 +123,6 @@ pub struct ControlPlane {
     desired: Mutex<DesiredState>,
     /// Route versions replaced by a change, until their last request ends.
     retired: Mutex<Vec<Weak<Route>>>,
-    /// Artifacts pulled from registries, with the references pinned by digest.
-    pulled: Mutex<BTreeMap<Digest, OciReference>>,
 }
 
 impl ControlPlane {
@@ -135,7 +133,6 @@ impl ControlPlane {
             changing: tokio::sync::Mutex::new(()),
             desired: Mutex::new(DesiredState::default()),
             retired: Mutex::new(Vec::new()),
-            pulled: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -278,7 +275,8 @@ impl Node {
     pub async fn start(&self, config: &Config) -> anyhow::Result<()> {
         let saved = self.control.state.load()?;
         let first_start = saved == DesiredState::default();
-        self.control.pulled.lock().unwrap().extend(saved.sources.clone());
+        // What the folder holds is what fetching finds already pulled.
+        *self.control.desired.lock().unwrap() = saved.clone();
         let applied = match self.fetch_config(config).await {
             Ok(file) => {
                 self.change_from(Some(saved.clone()), "start-up", |desired| Ok(apply_config(desired, &file)))
@@ -303,32 +301,32 @@ impl Node {
         self.change("config file", |desired| Ok(apply_config(desired, &file))).await
     }
 
-    /// Brings the artifact `source` names into the state folder and returns its digest: a
-    /// file is copied; an OCI artifact is pulled (and checked to be `kind`), unless the
-    /// reference pins a digest already pulled.
-    pub async fn fetch(&self, source: &Source, kind: ArtifactKind) -> Result<Digest, DeployError> {
+    /// Brings the artifact `source` names into the state folder: a file is copied; an OCI
+    /// artifact is pulled (and checked to be `kind`), unless the reference pins a digest
+    /// already pulled.
+    pub async fn fetch(&self, source: &Source, kind: ArtifactKind) -> Result<Fetched, DeployError> {
         let state = &self.control.state;
+        let stored = |digest: &Digest| Fetched { digest: digest.clone(), pinned: None };
         match source {
-            Source::File(path) => Ok(tokio::task::block_in_place(|| state.import(path))?),
-            Source::Stored(digest) if state.has(digest) => Ok(digest.clone()),
+            Source::File(path) => Ok(stored(&tokio::task::block_in_place(|| state.import(path))?)),
+            Source::Stored(digest) if state.claim(digest) => Ok(stored(digest)),
             Source::Stored(digest) => Err(StateError::UnknownArtifact(digest.clone()).into()),
             Source::Oci(reference) => {
-                let cached = reference.digest().and_then(|_| {
-                    let pulled = self.control.pulled.lock().unwrap();
-                    pulled
-                        .iter()
-                        .find(|(digest, pinned)| *pinned == reference && state.has(digest))
-                        .map(|(d, _)| d.clone())
-                });
-                if let Some(digest) = cached {
-                    return Ok(digest);
+                if let Some(manifest) = reference.digest() {
+                    let pinned = reference.pinned(&manifest);
+                    let desired = self.control.desired.lock().unwrap();
+                    let pulled = desired.sources.iter().find(|(_, source)| **source == pinned);
+                    if let Some((digest, _)) = pulled.filter(|(digest, _)| state.claim(digest)) {
+                        return Ok(Fetched { digest: digest.clone(), pinned: Some(pinned) });
+                    }
                 }
                 let limit = self.control.settings.max_artifact_bytes;
-                let pulled = self.control.settings.registries.pull(reference, kind, limit).await?;
-                let digest = tokio::task::block_in_place(|| state.store(&pulled.bytes))?;
-                info!(%reference, pinned = %pulled.pinned, %digest, "pulled");
-                self.control.pulled.lock().unwrap().insert(digest.clone(), pulled.pinned);
-                Ok(digest)
+                let mut upload = state.upload(limit)?;
+                let pinned =
+                    self.control.settings.registries.pull(reference, kind, limit, &mut upload).await?;
+                let digest = tokio::task::block_in_place(|| upload.finish())?;
+                info!(%reference, %pinned, %digest, "pulled");
+                Ok(Fetched { digest, pinned: Some(pinned) })
             }
         }
     }
@@ -341,19 +339,20 @@ impl Node {
         };
         let mut file = FileEntries::default();
         for (name, model) in &config.models {
-            let digest = self
+            let fetched = self
                 .fetch(&model.file, ArtifactKind::Model)
                 .await
                 .map_err(|e| in_entry(e, format!("model {name:?}")))?;
-            file.models.insert(name.clone(), model.clone().with_file(digest));
+            file.models.insert(name.clone(), model.clone().with_file(fetched.keep_source(&mut file.sources)));
         }
         for route in &config.routes {
             let name = route.name();
-            let digest = self
+            let fetched = self
                 .fetch(&route.component, ArtifactKind::Component)
                 .await
                 .map_err(|e| in_entry(e, format!("route {name:?}")))?;
-            file.routes.insert(name, RouteSpec { name: None, ..route.clone().with_component(digest) });
+            let component = fetched.keep_source(&mut file.sources);
+            file.routes.insert(name, RouteSpec { name: None, ..route.clone().with_component(component) });
         }
         Ok(file)
     }
@@ -372,14 +371,16 @@ impl Node {
             return Err(DeployError::Invalid(anyhow::anyhow!("the settings name another route")));
         }
         let mut model_specs = BTreeMap::new();
+        let mut sources = BTreeMap::new();
         for (model, settings) in models {
             check_model_name(&model).map_err(DeployError::Invalid)?;
-            let file = self.fetch(&settings.file, ArtifactKind::Model).await?;
-            model_specs.insert(model, settings.with_file(file));
+            let fetched = self.fetch(&settings.file, ArtifactKind::Model).await?;
+            model_specs.insert(model, settings.with_file(fetched.keep_source(&mut sources)));
         }
-        let component = self.fetch(&route.component, ArtifactKind::Component).await?;
-        let spec = RouteSpec { name: None, ..route.with_component(component) };
+        let fetched = self.fetch(&route.component, ArtifactKind::Component).await?;
+        let spec = RouteSpec { name: None, ..route.with_component(fetched.keep_source(&mut sources)) };
         self.change(&format!("route {name}"), |desired| {
+            desired.sources.extend(sources);
             let mut models_changed = false;
             for (model, spec) in model_specs {
                 models_changed |= desired.models.get(&model) != Some(&spec);
@@ -431,26 +432,48 @@ impl Node {
     /// Loads the model `name` as `spec` says (replacing the version serving), or, with no
     /// `spec`, checks that it is loaded.
     pub async fn load_model(&self, name: &str, spec: Option<ModelSpec>) -> Result<Outcome, DeployError> {
-        check_model_name(name).map_err(DeployError::Invalid)?;
         if let Some(spec) = &spec
-            && !self.control.state.has(&spec.file)
+            && !self.control.state.claim(&spec.file)
         {
             return Err(StateError::UnknownArtifact(spec.file.clone()).into());
         }
-        self.change(&format!("model {name}"), |desired| match (desired.models.get_mut(name), spec) {
-            (Some(current), Some(spec)) if *current == spec => Ok(Outcome::Unchanged),
-            (Some(current), Some(spec)) => {
-                *current = spec;
-                Ok(Outcome::Replaced)
+        self.set_model(name, spec, BTreeMap::new()).await
+    }
+
+    /// Loads the model `name` with `settings` (replacing the version serving), its file
+    /// fetched first.
+    pub async fn put_model(&self, name: &str, settings: ModelConfig) -> Result<Outcome, DeployError> {
+        let mut sources = BTreeMap::new();
+        let file = self.fetch(&settings.file, ArtifactKind::Model).await?.keep_source(&mut sources);
+        self.set_model(name, Some(settings.with_file(file)), sources).await
+    }
+
+    /// Loads, replaces or (with no `spec`) checks the model `name`; `sources` says where its
+    /// file was pulled from.
+    async fn set_model(
+        &self,
+        name: &str,
+        spec: Option<ModelSpec>,
+        sources: BTreeMap<Digest, OciReference>,
+    ) -> Result<Outcome, DeployError> {
+        check_model_name(name).map_err(DeployError::Invalid)?;
+        self.change(&format!("model {name}"), |desired| {
+            desired.sources.extend(sources);
+            match (desired.models.get_mut(name), spec) {
+                (Some(current), Some(spec)) if *current == spec => Ok(Outcome::Unchanged),
+                (Some(current), Some(spec)) => {
+                    *current = spec;
+                    Ok(Outcome::Replaced)
+                }
+                (Some(_), None) => Ok(Outcome::Unchanged),
+                (None, Some(spec)) => {
+                    desired.models.insert(name.to_string(), spec);
+                    Ok(Outcome::Created)
+                }
+                (None, None) => Err(DeployError::NotFound(format!(
+                    "model {name:?} is not in the repository: send its file (and config) to load it"
+                ))),
             }
-            (Some(_), None) => Ok(Outcome::Unchanged),
-            (None, Some(spec)) => {
-                desired.models.insert(name.to_string(), spec);
-                Ok(Outcome::Created)
-            }
-            (None, None) => Err(DeployError::NotFound(format!(
-                "model {name:?} is not in the repository: send its file (and config) to load it"
-            ))),
         })
         .await
     }
@@ -519,16 +542,9 @@ impl Node {
         let saved = control.desired.lock().unwrap().clone();
         let mut next = base.unwrap_or_else(|| saved.clone());
         let outcome = edit(&mut next)?;
-        // Each artifact pulled from a registry keeps where it came from.
+        // Where the artifacts still named were pulled from.
         let artifacts = next.artifacts();
-        let pulled = control.pulled.lock().unwrap().clone();
-        next.sources = artifacts
-            .iter()
-            .filter_map(|digest| {
-                let source = pulled.get(digest).or_else(|| saved.sources.get(digest))?;
-                Some((digest.clone(), source.clone()))
-            })
-            .collect();
+        next.sources.retain(|digest, _| artifacts.contains(digest));
         let serving = self.runtime();
         if next == saved && serving.is_some() {
             return Ok(Outcome::Unchanged);
@@ -576,6 +592,25 @@ fn crash_point(after_start_up: bool, step: &str) {
 struct FileEntries {
     models: BTreeMap<String, ModelSpec>,
     routes: BTreeMap<String, RouteSpec>,
+    /// Where the files pulled from registries came from.
+    sources: BTreeMap<Digest, OciReference>,
+}
+
+/// An artifact brought into the state folder.
+pub struct Fetched {
+    pub digest: Digest,
+    /// The reference it was pulled from, pinned by digest (none for a file or an upload).
+    pub pinned: Option<OciReference>,
+}
+
+impl Fetched {
+    /// The digest, noting in `sources` where it was pulled from.
+    fn keep_source(self, sources: &mut BTreeMap<Digest, OciReference>) -> Digest {
+        if let Some(pinned) = self.pinned {
+            sources.insert(self.digest.clone(), pinned);
+        }
+        self.digest
+    }
 }
 
 /// Applies the config file to `desired`: each route and model whose entry in the file
@@ -598,7 +633,9 @@ fn apply_config(desired: &mut DesiredState, file: &FileEntries) -> Outcome {
             None => drop(desired.routes.insert(name, RouteRecord { current: spec, previous: None })),
         }
     }
-    if *desired == before { Outcome::Unchanged } else { Outcome::Replaced }
+    let outcome = if *desired == before { Outcome::Unchanged } else { Outcome::Replaced };
+    desired.sources.extend(file.sources.clone());
+    outcome
 }
 
 /// Compares the file's entries with what the file said when it was last applied
@@ -711,6 +748,7 @@ mod tests {
                     (r.name(), RouteSpec { name: None, ..r.clone().with_component(import(&r.component)) })
                 })
                 .collect(),
+            sources: BTreeMap::new(),
         }
     }
 

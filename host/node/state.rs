@@ -261,9 +261,10 @@ impl StateDir {
         self.store(&bytes)
     }
 
-    /// Whether the artifact is there (not checked).
-    pub fn has(&self, digest: &Digest) -> bool {
-        self.artifact_path(digest).is_file()
+    /// Whether the artifact is there (not checked); if it is, it counts as new again, so it
+    /// is not collected before the change about to name it is saved.
+    pub fn claim(&self, digest: &Digest) -> bool {
+        touch(&self.artifact_path(digest)).is_ok()
     }
 
     /// The artifact's bytes, checked against its digest.
@@ -367,6 +368,18 @@ impl Upload<'_> {
         fs::rename(&self.partial, &path).map_err(io_error("renaming into", &path))?;
         sync_parent(&path)?;
         Ok(digest)
+    }
+}
+
+/// An upload as a writer, for a registry's stream.
+impl Write for Upload<'_> {
+    fn write(&mut self, piece: &[u8]) -> io::Result<usize> {
+        Upload::write(self, piece).map_err(io::Error::other)?;
+        Ok(piece.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
