@@ -164,6 +164,8 @@ async fn roll_out(args: DeployArgs) -> anyhow::Result<Report> {
         let parallel = Arc::new(tokio::sync::Semaphore::new(args.parallel.max(1)));
         let mut rest = tokio::task::JoinSet::new();
         for (i, node) in nodes.iter().enumerate().skip(1) {
+            // Until its task answers, a node may have changed.
+            steps[i] = Some(Step::Unknown);
             let (rollout, node, parallel) = (rollout.clone(), node.clone(), parallel.clone());
             rest.spawn(async move {
                 let _turn = parallel.acquire().await;
@@ -185,12 +187,24 @@ async fn roll_out(args: DeployArgs) -> anyhow::Result<Report> {
     }
     let mut not_rolled_back = 0;
     if !ok {
+        // Nodes never tried (after a failed canary) are left alone.
+        let parallel = Arc::new(tokio::sync::Semaphore::new(args.parallel.max(1)));
+        let mut restores = tokio::task::JoinSet::new();
         for (i, node) in nodes.iter().enumerate() {
-            // A node whose task was lost counts as one that may have changed.
-            if !steps[i].as_ref().is_none_or(Step::may_have_changed) {
-                continue;
+            if steps[i].as_ref().is_some_and(Step::may_have_changed) {
+                let (rollout, node, parallel) = (rollout.clone(), node.clone(), parallel.clone());
+                restores.spawn(async move {
+                    let _turn = parallel.acquire().await;
+                    (i, rollout.restore(&node).await)
+                });
             }
-            let failures = rollout.restore(node).await;
+        }
+        while let Some(done) = restores.join_next().await {
+            let Ok((i, failures)) = done else {
+                // A restore task that panicked: its node is not known to be put back.
+                not_rolled_back += 1;
+                continue;
+            };
             if failures.is_empty() {
                 reports[i].rolled_back = true;
             } else {
@@ -406,6 +420,12 @@ impl Rollout {
             Ok((status, answer)) if status.is_success() => {
                 Ok(answer["outcome"].as_str().unwrap_or("changed").to_string())
             }
+            // A server error without the node's JSON reason may come from a proxy in front of
+            // a node that made the change.
+            Ok((status, answer)) if status.is_server_error() && answer["error"].is_null() => {
+                let error = refusal(status, &answer).context("deploying; the node may have made the change");
+                Err((Step::Unknown, error))
+            }
             // The node answered why: a refused change changes nothing.
             Ok((status, answer)) => Err((Step::Refused, refusal(status, &answer).context("deploying"))),
             Err(e) => Err((Step::Unknown, e.context("deploying; the node may have made the change"))),
@@ -464,7 +484,8 @@ impl Rollout {
                 );
             }
             None => {
-                step(route.clone(), self.call(self.admin(Method::DELETE, &node.admin, &route)).await);
+                // The models first: the roll-out released their files, and a change (the
+                // route's deletion) collects released files older than an hour.
                 for (model, before) in &node.models_before {
                     let path = format!("/admin/models/{model}");
                     step(
@@ -472,6 +493,7 @@ impl Rollout {
                         self.call(self.admin(Method::PUT, &node.admin, &path).json(before)).await,
                     );
                 }
+                step(route.clone(), self.call(self.admin(Method::DELETE, &node.admin, &route)).await);
             }
         }
         for model in self.models.keys().filter(|model| !node.models_before.contains_key(*model)) {

@@ -190,7 +190,11 @@ async fn put_route(node: &Node, name: &str, body: &[u8]) -> Response<Body> {
         Ok(route) => route,
         Err(e) => return bad(format!("field `{}`: {}", e.path().clone(), e.into_inner())),
     };
-    if !route.read_only_dirs.is_empty() {
+    // Folders on the node are its config file's business: a deploy may only restate those
+    // the route has (as a roll-back does).
+    if !route.read_only_dirs.is_empty()
+        && !node.control().read_only_dirs_of(name).contains(&route.read_only_dirs)
+    {
         return bad("`read_only_dirs` name folders on the node: set them in the node's config file".into());
     }
     let files = std::iter::once(&route.component).chain(models.values().map(|model| &model.file));

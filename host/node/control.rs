@@ -136,6 +136,16 @@ impl ControlPlane {
         }
     }
 
+    /// The `read_only_dirs` of the route `name`'s current and previous versions: the folders
+    /// the node's config gave it, which the admin API may restate but not change.
+    pub fn read_only_dirs_of(&self, name: &str) -> Vec<BTreeMap<String, PathBuf>> {
+        let desired = self.desired.lock().unwrap();
+        let record = desired.routes.get(name);
+        let versions =
+            record.into_iter().flat_map(|record| [Some(&record.current), record.previous.as_ref()]);
+        versions.flatten().map(|version| version.read_only_dirs.clone()).collect()
+    }
+
     /// The main listener's scheme and port.
     pub fn public_listener(&self) -> (&'static str, u16) {
         self.settings.public_listener
@@ -443,6 +453,7 @@ impl Node {
     /// Loads the model `name` with `settings` (replacing the version serving), its file
     /// fetched first.
     pub async fn put_model(&self, name: &str, settings: ModelConfig) -> Result<Outcome, DeployError> {
+        check_model_name(name).map_err(DeployError::Invalid)?;
         let mut sources = BTreeMap::new();
         let file = self.fetch(&settings.file, ArtifactKind::Model).await?.keep_source(&mut sources);
         self.set_model(name, Some(settings.with_file(file)), sources).await

@@ -16,7 +16,7 @@ use http_body_util::Full;
 use prometheus::Histogram;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
-use tracing::debug;
+use tracing::{debug, warn};
 use wasmtime::component::{Component, ResourceTableError};
 use wasmtime::error::Context as _;
 use wasmtime::{Engine, Store};
@@ -137,13 +137,22 @@ impl GuestComponent {
             route: spec.route_path.into(),
             instantiation: metrics.instantiation.clone(),
         };
-        let probe = RequestContext::new(Instant::now() + Duration::from_secs(10), Default::default());
-        let mut store = guest.new_store(probe)?;
-        guest
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .with_context(|| format!("instantiating the component {file}"))?;
+        // The first instance also makes the memory images every later one maps.
+        let mut attempt = 1;
+        loop {
+            let probe = RequestContext::new(Instant::now() + Duration::from_secs(10), Default::default());
+            let mut store = guest.new_store(probe)?;
+            match guest.pre.instantiate_async(&mut store).await {
+                Ok(_) => break,
+                Err(error) if attempt < IMAGE_ATTEMPTS && kernel_busy(&error) => {
+                    warn!(component = %file, attempt, "the kernel was busy sealing a memory image: {error:#}; trying again");
+                    attempt += 1;
+                }
+                Err(error) => {
+                    return Err(error.context(format!("instantiating the component {file}")).into());
+                }
+            }
+        }
         debug!(component = %file, compile_ms = compiled.as_millis() as u64, "component ready");
         Ok(guest)
     }
@@ -259,5 +268,33 @@ impl Drop for AbortOnDrop {
         if let Some(task) = self.0.take() {
             task.abort();
         }
+    }
+}
+
+/// Attempts at a component's first instance while the kernel answers EBUSY.
+const IMAGE_ATTEMPTS: usize = 3;
+
+/// Whether `error` is the kernel's EBUSY, which Linux answers for a moment when wasmtime seals
+/// the memfd of a memory image whose pages are still pinned (seen under memory pressure);
+/// a new attempt makes a new memfd.
+fn kernel_busy(error: &wasmtime::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ResourceBusy)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_kernels_ebusy_is_tried_again() {
+        let busy = std::io::Error::from_raw_os_error(16);
+        let sealing = wasmtime::Error::from(busy).context("cannot add seals to the memfd");
+        assert!(kernel_busy(&sealing.context("instantiating")));
+        let trap = wasmtime::Error::msg("wasm trap: unreachable");
+        assert!(!kernel_busy(&trap));
+        let denied = wasmtime::Error::from(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(!kernel_busy(&denied));
     }
 }
