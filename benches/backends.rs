@@ -14,9 +14,10 @@ use edge_infer::inference::backend::{Backend, BackendKind, load_file};
 use edge_infer::inference::tensor::{Dim, ElementType, Tensor};
 
 /// The models measured (MiniLM needs `models/minilm/fetch.py` first).
-const MODELS: [(&str, &str); 5] = [
+const MODELS: [(&str, &str); 6] = [
     ("digits", "models/digits/digits.onnx"),
     ("minilm", "models/minilm/model.onnx"),
+    ("minilm-float", "models/minilm/model-float.onnx"),
     ("vad", "models/vad/silero_vad_16k.onnx"),
     ("slow", "tests/models/slow.onnx"),
     ("conv", "benches/models/conv.onnx"),

@@ -50,7 +50,7 @@ fn server_config(batching: &str) -> String {
     format!(
         "[models.minilm]\nfile = \"{}\"\nbackend = \"{backend}\"\nbatching = \"{batching}\"\n{extra}\n\n\
          [[routes]]\npath = \"/embed\"\ncomponent = \"{}\"\nmodels = [\"minilm\"]\nmax_concurrency = 256\n",
-        repo_file("models/minilm/model.onnx").display(),
+        repo_file("models/minilm/model-float.onnx").display(),
         guest("embed").display()
     )
 }

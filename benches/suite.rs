@@ -158,7 +158,8 @@ fn model_inputs() -> [InProcessModel; 2] {
         vec![1, 64],
         pixels.iter().flat_map(|p| p.to_le_bytes()).collect::<Vec<u8>>(),
     );
-    let minilm = load_file("minilm", BackendKind::Tract, &repo_file("models/minilm/model.onnx")).unwrap();
+    let minilm =
+        load_file("minilm", BackendKind::Tract, &repo_file("models/minilm/model-float.onnx")).unwrap();
     let ints = |values: Vec<i64>| {
         Tensor::new(
             ElementType::I64,
@@ -184,7 +185,7 @@ fn ort_config() -> String {
     };
     [
         model("digits", "models/digits/digits.onnx"),
-        model("minilm", "models/minilm/model.onnx"),
+        model("minilm", "models/minilm/model-float.onnx"),
         route("/digits", "digits", "digits"),
         route("/embed", "embed", "minilm"),
     ]

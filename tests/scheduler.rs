@@ -14,8 +14,9 @@ use common::{
 };
 use serde_json::{Value, json};
 
-/// Rows that keep the slow model's executor busy for roughly a second.
-const BUSY_ROWS: u32 = 10_000;
+/// Rows that keep the slow model's executor busy for roughly a second, with tract's matrix
+/// products across both cores.
+const BUSY_ROWS: u32 = 20_000;
 
 fn config(slow_model_extra: &str, digits_extra: &str, test_route_extra: &str) -> String {
     format!(

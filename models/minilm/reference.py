@@ -37,7 +37,7 @@ def main():
     tokenizer = Tokenizer.from_file(str(HERE / "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.enable_truncation(MAX_TOKENS)
-    session = ort.InferenceSession(str(HERE / "model.onnx"))
+    session = ort.InferenceSession(str(HERE / "model-float.onnx"))
     embeddings = []
     for text in TEXTS:
         ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
