@@ -9,9 +9,8 @@
 //! | component | `application/vnd.wasm.config.v0+json` | `application/wasm` |
 //! | model | `application/vnd.edge-infer.model.config.v1+json` | `application/vnd.edge-infer.model.onnx.v1` |
 //!
-//! A component is the CNCF Wasm OCI artifact, as `wkg oci push` writes it, so either tool
-//! reads what the other pushed. A model's manifest also carries the artifact type
-//! `application/vnd.edge-infer.model.v1`.
+//! A component follows the CNCF Wasm OCI artifact layout, the one `wkg oci push` writes. A
+//! model's manifest also carries the artifact type `application/vnd.edge-infer.model.v1`.
 //!
 //! A pull checks the manifest's digest when the reference names one, the layer's digest
 //! always (oci-client verifies both while reading), the layer's kind and size before
