@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use crate::inference::backend::Session;
+use crate::inference::backend::{Backend, Session};
 use crate::inference::tensor::{Dim, ElementType, Signature, Tensor, TensorSpec};
 
 /// Time spent measuring one input shape at start-up, at most (after a warm-up run, three
@@ -102,6 +102,22 @@ pub fn measure(
 
 fn lengths_measured(signature: &Signature) -> String {
     if signature.pads() { format!("{SEQUENCE_LENGTHS:?}") } else { "-".to_string() }
+}
+
+/// How `backend` does on one request alone: the median seconds of a run of one item
+/// (sequences of the shortest length measured), and its outputs, on synthesized inputs.
+pub fn alone(backend: &dyn Backend) -> Result<(f64, Vec<Tensor>), String> {
+    let signature = backend.signature();
+    let length = signature.pads().then_some(SEQUENCE_LENGTHS[0]);
+    let inputs =
+        synthesize(signature, 1, length).ok_or_else(|| "inputs cannot be synthesized".to_string())?;
+    let mut session = backend.new_session().map_err(|e| format!("{e:#}"))?;
+    let outputs = match catch_unwind(AssertUnwindSafe(|| session.run(inputs.clone()))) {
+        Ok(Ok(outputs)) => outputs,
+        Ok(Err(e)) => return Err(format!("the model fails on synthesized inputs: {e:#}")),
+        Err(_) => return Err("the model panics on synthesized inputs".to_string()),
+    };
+    Ok((time_per_item(session.as_mut(), &inputs, 1)?, outputs))
 }
 
 /// Valid inputs for `batch` items `length` long: see the module's doc.
