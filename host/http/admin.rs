@@ -182,13 +182,13 @@ async fn put_route(node: &Node, name: &str, body: &[u8]) -> Response<Body> {
     }
     let models = settings.as_object_mut().and_then(|s| s.remove("model_settings")).unwrap_or(json!({}));
     let models: std::collections::BTreeMap<String, ModelConfig> =
-        match serde_path_to_error::deserialize(models) {
+        match settings_from(models, "model_settings.") {
             Ok(models) => models,
-            Err(e) => return bad(format!("field `model_settings.{}`: {}", e.path().clone(), e.into_inner())),
+            Err(message) => return bad(message),
         };
-    let route: RouteConfig = match serde_path_to_error::deserialize(settings) {
+    let route: RouteConfig = match settings_from(settings, "") {
         Ok(route) => route,
-        Err(e) => return bad(format!("field `{}`: {}", e.path().clone(), e.into_inner())),
+        Err(message) => return bad(message),
     };
     // Folders on the node are its config file's business: a deploy may only restate those
     // the route has (as a roll-back does).
@@ -206,20 +206,23 @@ async fn put_route(node: &Node, name: &str, body: &[u8]) -> Response<Body> {
 
 /// Loads or replaces a model from its JSON settings, `file` by digest or `oci://`.
 async fn put_model(node: &Node, name: &str, body: &[u8]) -> Response<Body> {
-    let settings: ModelConfig = match serde_json::from_slice::<Value>(body) {
-        Ok(settings) => match serde_path_to_error::deserialize(settings) {
-            Ok(settings) => settings,
-            Err(e) => {
-                let message = format!("field `{}`: {}", e.path().clone(), e.into_inner());
-                return response::error(StatusCode::BAD_REQUEST, message);
-            }
-        },
-        Err(e) => return response::error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+    let parsed = serde_json::from_slice::<Value>(body)
+        .map_err(|e| format!("malformed JSON: {e}"))
+        .and_then(|settings| settings_from::<ModelConfig>(settings, ""));
+    let settings = match parsed {
+        Ok(settings) => settings,
+        Err(message) => return response::error(StatusCode::BAD_REQUEST, message),
     };
     if let Some(refusal) = refuse_node_paths([&settings.file]) {
         return refusal;
     }
     answer("model", name, node.put_model(name, settings).await)
+}
+
+/// Settings read from JSON; a mistake names the field (under `prefix`).
+fn settings_from<T: serde::de::DeserializeOwned>(settings: Value, prefix: &str) -> Result<T, String> {
+    serde_path_to_error::deserialize(settings)
+        .map_err(|e| format!("field `{prefix}{}`: {}", e.path().clone(), e.into_inner()))
 }
 
 /// The 400 for a file given as a path on the node: over the network, files arrive by upload
