@@ -2,8 +2,16 @@
 //! instead, measured side by side in one run, with ratios.
 //!
 //! Run: `cargo bench --bench suite` (EDGE_INFER_BENCH_SECONDS: seconds per cell, default 3).
-//! 1. Runtime overhead: `/hello` against a native hyper handler answering the same JSON.
-//! 2. Model path: `/digits` and `/embed` over HTTP (guest + `wasi:nn` + tract) against the
+//! The bundled server's models run where `backend = "auto"` puts them (printed first): with
+//! ONNX Runtime fetched (models/minilm/fetch.py does), the faster of it and tract per model.
+//! 1. Runtime overhead: `/hello` at 1 and 64 clients against `wasmtime serve` 48.0.8 running
+//!    the same component (also a fresh instance per request) and a native hyper handler
+//!    answering the same JSON; each cell measured three times in turn, medians reported.
+//!    `wasmtime` comes from EDGE_INFER_WASMTIME, else it is built once with `cargo install`
+//!    into ~/.cache/edge-infer-peers (minutes; never in CI).
+//!    With EDGE_INFER_BASELINE_BIN naming another build of edge-infer, `/hello` and `/digits`
+//!    are also measured on it, in the same run: before and after a change.
+//! 2. Model path: `/digits` and `/embed` over HTTP (guest + `wasi:nn` + backend) against the
 //!    same model called in-process with tract, at 1 and 2 callers.
 //! 3. Against a Python server (FastAPI + uvicorn + onnxruntime, benches/python/server.py)
 //!    serving the same models with the same request shapes, same client, same concurrency.
@@ -14,6 +22,7 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,6 +90,93 @@ fn native_hello(tokio: &tokio::runtime::Runtime) -> SocketAddr {
         }
     });
     address
+}
+
+/// The `wasmtime` CLI version `/hello` is compared with.
+const WASMTIME_VERSION: &str = "48.0.8";
+
+/// The `wasmtime` CLI: EDGE_INFER_WASMTIME, else the one in ~/.cache/edge-infer-peers, built
+/// there with `cargo install` the first time.
+fn wasmtime_cli() -> PathBuf {
+    if let Some(path) = std::env::var_os("EDGE_INFER_WASMTIME") {
+        return path.into();
+    }
+    let root = Path::new(&std::env::var("HOME").unwrap()).join(".cache/edge-infer-peers");
+    let binary = root.join("bin/wasmtime");
+    let installed = Command::new(&binary).arg("--version").output().is_ok_and(|out| {
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(WASMTIME_VERSION)
+    });
+    if !installed {
+        println!("building wasmtime-cli {WASMTIME_VERSION} into {} (once; minutes)", root.display());
+        let built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["install", "wasmtime-cli", "--locked", "--version", WASMTIME_VERSION, "--root"])
+            .arg(&root)
+            .arg("--target-dir")
+            .arg(root.join("target"))
+            .status()
+            .unwrap();
+        assert!(built.success(), "cargo install wasmtime-cli failed");
+    }
+    binary
+}
+
+/// `wasmtime serve` on a free port, serving the hello guest; killed when dropped.
+struct WasmtimeServe(Child, String);
+
+impl WasmtimeServe {
+    fn start(binary: &Path) -> WasmtimeServe {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(binary)
+            .args(["serve", "-S", "cli", "--addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(common::guest("hello"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "wasmtime serve did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        WasmtimeServe(child, format!("http://127.0.0.1:{port}/hello"))
+    }
+}
+
+impl Drop for WasmtimeServe {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Measures each load three times, in turn (so a slow spell of the machine touches all of
+/// them alike), and returns each one's median run by throughput.
+fn in_turn(tokio: &tokio::runtime::Runtime, loads: &[Load]) -> Vec<Report> {
+    let mut runs: Vec<Vec<Report>> = loads.iter().map(|_| Vec::new()).collect();
+    for _ in 0..3 {
+        for (load, reports) in loads.iter().zip(&mut runs) {
+            reports.push(measure(tokio, load));
+        }
+    }
+    runs.into_iter()
+        .map(|mut reports| {
+            reports.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
+            reports.swap_remove(1)
+        })
+        .collect()
+}
+
+/// One line of a side-by-side table: each report's req/s and p50, then `ours` over each other.
+fn side_by_side(name: &str, ours: &Report, others: &[&Report]) {
+    let mut line = format!("{name:<22} {:>8.0} {:>7.3}", ours.throughput(), ours.latency_ms(0.5));
+    for other in others {
+        line += &format!(" {:>10.0} {:>7.3}", other.throughput(), other.latency_ms(0.5));
+    }
+    for other in others {
+        line += &format!(" {:>8.2}x", ours.throughput() / other.throughput());
+    }
+    println!("{line}");
 }
 
 /// The Python server, on a free port; killed when dropped.
@@ -259,18 +355,50 @@ fn main() {
     assert!(fetched.success(), "models/minilm/fetch.py failed");
     let server = Server::start_bundled();
     println!("edge-infer benchmark suite: {:?} per cell, 2 cores shared by clients and servers", seconds());
+    let text = tokio.block_on(scrape(&server));
+    let chosen: Vec<&str> =
+        text.lines().filter(|line| line.starts_with("edge_infer_model_backend_info{")).collect();
+    println!("backends chosen by `auto` for the bundled models: {chosen:?}");
 
-    println!("\n1. Runtime overhead: /hello, 64 clients");
+    println!("\n1. Runtime overhead: /hello, the same component under edge-infer and `wasmtime serve`");
+    println!("   {WASMTIME_VERSION} (a fresh instance per request in both), and a native hyper handler");
     println!(
-        "{:<30} {:>9} {:>8} {:>11} {:>8} {:>9} {:>9}",
-        "", "req/s", "p99 ms", "limit req/s", "p99 ms", "ratio", "p99 ratio"
+        "{:<22} {:>8} {:>7} {:>10} {:>7} {:>10} {:>7} {:>9} {:>9}",
+        "", "req/s", "p50 ms", "wasmtime", "p50 ms", "native", "p50 ms", "/wasmtime", "/native"
     );
     let native = native_hello(&tokio);
-    let ours = measure(&tokio, &load(server.url("/hello"), "", 64));
-    let limit = measure(&tokio, &load(format!("http://{native}/hello"), "", 64));
-    row("edge-infer vs native hyper", &ours, &limit);
+    let wasmtime = WasmtimeServe::start(&wasmtime_cli());
+    for clients in [1, 64] {
+        let loads = [
+            load(server.url("/hello"), "", clients),
+            load(wasmtime.1.clone(), "", clients),
+            load(format!("http://{native}/hello"), "", clients),
+        ];
+        let [ours, peer, limit] = <[Report; 3]>::try_from(in_turn(&tokio, &loads)).ok().unwrap();
+        side_by_side(&format!("/hello, {clients} clients"), &ours, &[&peer, &limit]);
+    }
+    drop(wasmtime);
 
-    println!("\n2. Model path: over HTTP through a guest vs the model in-process (tract), req/s");
+    if let Some(baseline) = std::env::var_os("EDGE_INFER_BASELINE_BIN") {
+        let baseline = PathBuf::from(baseline);
+        println!("\n1b. This build against {} (EDGE_INFER_BASELINE_BIN), same run", baseline.display());
+        println!(
+            "{:<22} {:>8} {:>7} {:>10} {:>7} {:>9}",
+            "", "req/s", "p50 ms", "baseline", "p50 ms", "ratio"
+        );
+        let before = Server::start_bundled_from(&baseline);
+        for (route, body, clients) in
+            [("/hello", "", 1), ("/hello", "", 64), ("/digits", DIGITS_BODY, 1), ("/digits", DIGITS_BODY, 16)]
+        {
+            let loads = [load(server.url(route), body, clients), load(before.url(route), body, clients)];
+            let [after, before] = <[Report; 2]>::try_from(in_turn(&tokio, &loads)).ok().unwrap();
+            side_by_side(&format!("{route}, {clients} clients"), &after, &[&before]);
+        }
+    }
+
+    println!(
+        "\n2. Model path: over HTTP through a guest (backend as chosen above) vs the model in-process (tract), req/s"
+    );
     println!("{:<8} {:>8} {:>10} {:>12} {:>8}", "route", "callers", "edge-infer", "in-process", "ratio");
     for (name, backend, inputs) in model_inputs() {
         let body = if name == "digits" { DIGITS_BODY } else { EMBED_BODY };
@@ -295,7 +423,7 @@ fn main() {
         for clients in [1, 2, 16] {
             let theirs = measure(&tokio, &load(format!("{}{route}", python.1), body, clients));
             let ours = measure(&tokio, &load(server.url(route), body, clients));
-            row(&format!("{route}, {clients} clients, tract"), &ours, &theirs);
+            row(&format!("{route}, {clients} clients, auto"), &ours, &theirs);
             let ours = measure(&tokio, &load(on_ort.url(route), body, clients));
             row(&format!("{route}, {clients} clients, ort"), &ours, &theirs);
         }

@@ -78,6 +78,7 @@ enum LogFormat {
 /// Runs the command line and returns the process's exit status.
 pub fn main() -> ExitCode {
     let started = Instant::now();
+    keep_backtraces_for_panics();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let outcome = match cli.command {
@@ -94,6 +95,17 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Unless `RUST_LIB_BACKTRACE` says otherwise, errors capture no Rust backtrace, while
+/// `RUST_BACKTRACE` still gives panics theirs. Some errors are made on every request (a guest
+/// stream reaching its end, an instance being torn down), and capturing a backtrace for each
+/// was 7% of the server's CPU time in a profile of `/hello` with `RUST_BACKTRACE=1`.
+fn keep_backtraces_for_panics() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: the process has one thread so far; nothing reads the environment meanwhile.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
 }
 

@@ -35,6 +35,9 @@ const MIN_HEADER_BYTES: usize = 8192;
 /// Linear memory for the bundled Python and JavaScript guests, whose interpreters need more.
 const INTERPRETER_MEMORY_MIB: u64 = 256;
 
+/// Where `models/onnxruntime/fetch.py` puts the ONNX Runtime library, under `models/`.
+const ONNXRUNTIME_LIBRARY: &str = "onnxruntime/libonnxruntime.so.1.31.1";
+
 /// The host's liveness path (also `/v2/health/live`).
 pub const HEALTH_PATH: &str = "/healthz";
 /// The host's Prometheus metrics.
@@ -103,6 +106,9 @@ pub struct ServerConfig {
     pub registry_credentials: Option<PathBuf>,
     /// Registries (`HOST:PORT`) spoken to in plain HTTP; those on loopback always are.
     pub insecure_registries: Vec<String>,
+    /// The ONNX Runtime library (`libonnxruntime.so`) to load when `ORT_DYLIB_PATH` is not
+    /// set; without either, `libonnxruntime.so` on the library path.
+    pub onnxruntime_library: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -124,6 +130,7 @@ impl Default for ServerConfig {
             max_artifact_bytes: 2 << 30,
             registry_credentials: None,
             insecure_registries: Vec::new(),
+            onnxruntime_library: None,
         }
     }
 }
@@ -353,7 +360,10 @@ impl Config {
         for model in config.models.values_mut() {
             in_base(&mut model.file);
         }
-        for file in [&mut config.server.tls_cert, &mut config.server.tls_key].into_iter().flatten() {
+        let server = &mut config.server;
+        for file in
+            [&mut server.tls_cert, &mut server.tls_key, &mut server.onnxruntime_library].into_iter().flatten()
+        {
             *file = base.join(&*file);
         }
         for route in &mut config.routes {
@@ -450,7 +460,14 @@ impl Config {
                     .into(),
             );
         }
-        (Config { server: ServerConfig::default(), models: bundled_models, routes }, left_out)
+        // ONNX Runtime, when models/onnxruntime/fetch.py has fetched it: `backend = "auto"`
+        // then runs each model on whichever of it and tract is faster.
+        let onnxruntime = models.join(ONNXRUNTIME_LIBRARY);
+        let server = ServerConfig {
+            onnxruntime_library: onnxruntime.is_file().then_some(onnxruntime),
+            ..ServerConfig::default()
+        };
+        (Config { server, models: bundled_models, routes }, left_out)
     }
 
     /// Checks what the types alone cannot: unique paths and names, known models, sane limits.
@@ -793,6 +810,7 @@ mod tests {
         let (config, left_out) = Config::bundled_from(empty.path(), empty.path());
         let paths: Vec<&str> = config.routes.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(paths, ["/digits", "/hello", "/vad"]);
+        assert_eq!(config.server.onnxruntime_library, None);
         assert_eq!(left_out.len(), 3, "{left_out:?}");
         assert!(left_out[0].contains("/digits-py") && left_out[0].contains("guest/build-py-js.sh"));
         assert!(left_out[2].contains("/embed") && left_out[2].contains("models/minilm/fetch.py"));
@@ -800,7 +818,10 @@ mod tests {
         std::fs::create_dir_all(empty.path().join("minilm")).unwrap();
         std::fs::write(empty.path().join("minilm/model-float.onnx"), b"").unwrap();
         std::fs::write(empty.path().join("digits-js.wasm"), b"").unwrap();
+        std::fs::create_dir_all(empty.path().join("onnxruntime")).unwrap();
+        std::fs::write(empty.path().join(ONNXRUNTIME_LIBRARY), b"").unwrap();
         let (config, left_out) = Config::bundled_from(empty.path(), empty.path());
+        assert_eq!(config.server.onnxruntime_library, Some(empty.path().join(ONNXRUNTIME_LIBRARY)));
         assert!(config.routes.iter().any(|r| r.path == "/embed") && config.models.contains_key("minilm"));
         assert!(config.routes.iter().any(|r| r.path == "/digits-js"));
         assert_eq!(left_out.len(), 1, "only /digits-py is left: {left_out:?}");

@@ -28,8 +28,9 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use anyhow::Context;
 use serde::Serialize;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use crate::inference::backend;
 use crate::node::config::{Config, ModelConfig, RouteConfig, Source, check_model_name, check_route_name};
 use crate::node::models::Models;
 use crate::node::state::{DesiredState, Digest, ModelSpec, RouteRecord, RouteSpec, StateDir, StateError};
@@ -283,6 +284,12 @@ impl Node {
     /// If the file cannot be applied to a saved state, the saved state is served as it is
     /// (and the error logged): a node that has served once never starts with nothing.
     pub async fn start(&self, config: &Config) -> anyhow::Result<()> {
+        if let Some(library) = &config.server.onnxruntime_library {
+            if !library.is_file() {
+                warn!(library = %library.display(), "server.onnxruntime_library is not a file: models will not run on ONNX Runtime unless ORT_DYLIB_PATH names it");
+            }
+            backend::use_onnxruntime_library(library);
+        }
         let saved = self.control.state.load()?;
         let first_start = saved == DesiredState::default();
         // What the folder holds is what fetching finds already pulled.

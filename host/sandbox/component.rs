@@ -17,13 +17,14 @@ use prometheus::Histogram;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
-use wasmtime::component::{Component, ResourceTableError};
+use wasmtime::component::{Component, Resource, ResourceTableError};
 use wasmtime::error::Context as _;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 use crate::inference::scheduler::ComputeError;
 use crate::request::RequestContext;
@@ -181,31 +182,22 @@ impl GuestComponent {
         let (pre, instantiation) = (self.pre.clone(), self.instantiation.clone());
         // How the guest's work ended, for the body: it ends cleanly only after a clean end.
         let (ended_sender, ended) = oneshot::channel::<GuestEnd>();
-        let work = tokio::time::timeout_at(deadline, async move {
+        let task = tokio::spawn(async move {
             // However the task ends (an answer, a trap, the deadline, an abort), the instance
             // is freed before the route's slot is released.
             let mut instance = Instance { store, _permit: permit };
-            let store = &mut instance.store;
-            let instantiating = Instant::now();
-            let proxy = pre.instantiate_async(&mut *store).await.map_err(GuestFailure::NoInstance)?;
-            instantiation.observe(instantiating.elapsed().as_secs_f64());
-            proxy.wasi_http_incoming_handler().call_handle(&mut *store, request, outparam).await.map_err(
-                |e| match e.downcast::<ComputeError>() {
-                    Ok(overloaded @ ComputeError::Overloaded { .. }) => {
-                        GuestFailure::ModelOverloaded(overloaded)
-                    }
-                    Ok(other) => GuestFailure::Trapped(other.into()),
-                    Err(trap) => GuestFailure::Trapped(trap),
-                },
-            )
-        });
-        let task = tokio::spawn(async move {
-            let outcome = work.await;
+            let run = run_guest(&mut instance.store, &pre, &instantiation, request, outparam);
+            let outcome = tokio::time::timeout_at(deadline, run).await;
             let _ = ended_sender.send(match &outcome {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(failure)) => Err(failure.to_string()),
                 Err(_elapsed) => Err(GuestFailure::DeadlineExceeded.to_string()),
             });
+            // Resetting the instance's memory for the next request takes a while: give the
+            // connection's task, which the outcome has just woken, the chance to finish the
+            // response first. The route's slot is freed with the instance, a moment after.
+            tokio::task::yield_now().await;
+            drop(instance);
             outcome
         });
         let abort_if_abandoned = AbortOnDrop(Some(task.abort_handle()));
@@ -243,6 +235,27 @@ impl GuestComponent {
         store.epoch_deadline_async_yield_and_update(1);
         Ok(store)
     }
+}
+
+/// Instantiates the guest in `store` and runs its handler on `request`; the answer goes
+/// to `outparam`.
+async fn run_guest(
+    store: &mut Store<GuestState>,
+    pre: &ProxyPre<GuestState>,
+    instantiation: &Histogram,
+    request: Resource<HostIncomingRequest>,
+    outparam: Resource<HostResponseOutparam>,
+) -> Result<(), GuestFailure> {
+    let instantiating = Instant::now();
+    let proxy = pre.instantiate_async(&mut *store).await.map_err(GuestFailure::NoInstance)?;
+    instantiation.observe(instantiating.elapsed().as_secs_f64());
+    proxy.wasi_http_incoming_handler().call_handle(&mut *store, request, outparam).await.map_err(|e| {
+        match e.downcast::<ComputeError>() {
+            Ok(overloaded @ ComputeError::Overloaded { .. }) => GuestFailure::ModelOverloaded(overloaded),
+            Ok(other) => GuestFailure::Trapped(other.into()),
+            Err(trap) => GuestFailure::Trapped(trap),
+        }
+    })
 }
 
 /// One request's instance and the route slot it occupies. Fields drop in order: the store

@@ -3,8 +3,9 @@
 //! Each version of a route has an engine of its own, so a version being deployed never
 //! competes for instance slots with the one it replaces, and its pool goes with it once it
 //! has drained. Instances come from a pooling allocator sized from the route's concurrency
-//! cap, so a fresh instance per request costs microseconds (slots are
-//! reused, memory is copy-on-write, and a little of each slot stays resident between uses).
+//! cap, so a fresh instance per request costs microseconds (slots are reused and memory is
+//! copy-on-write from the component's image). Components may not use the component model's
+//! async ABI (`concurrency_support` is off): guests are `wasi:http` 0.2 handlers.
 //! A background thread advances the engine's epoch every [`EPOCH_TICK`]; guests yield to
 //! tokio at each tick, which is how a guest stuck in a loop is cut off at its deadline.
 
@@ -23,8 +24,13 @@ const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 const MEMORIES_PER_COMPONENT: u32 = 4;
 const TABLES_PER_COMPONENT: u32 = 8;
 
-/// Bytes of each slot kept resident when it is reused, instead of being returned to the OS.
-const KEEP_RESIDENT_BYTES: usize = 1 << 20;
+/// Bytes of each table slot kept resident when it is reused, instead of being returned to the
+/// OS. Linear memories keep none: wasmtime can only tell which of a memory's pages are
+/// resident, not which the last request wrote, so every byte kept resident is rewritten on
+/// every reuse; giving the pages back and faulting in the few a request touches was cheaper
+/// (`/hello`, 64 clients: 222-251 µs of server CPU per request against 231-276 µs keeping
+/// 64 KiB and 294-376 µs keeping 2 MiB, benches/RESULTS.md).
+const TABLE_KEEP_RESIDENT_BYTES: usize = 1 << 20;
 
 /// What the engine must be sized for.
 #[derive(Clone, Copy, Debug)]
@@ -50,12 +56,14 @@ pub fn new_engine(limits: EngineLimits) -> anyhow::Result<Engine> {
         .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
         .total_stacks(instances)
         .max_memory_size(limits.max_memory_bytes)
-        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
-        .table_keep_resident(KEEP_RESIDENT_BYTES)
-        .async_stack_keep_resident(KEEP_RESIDENT_BYTES);
+        .linear_memory_keep_resident(0)
+        .table_keep_resident(TABLE_KEEP_RESIDENT_BYTES);
 
     let mut config = Config::new();
     config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // Guests are `wasi:http/proxy` 0.2 components, called one at a time per store: the
+    // component-model-async machinery would only add bookkeeping to every host call.
+    config.concurrency_support(false);
     if limits.compilation_cache {
         let cache = Cache::from_file(None).context("setting up wasmtime's compilation cache")?;
         config.cache(Some(cache));

@@ -93,6 +93,13 @@ impl Server {
         Self::spawn(&["--config".as_ref(), path.as_os_str()], level, env, dir, Some(state_dir))
     }
 
+    /// Starts `binary` (another build of edge-infer, for comparisons) with the bundled examples.
+    pub fn start_bundled_from(binary: &Path) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Self::spawn_binary(binary, &[], "warn", &[], dir, None)
+            .unwrap_or_else(|stderr| panic!("{} did not start:\n{stderr}", binary.display()))
+    }
+
     fn spawn(
         args: &[&std::ffi::OsStr],
         level: &str,
@@ -100,8 +107,19 @@ impl Server {
         config_dir: tempfile::TempDir,
         state_dir: Option<&Path>,
     ) -> Result<Server, String> {
+        Self::spawn_binary(&binary(), args, level, env, config_dir, state_dir)
+    }
+
+    fn spawn_binary(
+        binary: &Path,
+        args: &[&std::ffi::OsStr],
+        level: &str,
+        env: &[(&str, &std::path::Path)],
+        config_dir: tempfile::TempDir,
+        state_dir: Option<&Path>,
+    ) -> Result<Server, String> {
         let state_dir = state_dir.map_or_else(|| config_dir.path().join("state"), Path::to_path_buf);
-        let mut child = Command::new(binary())
+        let mut child = Command::new(binary)
             .arg("serve")
             .args([
                 "--listen",

@@ -168,6 +168,15 @@ pub fn load_bytes(bytes: &[u8], want_gpu: bool) -> anyhow::Result<Box<dyn Backen
     Ok(Box::new(tract::TractModel::load_bytes(bytes)?))
 }
 
+/// Where ONNX Runtime is to be loaded from when `ORT_DYLIB_PATH` is not set (the config's
+/// `server.onnxruntime_library`); to be called before the first model loads.
+pub fn use_onnxruntime_library(library: &Path) {
+    #[cfg(feature = "ort")]
+    ort::use_library(library);
+    #[cfg(not(feature = "ort"))]
+    let _ = library;
+}
+
 #[cfg(feature = "ort")]
 fn gpu(bytes: Vec<u8>) -> anyhow::Result<Box<dyn Backend>> {
     Ok(Box::new(ort::OrtModel::load(bytes, ort::Device::Cuda(0))?))

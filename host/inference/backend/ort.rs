@@ -2,12 +2,14 @@
 //! backend through its CUDA execution provider.
 //!
 //! Nothing of ONNX Runtime is linked into the binary. The shared library is opened at the
-//! first use, from `ORT_DYLIB_PATH` if set, else `libonnxruntime.so` on the library path (the
-//! `onnxruntime` PyPI wheel ships one in `onnxruntime/capi/`; the `onnxruntime-gpu` wheel one
-//! with the CUDA provider). Every failure (no library, no CUDA provider, no device) is an
+//! first use, from `ORT_DYLIB_PATH` if set, else the config's
+//! `server.onnxruntime_library` ([`use_library`]), else `libonnxruntime.so` on the library
+//! path (the `onnxruntime` PyPI wheel ships one in `onnxruntime/capi/`, which
+//! `models/onnxruntime/fetch.py` extracts; the `onnxruntime-gpu` wheel one with the CUDA
+//! provider). Every failure (no library, no CUDA provider, no device) is an
 //! error the caller can fall back on, never a crash.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, anyhow, bail};
@@ -37,14 +39,24 @@ pub struct OrtModel {
     signature: Signature,
 }
 
+/// The library the configuration names, set once before the first model loads.
+static CONFIGURED_LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// Loads ONNX Runtime from `library` unless `ORT_DYLIB_PATH` says otherwise. Only the first
+/// call counts, and only before the library is first loaded.
+pub fn use_library(library: &Path) {
+    let _ = CONFIGURED_LIBRARY.set(library.to_path_buf());
+}
+
 /// Loads the ONNX Runtime library and makes its environment, once per process; the error
 /// says why it is unusable.
 fn runtime() -> Result<&'static Environment, String> {
     static LOADED: OnceLock<Result<Environment, String>> = OnceLock::new();
     LOADED
         .get_or_init(|| {
-            let path = std::env::var_os("ORT_DYLIB_PATH")
-                .map_or_else(|| PathBuf::from("libonnxruntime.so"), PathBuf::from);
+            let path = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| {
+                CONFIGURED_LIBRARY.get().cloned().unwrap_or_else(|| PathBuf::from("libonnxruntime.so"))
+            });
             let builder = ort::init_from(&path)
                 .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
             builder.with_name("edge-infer").build().map_err(|e| format!("ONNX Runtime did not start: {e}"))
