@@ -120,33 +120,59 @@ fn wasmtime_cli() -> PathBuf {
     binary
 }
 
-/// `wasmtime serve` on a free port, serving the hello guest; killed when dropped.
-struct WasmtimeServe(Child, String);
+/// Another server to compare with, started on a free port; killed when dropped.
+struct Peer {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    base: String,
+}
 
-impl WasmtimeServe {
-    fn start(binary: &Path) -> WasmtimeServe {
+impl Peer {
+    /// Starts `command(port)` (its output discarded) and waits until it accepts connections.
+    fn start(what: &str, command: impl FnOnce(u16) -> Command) -> Peer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(binary)
-            .args(["serve", "-S", "cli", "--addr"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg(common::guest("hello"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = command(port).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "wasmtime serve did not start");
+            assert!(Instant::now() < deadline, "{what} did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        WasmtimeServe(child, format!("http://127.0.0.1:{port}/hello"))
+        Peer { child, base: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// `wasmtime serve` running the hello guest.
+    fn wasmtime_serve(binary: &Path) -> Peer {
+        Peer::start("wasmtime serve", |port| {
+            let mut command = Command::new(binary);
+            command
+                .args(["serve", "-S", "cli", "--addr"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg(common::guest("hello"));
+            command
+        })
+    }
+
+    /// The Python server (benches/python), its requirements installed first.
+    fn python() -> Peer {
+        let python = compat_python();
+        let pip = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(repo_file("benches/python/requirements.txt"))
+            .status()
+            .unwrap();
+        assert!(pip.success(), "installing benches/python/requirements.txt failed");
+        Peer::start("the Python server", |port| {
+            let mut command = Command::new(python);
+            command.arg(repo_file("benches/python/server.py")).arg(port.to_string()).arg(repo_file(""));
+            command
+        })
     }
 }
 
-impl Drop for WasmtimeServe {
+impl Drop for Peer {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -177,44 +203,6 @@ fn side_by_side(name: &str, ours: &Report, others: &[&Report]) {
         line += &format!(" {:>8.2}x", ours.throughput() / other.throughput());
     }
     println!("{line}");
-}
-
-/// The Python server, on a free port; killed when dropped.
-struct PythonServer(Child, String);
-
-impl PythonServer {
-    fn start() -> PythonServer {
-        let python = compat_python();
-        let pip = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "-r"])
-            .arg(repo_file("benches/python/requirements.txt"))
-            .status()
-            .unwrap();
-        assert!(pip.success(), "installing benches/python/requirements.txt failed");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(python)
-            .arg(repo_file("benches/python/server.py"))
-            .arg(port.to_string())
-            .arg(repo_file(""))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the Python server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        PythonServer(child, base)
-    }
-}
-
-impl Drop for PythonServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Requests per second of the model called in-process with tract by `callers` threads.
@@ -367,11 +355,11 @@ fn main() {
         "", "req/s", "p50 ms", "wasmtime", "p50 ms", "native", "p50 ms", "/wasmtime", "/native"
     );
     let native = native_hello(&tokio);
-    let wasmtime = WasmtimeServe::start(&wasmtime_cli());
+    let wasmtime = Peer::wasmtime_serve(&wasmtime_cli());
     for clients in [1, 64] {
         let loads = [
             load(server.url("/hello"), "", clients),
-            load(wasmtime.1.clone(), "", clients),
+            load(format!("{}/hello", wasmtime.base), "", clients),
             load(format!("http://{native}/hello"), "", clients),
         ];
         let [ours, peer, limit] = <[Report; 3]>::try_from(in_turn(&tokio, &loads)).ok().unwrap();
@@ -414,14 +402,14 @@ fn main() {
         "{:<30} {:>9} {:>8} {:>11} {:>8} {:>9} {:>9}",
         "", "req/s", "p99 ms", "Python req/s", "p99 ms", "ratio", "p99 ratio"
     );
-    let python = PythonServer::start();
+    let python = Peer::python();
     // edge-infer with the models on ONNX Runtime too (`backend = "ort"`): same engine as Python.
     let library = common::onnxruntime_library();
     let on_ort =
         Server::try_start_with_env(&ort_config(), "warn", "text", &[("ORT_DYLIB_PATH", &library)]).unwrap();
     for (route, body) in [("/digits", DIGITS_BODY), ("/embed", EMBED_BODY)] {
         for clients in [1, 2, 16] {
-            let theirs = measure(&tokio, &load(format!("{}{route}", python.1), body, clients));
+            let theirs = measure(&tokio, &load(format!("{}{route}", python.base), body, clients));
             let ours = measure(&tokio, &load(server.url(route), body, clients));
             row(&format!("{route}, {clients} clients, auto"), &ours, &theirs);
             let ours = measure(&tokio, &load(on_ort.url(route), body, clients));
