@@ -33,7 +33,8 @@ use tracing::{info, warn};
 
 use crate::http::oip::{self, PublishedConfig, PublishedTensor};
 use crate::http::repository;
-use crate::inference::scheduler::{ComputeError, ModelScheduler};
+use crate::inference::scheduler::ComputeError;
+use crate::inference::served::ServedModel;
 use crate::inference::tensor::{ElementType, NamedTensor, Tensor};
 use crate::node::Node;
 use crate::node::control::DeployError;
@@ -93,7 +94,7 @@ impl Service {
         self.node.runtime().ok_or_else(|| Status::unavailable("the node is still loading its models"))
     }
 
-    fn model(&self, name: &str) -> Result<Arc<ModelScheduler>, Status> {
+    fn model(&self, name: &str) -> Result<ServedModel, Status> {
         self.runtime()?.models().get(name).cloned().ok_or_else(|| no_model(name))
     }
 }
@@ -425,7 +426,7 @@ fn grpc_timeout(text: &str) -> Option<Duration> {
 
 /// Runs one infer request on `model`.
 async fn infer(
-    model: &ModelScheduler,
+    model: &ServedModel,
     request: ModelInferRequest,
     context: &RequestContext,
 ) -> Result<ModelInferResponse, Status> {
@@ -515,7 +516,7 @@ fn typed_contents(contents: &InferTensorContents, element_type: ElementType) -> 
 }
 
 /// Triton's model configuration message for `model`.
-fn model_config(model: &ModelScheduler) -> ModelConfig {
+fn model_config(model: &ServedModel) -> ModelConfig {
     let published = PublishedConfig::of(model);
     let inputs = published.inputs.iter().map(|t| ModelInput {
         name: t.name.clone(),
@@ -531,16 +532,20 @@ fn model_config(model: &ModelScheduler) -> ModelConfig {
         if published.on_gpu { model_instance_group::Kind::Gpu } else { model_instance_group::Kind::Cpu };
     ModelConfig {
         name: model.name().to_string(),
-        platform: "onnxruntime_onnx".into(),
-        backend: model.backend().to_string(),
+        platform: published.platform.into(),
+        backend: published.backend.clone(),
         max_batch_size: i32::try_from(published.max_batch_size).unwrap_or(i32::MAX),
         input: inputs.collect(),
         output: outputs.collect(),
-        instance_group: vec![ModelInstanceGroup {
-            name: model.name().to_string(),
-            count: i32::try_from(published.executors).unwrap_or(i32::MAX),
-            kind: kind as i32,
-        }],
+        // Ensembles have no instances of their own (Triton's too): their steps' models do.
+        instance_group: match model.ensemble() {
+            None => vec![ModelInstanceGroup {
+                name: model.name().to_string(),
+                count: i32::try_from(published.executors).unwrap_or(i32::MAX),
+                kind: kind as i32,
+            }],
+            Some(_) => Vec::new(),
+        },
         dynamic_batching: (published.max_batch_size > 0)
             .then_some(ModelDynamicBatching { max_queue_delay_microseconds: published.max_queue_delay_us }),
         parameters: HashMap::from([(

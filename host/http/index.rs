@@ -8,8 +8,9 @@ use http::{HeaderMap, StatusCode};
 use hyper::Response;
 use serde_json::{Value, json};
 
-use crate::http::oip::describe_model;
+use crate::http::oip::{PublishedConfig, describe_model};
 use crate::http::response::{self, Body};
+use crate::inference::served::ServedModel;
 use crate::node::Runtime;
 use crate::node::config::{HEALTH_PATH, METRICS_PATH, OIP_PREFIX};
 
@@ -48,9 +49,15 @@ fn describe(runtime: &Runtime, ready: bool) -> Value {
         .into_iter()
         .map(|model| {
             let mut described = describe_model(model);
-            described["backend"] = json!(model.backend());
-            described["max_batch_size"] = json!(model.max_batch_items());
-            described["max_padding_ratio"] = json!(model.max_padding_ratio());
+            let published = PublishedConfig::of(model);
+            described["backend"] = json!(published.backend);
+            // Items per run (a pipeline batches in its steps, not as a whole).
+            let max_batch_items = match model {
+                ServedModel::Single(model) => model.max_batch_items(),
+                ServedModel::Pipeline(_) => 0,
+            };
+            described["max_batch_size"] = json!(max_batch_items);
+            described["max_padding_ratio"] = json!(published.max_padding_ratio);
             described["metadata"] = json!(format!("{OIP_PREFIX}/models/{}", model.name()));
             described["infer"] = json!(format!("{OIP_PREFIX}/models/{}/infer", model.name()));
             described

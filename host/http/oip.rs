@@ -24,7 +24,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::http::response::{self, Body};
-use crate::inference::scheduler::{ComputeError, ModelScheduler};
+use crate::inference::scheduler::ComputeError;
+use crate::inference::served::ServedModel;
 use crate::inference::tensor::{ElementType, NamedTensor, Tensor, TensorError};
 use crate::node::config::OIP_PREFIX;
 use crate::node::models::Models;
@@ -118,7 +119,7 @@ pub fn model_metadata(models: &Models, name: &str) -> Response<Body> {
 }
 
 /// A model's metadata as the protocol gives it: name, versions, platform, inputs, outputs.
-pub fn describe_model(model: &ModelScheduler) -> Value {
+pub fn describe_model(model: &ServedModel) -> Value {
     let describe = |specs: &[crate::inference::tensor::TensorSpec]| -> Vec<Value> {
         specs
             .iter()
@@ -135,7 +136,7 @@ pub fn describe_model(model: &ModelScheduler) -> Value {
     json!({
         "name": model.name(),
         "versions": ["1"],
-        "platform": "onnx",
+        "platform": if model.ensemble().is_some() { "ensemble" } else { "onnx" },
         "inputs": describe(&signature.inputs),
         "outputs": describe(&signature.outputs),
     })
@@ -143,6 +144,11 @@ pub fn describe_model(model: &ModelScheduler) -> Value {
 
 /// A model's configuration, as Triton publishes it (over REST and gRPC).
 pub struct PublishedConfig {
+    /// `onnxruntime_onnx` for a model (split or not), `ensemble` for an ensemble (as Triton
+    /// names them).
+    pub platform: &'static str,
+    /// Which backends run it (for a pipeline, each step's, joined by `+`).
+    pub backend: String,
     /// Above 0 when the model batches along its first axis; `dims` then leave that axis out.
     pub max_batch_size: usize,
     pub inputs: Vec<PublishedTensor>,
@@ -161,12 +167,22 @@ pub struct PublishedTensor {
 }
 
 impl PublishedConfig {
-    /// What `model` publishes.
-    pub fn of(model: &ModelScheduler) -> PublishedConfig {
-        let signature = model.signature();
-        let batches_on_first_axis = model.max_batch_items() > 1
+    /// What `model` publishes. A pipeline (an ensemble, or a split model) publishes no batching
+    /// of its own (each step batches in its own model's scheduler) and its steps' executors
+    /// together.
+    pub fn of(served: &ServedModel) -> PublishedConfig {
+        let signature = served.signature();
+        let schedulers = served.schedulers();
+        let single = match served {
+            ServedModel::Single(model) => Some(model),
+            ServedModel::Pipeline(_) => None,
+        };
+        let batches_on_first_axis = single.is_some_and(|model| model.max_batch_items() > 1)
             && signature.inputs.iter().chain(&signature.outputs).all(|spec| spec.batch_axis == Some(0));
-        let max_batch_size = if batches_on_first_axis { model.max_batch_items() } else { 0 };
+        let max_batch_size = match single {
+            Some(model) if batches_on_first_axis => model.max_batch_items(),
+            _ => 0,
+        };
         let describe = |specs: &[crate::inference::tensor::TensorSpec]| -> Vec<PublishedTensor> {
             specs
                 .iter()
@@ -182,13 +198,15 @@ impl PublishedConfig {
                 .collect()
         };
         PublishedConfig {
+            platform: if served.ensemble().is_some() { "ensemble" } else { "onnxruntime_onnx" },
+            backend: schedulers.iter().map(|model| model.backend()).collect::<Vec<_>>().join("+"),
             max_batch_size,
             inputs: describe(&signature.inputs),
             outputs: describe(&signature.outputs),
-            executors: model.executors(),
-            on_gpu: model.on_gpu(),
-            max_queue_delay_us: model.max_queue_delay().as_micros() as u64,
-            max_padding_ratio: model.max_padding_ratio(),
+            executors: schedulers.iter().map(|model| model.executors()).sum(),
+            on_gpu: schedulers.iter().any(|model| model.on_gpu()),
+            max_queue_delay_us: single.map_or(0, |model| model.max_queue_delay().as_micros() as u64),
+            max_padding_ratio: single.map_or(0.0, |model| model.max_padding_ratio()),
         }
     }
 }
@@ -205,22 +223,43 @@ pub fn model_config(models: &Models, name: &str) -> Response<Body> {
     };
     let mut config = json!({
         "name": model.name(),
-        "platform": "onnxruntime_onnx",
-        "backend": model.backend(),
+        "platform": published.platform,
+        "backend": published.backend,
         "max_batch_size": published.max_batch_size,
         "input": describe(&published.inputs),
         "output": describe(&published.outputs),
-        "instance_group": [{
-            "name": model.name(),
-            "count": published.executors,
-            "kind": if published.on_gpu { "KIND_GPU" } else { "KIND_CPU" },
-        }],
         "parameters": {
             "max_padding_ratio": { "string_value": published.max_padding_ratio.to_string() },
         },
     });
     if published.max_batch_size > 0 {
         config["dynamic_batching"] = json!({ "max_queue_delay_microseconds": published.max_queue_delay_us });
+    }
+    if let Some(pipeline) = model.ensemble() {
+        // Triton's ensemble scheduling: each step's model and how tensors map to it (an
+        // ensemble has no instances of its own).
+        let steps: Vec<Value> = pipeline
+            .steps()
+            .iter()
+            .map(|step| {
+                let map = |pairs: &[(String, String)]| -> Map<String, Value> {
+                    pairs.iter().map(|(own, tensor)| (own.clone(), json!(tensor))).collect()
+                };
+                json!({
+                    "model_name": step.model.name(),
+                    "model_version": -1,
+                    "input_map": map(&step.inputs),
+                    "output_map": map(&step.outputs),
+                })
+            })
+            .collect();
+        config["ensemble_scheduling"] = json!({ "step": steps });
+    } else {
+        config["instance_group"] = json!([{
+            "name": model.name(),
+            "count": published.executors,
+            "kind": if published.on_gpu { "KIND_GPU" } else { "KIND_CPU" },
+        }]);
     }
     response::json(StatusCode::OK, &config)
 }
@@ -453,11 +492,7 @@ fn decode(tensor: &Tensor) -> Option<Vec<Value>> {
 
 /// The infer response: the requested outputs (all, if none were named), each as JSON data
 /// or, where asked for, as binary data after the JSON part.
-fn infer_response(
-    model: &ModelScheduler,
-    request: &InferRequest,
-    outputs: Vec<NamedTensor>,
-) -> Response<Body> {
+fn infer_response(model: &ServedModel, request: &InferRequest, outputs: Vec<NamedTensor>) -> Response<Body> {
     let all_binary = request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
     let mut described = Vec::new();
     let mut binary = BytesMut::new();

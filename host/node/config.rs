@@ -60,7 +60,97 @@ pub struct Config {
     /// Guest routes, matched by path.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Ensembles by name: pipelines of the models above, served and granted like a model.
+    #[serde(default)]
+    pub ensembles: BTreeMap<String, EnsembleConfig>,
 }
+
+/// A declarative pipeline of models (Triton's ensemble): steps in a graph over named
+/// tensors, each step computed through its model's scheduler.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleConfig {
+    /// The steps; each starts as soon as the tensors it takes exist.
+    pub steps: Vec<EnsembleStep>,
+    /// The tensors the ensemble answers with.
+    pub outputs: Vec<String>,
+}
+
+/// One step of an ensemble.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleStep {
+    /// A model of `[models]` (not an ensemble).
+    pub model: String,
+    /// The ensemble tensor each model input takes, by input name; an input not named takes
+    /// the tensor of its own name. Tensors no step produces are the ensemble's inputs.
+    #[serde(default)]
+    pub input_map: BTreeMap<String, String>,
+    /// The ensemble tensor each model output becomes, by output name; an output not named
+    /// becomes the tensor of its own name.
+    #[serde(default)]
+    pub output_map: BTreeMap<String, String>,
+}
+
+/// How a model is split into consecutive stages (model parallelism): each stage runs on its
+/// own executors and backend, the tensors that cross a cut pass from stage to stage, and
+/// the stages of different requests overlap.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Cut after each of these nodes (names as the ONNX file gives them, in graph order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Or: cut into this many stages of similar cost (weights read), each cut where the fewest
+    /// tensors cross.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<usize>,
+    /// Each stage's backend, in order [default: the model's `backend` for every stage].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<StageBackend>,
+    /// Each stage's executors, in order [default: the model's `executors` for every stage].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub executors: Vec<usize>,
+}
+
+/// Most stages a model may be split into.
+pub const MAX_STAGES: usize = 16;
+
+impl SplitConfig {
+    /// How many stages the split makes.
+    pub fn stage_count(&self) -> usize {
+        self.stages.unwrap_or(self.after.len() + 1)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        match (self.after.is_empty(), self.stages) {
+            (true, None) => bail!("`split`: give `after` (node names) or `stages` (a count)"),
+            (false, Some(_)) => bail!("`split`: give `after` or `stages`, not both"),
+            (_, Some(stages)) if !(2..=MAX_STAGES).contains(&stages) => {
+                bail!("`split.stages`: from 2 to {MAX_STAGES}")
+            }
+            _ if self.stage_count() > MAX_STAGES => bail!("`split.after`: at most {} cuts", MAX_STAGES - 1),
+            _ => {}
+        }
+        if self.after.iter().any(String::is_empty) {
+            bail!("`split.after`: node names cannot be empty");
+        }
+        for (name, given) in [("backends", self.backends.len()), ("executors", self.executors.len())] {
+            if given != 0 && given != self.stage_count() {
+                bail!("`split.{name}`: one per stage ({}), or none", self.stage_count());
+            }
+        }
+        if self.executors.iter().any(|&executors| executors == 0 || executors > MAX_EXECUTORS) {
+            bail!("`split.executors`: each from 1 to {MAX_EXECUTORS}");
+        }
+        Ok(())
+    }
+}
+
+/// A stage's backend, spelt as a model's `backend` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct StageBackend(#[serde(with = "BackendKindSetting")] pub BackendKind);
 
 /// Listener and process-wide settings.
 #[derive(Clone, Debug, Deserialize)]
@@ -212,6 +302,10 @@ pub struct ModelConfig<F = Source> {
     /// When the queue is full, serve an expired cached result instead of refusing.
     #[serde(default)]
     pub serve_stale_on_overload: bool,
+    /// Run the model split into stages (see [`SplitConfig`]); the other settings apply to
+    /// every stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitConfig>,
 }
 
 // How the config file spells the inference layer's choices (which know nothing of file
@@ -426,6 +520,7 @@ impl Config {
             cache_entries: 0,
             cache_ttl_ms: default_cache_ttl_ms(),
             serve_stale_on_overload: false,
+            split: None,
         };
         let mut routes = vec![
             route("/digits", "digits.wasm", &["digits"]),
@@ -450,10 +545,29 @@ impl Config {
             ("digits".to_string(), model("digits/digits.onnx")),
             ("vad".to_string(), model("vad/silero_vad_16k.onnx")),
         ]);
-        // The embedding model, when models/minilm/fetch.py has fetched it (it is not in git).
+        let mut ensembles = BTreeMap::new();
+        // The embedding model, when models/minilm/fetch.py has fetched it (it is not in git);
+        // and over the Open Inference Protocol, an ensemble of it and a mean-pooling model:
+        // token ids in, sentence embeddings out.
         if models.join("minilm/model-float.onnx").is_file() {
             bundled_models.insert("minilm".to_string(), model("minilm/model-float.onnx"));
+            bundled_models.insert("mean-pooling".to_string(), model("minilm/pooling.onnx"));
             routes.push(route("/embed", "embed.wasm", &["minilm"]));
+            let step = |model: &str, output_map: &[(&str, &str)]| EnsembleStep {
+                model: model.into(),
+                input_map: BTreeMap::new(),
+                output_map: output_map.iter().map(|(from, to)| (from.to_string(), to.to_string())).collect(),
+            };
+            ensembles.insert(
+                "sentence-embedding".to_string(),
+                EnsembleConfig {
+                    steps: vec![
+                        step("minilm", &[("last_hidden_state", "token_embeddings")]),
+                        step("mean-pooling", &[]),
+                    ],
+                    outputs: vec!["sentence_embedding".into()],
+                },
+            );
         } else {
             left_out.push(
                 "example /embed is not served: its model is not fetched (run python3 models/minilm/fetch.py)"
@@ -467,7 +581,7 @@ impl Config {
             onnxruntime_library: onnxruntime.is_file().then_some(onnxruntime),
             ..ServerConfig::default()
         };
-        (Config { server, models: bundled_models, routes }, left_out)
+        (Config { server, models: bundled_models, routes, ensembles }, left_out)
     }
 
     /// Checks what the types alone cannot: unique paths and names, known models, sane limits.
@@ -496,10 +610,19 @@ impl Config {
         }
         let mut paths = HashSet::new();
         let mut names = HashSet::new();
+        for (name, ensemble) in &self.ensembles {
+            check_model_name(name).with_context(|| format!("field `ensembles.{name}`"))?;
+            if self.models.contains_key(name) {
+                bail!("field `ensembles.{name}`: a model has that name");
+            }
+            ensemble
+                .validate(|model| self.models.contains_key(model))
+                .with_context(|| format!("field `ensembles.{name}`"))?;
+        }
         for (index, route) in self.routes.iter().enumerate() {
             let field = format!("routes[{index}]");
             route
-                .validate(|model| self.models.contains_key(model))
+                .validate(|model| self.models.contains_key(model) || self.ensembles.contains_key(model))
                 .with_context(|| format!("field `{field}`"))?;
             check_route_name(&route.name()).with_context(|| format!("field `{field}.name`"))?;
             if !paths.insert(route.path.as_str()) {
@@ -534,6 +657,12 @@ impl<F> ModelConfig<F> {
         if self.executors.is_some_and(|executors| executors > MAX_EXECUTORS) {
             bail!("`executors`: at most {MAX_EXECUTORS}");
         }
+        if let Some(split) = &self.split {
+            split.validate()?;
+            if self.cache_entries > 0 {
+                bail!("`cache_entries`: a split model has no result cache");
+            }
+        }
         Ok(())
     }
 
@@ -553,6 +682,7 @@ impl<F> ModelConfig<F> {
             cache_entries,
             cache_ttl_ms,
             serve_stale_on_overload,
+            split,
         } = self;
         ModelConfig {
             file,
@@ -568,7 +698,27 @@ impl<F> ModelConfig<F> {
             cache_entries,
             cache_ttl_ms,
             serve_stale_on_overload,
+            split,
         }
+    }
+}
+
+impl EnsembleConfig {
+    /// Checks what needs no loaded model: steps and outputs given, each step's model known
+    /// (`is_model`). How the tensors connect is checked when the models are loaded.
+    pub fn validate(&self, is_model: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+        if self.steps.is_empty() || self.outputs.is_empty() {
+            bail!("give at least one step and one output");
+        }
+        for (index, step) in self.steps.iter().enumerate() {
+            if !is_model(&step.model) {
+                bail!(
+                    "`steps[{index}].model`: no model named {:?} (an ensemble's steps are models)",
+                    step.model
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -802,6 +952,8 @@ mod tests {
         let config = parse(example).unwrap();
         assert_eq!(config.routes[0].path, "/digits");
         assert_eq!(config.models["digits"].executors, Some(2));
+        assert_eq!(config.models["minilm"].split.as_ref().map(SplitConfig::stage_count), Some(2));
+        assert_eq!(config.ensembles["sentence-embedding"].steps[1].model, "mean-pooling");
     }
 
     #[test]

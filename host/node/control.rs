@@ -31,7 +31,9 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::inference::backend;
-use crate::node::config::{Config, ModelConfig, RouteConfig, Source, check_model_name, check_route_name};
+use crate::node::config::{
+    Config, EnsembleConfig, ModelConfig, RouteConfig, Source, check_model_name, check_route_name,
+};
 use crate::node::models::Models;
 use crate::node::state::{DesiredState, Digest, ModelSpec, RouteRecord, RouteSpec, StateDir, StateError};
 use crate::node::{Node, Route, Runtime, load_route};
@@ -197,6 +199,28 @@ impl ControlPlane {
             };
             models.insert(name.clone(), loaded);
         }
+        for (name, config) in &desired.ensembles {
+            if models.get(name).is_some() {
+                return Err(DeployError::Conflict(format!("ensemble {name:?} has the name of a model")));
+            }
+            // Unchanged, over the very models it was made on: kept, so the routes granted it
+            // are kept too.
+            let reused = serving.and_then(|s| s.models.loaded_ensemble(name)).filter(|ensemble| {
+                ensemble.config == *config
+                    && config.steps.iter().all(|step| {
+                        let (old, new) =
+                            (serving.and_then(|s| s.models.get(&step.model)), models.get(&step.model));
+                        old.zip(new).is_some_and(|(old, new)| old.is(new))
+                    })
+            });
+            let ensemble = match reused {
+                Some(ensemble) => ensemble.clone(),
+                None => models
+                    .ensemble(name, config)
+                    .map_err(|e| DeployError::Invalid(e.context(format!("ensemble {name:?}"))))?,
+            };
+            models.insert_ensemble(name.clone(), ensemble);
+        }
         let mut routes = Vec::with_capacity(desired.routes.len());
         let mut paths: HashMap<&str, &str> = HashMap::new();
         for (name, record) in &desired.routes {
@@ -217,7 +241,7 @@ impl ControlPlane {
                         .grant()
                         .models
                         .iter()
-                        .all(|(model, old)| models.get(model).is_some_and(|m| Arc::ptr_eq(m, old)))
+                        .all(|(model, old)| models.get(model).is_some_and(|m| m.is(old)))
             });
             if let Some(route) = unchanged {
                 routes.push(route.clone());
@@ -371,6 +395,7 @@ impl Node {
             let component = fetched.keep_source(&mut file.sources);
             file.routes.insert(name, RouteSpec { name: None, ..route.clone().with_component(component) });
         }
+        file.ensembles = config.ensembles.clone();
         Ok(file)
     }
 
@@ -476,6 +501,9 @@ impl Node {
     ) -> Result<Outcome, DeployError> {
         check_model_name(name).map_err(DeployError::Invalid)?;
         self.change(&format!("model {name}"), |desired| {
+            if desired.ensembles.contains_key(name) {
+                return Err(ensemble_named(name));
+            }
             desired.sources.extend(sources);
             match (desired.models.get_mut(name), spec) {
                 (Some(current), Some(spec)) if *current == spec => Ok(Outcome::Unchanged),
@@ -499,6 +527,9 @@ impl Node {
     /// Unloads the model `name`, unless a route uses it.
     pub async fn unload_model(&self, name: &str) -> Result<Outcome, DeployError> {
         self.change(&format!("model {name}"), |desired| {
+            if desired.ensembles.contains_key(name) {
+                return Err(ensemble_named(name));
+            }
             if !desired.models.contains_key(name) {
                 return Err(DeployError::NotFound(format!("no model named {name:?} is loaded")));
             }
@@ -511,6 +542,17 @@ impl Node {
             if !users.is_empty() {
                 return Err(DeployError::Conflict(format!(
                     "model {name:?} is used by route(s) {users:?}: change or delete them first"
+                )));
+            }
+            let ensembles: Vec<&str> = desired
+                .ensembles
+                .iter()
+                .filter(|(_, ensemble)| ensemble.steps.iter().any(|step| step.model == name))
+                .map(|(ensemble, _)| ensemble.as_str())
+                .collect();
+            if !ensembles.is_empty() {
+                return Err(DeployError::Conflict(format!(
+                    "model {name:?} is a step of ensemble(s) {ensembles:?}: change the config file first"
                 )));
             }
             desired.models.remove(name);
@@ -594,6 +636,13 @@ impl Node {
     }
 }
 
+/// The refusal of an API change to the ensemble `name`: ensembles are the config file's.
+fn ensemble_named(name: &str) -> DeployError {
+    DeployError::Conflict(format!(
+        "{name:?} is an ensemble: ensembles come from the config file; change it there"
+    ))
+}
+
 /// For testing crash safety: with `EDGE_INFER_CRASH_AT` set to `built`, `saved` or
 /// `serving`, the process aborts (no clean-up at all, as under `kill -9`) right after that
 /// step of a change made after start-up.
@@ -610,6 +659,7 @@ fn crash_point(after_start_up: bool, step: &str) {
 struct FileEntries {
     models: BTreeMap<String, ModelSpec>,
     routes: BTreeMap<String, RouteSpec>,
+    ensembles: BTreeMap<String, EnsembleConfig>,
     /// Where the files pulled from registries came from.
     sources: BTreeMap<Digest, OciReference>,
 }
@@ -641,6 +691,11 @@ fn apply_config(desired: &mut DesiredState, file: &FileEntries) -> Outcome {
     for (name, spec) in changed_entries(&mut applied.models, &file.models, &mut desired.models, |model| model)
     {
         desired.models.insert(name, spec);
+    }
+    for (name, ensemble) in
+        changed_entries(&mut applied.ensembles, &file.ensembles, &mut desired.ensembles, |ensemble| ensemble)
+    {
+        desired.ensembles.insert(name, ensemble);
     }
     for (name, spec) in
         changed_entries(&mut applied.routes, &file.routes, &mut desired.routes, |r| &r.current)
@@ -766,6 +821,7 @@ mod tests {
                     (r.name(), RouteSpec { name: None, ..r.clone().with_component(import(&r.component)) })
                 })
                 .collect(),
+            ensembles: config.ensembles,
             sources: BTreeMap::new(),
         }
     }

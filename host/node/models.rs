@@ -1,5 +1,6 @@
 //! The models of a node: each loaded and optimized once (at start-up or when deployed),
-//! behind its own scheduler, shared by every route and instance that is granted it.
+//! behind its own scheduler (or, split into stages, behind one scheduler per stage), shared
+//! by every route and instance that is granted it; and the ensembles over them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,45 +9,45 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tracing::info;
 
-use crate::inference::backend;
+use crate::inference::backend::{self, BackendKind};
+use crate::inference::pipeline::{Pipeline, PipelineKind, StepSpec};
 use crate::inference::scheduler::{CacheConfig, ModelScheduler, SchedulerConfig};
-use crate::node::config::ModelConfig;
+use crate::inference::served::ServedModel;
+use crate::inference::split::{self, Cut};
+use crate::node::config::{EnsembleConfig, ModelConfig, SplitConfig};
 use crate::node::state::ModelSpec;
 use crate::telemetry::metrics;
 
-/// One loaded model: its scheduler, and the settings it was loaded with.
+/// One loaded model: what callers compute through, and the settings it was loaded with.
 #[derive(Clone)]
 pub struct LoadedModel {
-    pub scheduler: Arc<ModelScheduler>,
+    pub served: ServedModel,
     pub spec: ModelSpec,
 }
 
-/// All loaded models, by name. Cloning shares the models.
+/// One ensemble: its pipeline, and the settings it was made from.
+#[derive(Clone)]
+pub struct LoadedEnsemble {
+    pub served: ServedModel,
+    pub config: EnsembleConfig,
+}
+
+/// All loaded models and ensembles, by name (one namespace). Cloning shares them.
 #[derive(Clone, Default)]
 pub struct Models {
     by_name: HashMap<String, LoadedModel>,
+    ensembles: HashMap<String, LoadedEnsemble>,
 }
 
 impl Models {
-    /// Loads the model `name` from `bytes` as `spec` says, and starts its executors.
+    /// Loads the model `name` from `bytes` as `spec` says, and starts its executors (for a
+    /// split model, each stage's).
     pub fn load(name: &str, spec: &ModelSpec, bytes: Vec<u8>) -> anyhow::Result<LoadedModel> {
-        let started = Instant::now();
-        let backend = backend::load(name, spec.backend, bytes)
-            .with_context(|| format!("loading model {name:?} ({})", spec.file))?;
-        let scheduling = scheduler_config(spec, backend.on_gpu());
-        let backend_name = backend.name();
-        let scheduler = ModelScheduler::start(name, Arc::from(backend), &scheduling)?;
-        metrics::model_backend(name, backend_name);
-        info!(
-            model = %name,
-            backend = backend_name,
-            executors = scheduling.executors,
-            max_batch = scheduler.max_batch_items(),
-            max_padding = scheduler.max_padding_ratio(),
-            load_ms = started.elapsed().as_millis() as u64,
-            "model loaded"
-        );
-        Ok(LoadedModel { scheduler: Arc::new(scheduler), spec: spec.clone() })
+        let served = match &spec.split {
+            None => ServedModel::Single(Arc::new(start(name, spec, spec.backend, None, bytes)?)),
+            Some(split) => load_split(name, spec, split, bytes)?,
+        };
+        Ok(LoadedModel { served, spec: spec.clone() })
     }
 
     /// Adds (or replaces) a loaded model.
@@ -54,9 +55,36 @@ impl Models {
         self.by_name.insert(name, model);
     }
 
-    /// The model called `name`, if it is loaded.
-    pub fn get(&self, name: &str) -> Option<&Arc<ModelScheduler>> {
-        self.by_name.get(name).map(|model| &model.scheduler)
+    /// Makes the ensemble `name` over the models loaded here; the error says which step or
+    /// tensor does not fit.
+    pub fn ensemble(&self, name: &str, config: &EnsembleConfig) -> anyhow::Result<LoadedEnsemble> {
+        let steps = config
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(index, step)| {
+                let model = self.by_name.get(&step.model).with_context(|| {
+                    format!("`steps[{index}].model`: no model named {:?} is loaded", step.model)
+                })?;
+                let (input_map, output_map) = (step.input_map.clone(), step.output_map.clone());
+                Ok(StepSpec { model: model.served.clone(), input_map, output_map })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pipeline = Pipeline::new(name, PipelineKind::Ensemble, steps, &config.outputs)?;
+        Ok(LoadedEnsemble { served: ServedModel::Pipeline(Arc::new(pipeline)), config: config.clone() })
+    }
+
+    /// Adds (or replaces) an ensemble.
+    pub fn insert_ensemble(&mut self, name: String, ensemble: LoadedEnsemble) {
+        self.ensembles.insert(name, ensemble);
+    }
+
+    /// The model or ensemble called `name`, if it is loaded.
+    pub fn get(&self, name: &str) -> Option<&ServedModel> {
+        match self.by_name.get(name) {
+            Some(model) => Some(&model.served),
+            None => self.ensembles.get(name).map(|ensemble| &ensemble.served),
+        }
     }
 
     /// The model called `name` with its settings, if it is loaded.
@@ -64,12 +92,95 @@ impl Models {
         self.by_name.get(name)
     }
 
-    /// Every model, by name in order.
-    pub fn all(&self) -> Vec<&ModelScheduler> {
-        let mut models: Vec<&ModelScheduler> = self.by_name.values().map(|m| m.scheduler.as_ref()).collect();
-        models.sort_by_key(|model| model.name());
-        models
+    /// The ensemble called `name` with its settings, if it is made.
+    pub fn loaded_ensemble(&self, name: &str) -> Option<&LoadedEnsemble> {
+        self.ensembles.get(name)
     }
+
+    /// Every model and ensemble, by name in order.
+    pub fn all(&self) -> Vec<&ServedModel> {
+        let models = self.by_name.values().map(|m| &m.served);
+        let mut all: Vec<&ServedModel> = models.chain(self.ensembles.values().map(|e| &e.served)).collect();
+        all.sort_by_key(|model| model.name());
+        all
+    }
+}
+
+/// How one stage of a split model is scheduled differently from the whole model.
+struct Stage {
+    /// The stage's own executors, if set.
+    executors: Option<usize>,
+    /// Whether it is the first stage: the only one whose inputs are all the caller's.
+    first: bool,
+}
+
+/// Loads one model (or one `stage` of a split model) with `kind` and starts its executors.
+fn start(
+    name: &str,
+    spec: &ModelSpec,
+    kind: BackendKind,
+    stage: Option<Stage>,
+    bytes: Vec<u8>,
+) -> anyhow::Result<ModelScheduler> {
+    let started = Instant::now();
+    let backend = backend::load(name, kind, bytes)
+        .with_context(|| format!("loading model {name:?} ({})", spec.file))?;
+    let mut scheduling = scheduler_config(spec, backend.on_gpu());
+    if let Some(stage) = stage {
+        if let Some(executors) = stage.executors {
+            scheduling.executors = executors;
+        }
+        let signature = backend.signature();
+        scheduling.pad_values.retain(|input, _| signature.inputs.iter().any(|spec| &spec.name == input));
+        // Later stages take tensors the model made, whose padding the model never sees
+        // masked: requests share a batch there only at equal lengths.
+        if !stage.first {
+            scheduling.max_padding_ratio = Some(0.0);
+        }
+    }
+    let backend_name = backend.name();
+    let scheduler = ModelScheduler::start(name, Arc::from(backend), &scheduling)?;
+    metrics::model_backend(name, backend_name);
+    info!(
+        model = %name,
+        backend = backend_name,
+        executors = scheduling.executors,
+        max_batch = scheduler.max_batch_items(),
+        max_padding = scheduler.max_padding_ratio(),
+        load_ms = started.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    Ok(scheduler)
+}
+
+/// Loads a model split into stages (model parallelism): each stage its own backend and
+/// executors, chained by the tensors that cross each cut.
+fn load_split(
+    name: &str,
+    spec: &ModelSpec,
+    split: &SplitConfig,
+    bytes: Vec<u8>,
+) -> anyhow::Result<ServedModel> {
+    let cut = match split.after.is_empty() {
+        true => Cut::Stages(split.stage_count()),
+        false => Cut::After(split.after.clone()),
+    };
+    let stages =
+        split::split(&bytes, &cut).with_context(|| format!("splitting model {name:?} ({})", spec.file))?;
+    drop(bytes);
+    let mut steps = Vec::with_capacity(stages.models.len());
+    for (index, (model, (first_node, last_node))) in stages.models.into_iter().zip(&stages.bounds).enumerate()
+    {
+        let stage_name = format!("{name}/stage{}", index + 1);
+        info!(model = %name, stage = %stage_name, first_node = %first_node, last_node = %last_node, "model split");
+        let kind = split.backends.get(index).map_or(spec.backend, |backend| backend.0);
+        let stage = Stage { executors: split.executors.get(index).copied(), first: index == 0 };
+        let scheduler = start(&stage_name, spec, kind, Some(stage), model)?;
+        // The tensors that cross a cut keep their names in the model: no map is needed.
+        let (input_map, output_map) = Default::default();
+        steps.push(StepSpec { model: ServedModel::Single(Arc::new(scheduler)), input_map, output_map });
+    }
+    Ok(ServedModel::Pipeline(Arc::new(Pipeline::new(name, PipelineKind::Split, steps, &stages.outputs)?)))
 }
 
 /// Default batch limits: a GPU is fed larger batches.

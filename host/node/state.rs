@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::node::config::{ModelConfig, RouteConfig};
+use crate::node::config::{EnsembleConfig, ModelConfig, RouteConfig};
 use crate::oci::OciReference;
 
 /// Unreferenced artifacts younger than this are kept: they may be uploads that a deploy is
@@ -95,6 +95,9 @@ pub struct DesiredState {
     pub routes: BTreeMap<String, RouteRecord>,
     #[serde(default)]
     pub models: BTreeMap<String, ModelSpec>,
+    /// Ensembles (from the config file), by name.
+    #[serde(default)]
+    pub ensembles: BTreeMap<String, EnsembleConfig>,
     #[serde(default)]
     pub config_applied: ConfigApplied,
     /// Where each artifact pulled from a registry came from, pinned by digest.
@@ -120,6 +123,8 @@ pub struct ConfigApplied {
     pub routes: BTreeMap<String, Digest>,
     #[serde(default)]
     pub models: BTreeMap<String, Digest>,
+    #[serde(default)]
+    pub ensembles: BTreeMap<String, Digest>,
 }
 
 impl DesiredState {

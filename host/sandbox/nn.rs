@@ -22,6 +22,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::inference::backend;
 use crate::inference::scheduler::{Batching, ComputeError, DelayPolicy, ModelScheduler, SchedulerConfig};
+use crate::inference::served::ServedModel;
 use crate::inference::tensor::{ElementType, Tensor};
 use crate::request::RequestContext;
 use crate::sandbox::budget::HostBudget;
@@ -52,19 +53,19 @@ use generated::wasi::nn::tensor::{self, TensorType};
 /// What one route's guests may do with `wasi:nn`: shared by all of the route's instances.
 pub struct NnGrant {
     /// The models the route may load by name.
-    pub models: HashMap<String, Arc<ModelScheduler>>,
+    pub models: HashMap<String, ServedModel>,
     /// Whether `load` of raw model bytes is allowed.
     pub allow_model_load: bool,
 }
 
 /// A `graph` resource: a model the guest may run.
 pub struct Graph {
-    model: Arc<ModelScheduler>,
+    model: ServedModel,
 }
 
 /// A `graph-execution-context` resource.
 pub struct ExecutionContext {
-    model: Arc<ModelScheduler>,
+    model: ServedModel,
 }
 
 /// An `error` resource: a code and a message for the guest.
@@ -128,7 +129,7 @@ impl NnView<'_> {
         Ok(Err(error))
     }
 
-    fn graph(&mut self, model: Arc<ModelScheduler>) -> NnResult<Resource<Graph>> {
+    fn graph(&mut self, model: ServedModel) -> NnResult<Resource<Graph>> {
         Ok(Ok(self.table.push(Graph { model })?))
     }
 }
@@ -176,7 +177,7 @@ impl graph::Host for NnView<'_> {
         })
         .await?;
         match loaded {
-            Ok(model) => self.graph(Arc::new(model)),
+            Ok(model) => self.graph(ServedModel::Single(Arc::new(model))),
             Err(e) => {
                 self.budget.refund(charged);
                 self.fail(ErrorCode::InvalidEncoding, format!("cannot load the model: {e:#}"))

@@ -95,9 +95,9 @@ class Graph:
         self.initializers = []
         self.count = 0
 
-    def node(self, op, inputs, outputs=1, **attributes):
+    def node(self, op, inputs, outputs=1, output_name=None, **attributes):
         self.count += 1
-        names = [f"{op.lower()}_{self.count}_{i}" for i in range(outputs)]
+        names = [output_name] if output_name else [f"{op.lower()}_{self.count}_{i}" for i in range(outputs)]
         body = b"".join(bytes_field(1, name) for name in inputs)
         body += b"".join(bytes_field(2, name) for name in names)
         body += bytes_field(3, f"{op}_{self.count}") + bytes_field(4, op)
@@ -109,12 +109,12 @@ class Graph:
         self.initializers.append(message)
         return name
 
-    def model(self, inputs, outputs):
-        graph = b"".join(bytes_field(1, n) for n in self.nodes) + bytes_field(2, "all-MiniLM-L6-v2")
+    def model(self, inputs, outputs, name="all-MiniLM-L6-v2", producer="edge-infer models/minilm/export_float.py"):
+        graph = b"".join(bytes_field(1, n) for n in self.nodes) + bytes_field(2, name)
         graph += b"".join(bytes_field(5, t) for t in self.initializers)
         graph += b"".join(bytes_field(11, v) for v in inputs) + b"".join(bytes_field(12, v) for v in outputs)
         opset = bytes_field(1, "") + int_field(2, OPSET)
-        return int_field(1, 8) + bytes_field(2, "edge-infer models/minilm/export_float.py") + bytes_field(7, graph) + bytes_field(8, opset)
+        return int_field(1, 8) + bytes_field(2, producer) + bytes_field(7, graph) + bytes_field(8, opset)
 
 
 # --- the weights -------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ For each text below: tokenize with the model's own `tokenizer.json` (Hugging Fac
 mean-pool the last hidden state over the tokens, and L2-normalise. The texts exercise the
 tokenizer: case, accents, punctuation, numbers, Chinese characters, an emoji, long words.
 
-Output: reference.json {"texts": [...], "embeddings": [[384 floats], ...]}
+Output: reference.json {"texts": [...], "token_ids": [[ids], ...], "embeddings": [[384 floats], ...]}
+(the token ids let protocol clients, which send tensors, test the same texts)
 Run: python3 models/minilm/fetch.py && python3 models/minilm/reference.py
      (needs numpy, onnxruntime==1.31.1, tokenizers)
 """
@@ -38,14 +39,15 @@ def main():
     tokenizer.no_padding()
     tokenizer.enable_truncation(MAX_TOKENS)
     session = ort.InferenceSession(str(HERE / "model-float.onnx"))
-    embeddings = []
+    embeddings, token_ids = [], []
     for text in TEXTS:
-        ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
+        token_ids.append(tokenizer.encode(text).ids)
+        ids = np.array([token_ids[-1]], dtype=np.int64)
         mask = np.ones_like(ids)
         (hidden,) = session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
         pooled = hidden[0].mean(axis=0)
         embeddings.append((pooled / np.linalg.norm(pooled)).tolist())
-    (HERE / "reference.json").write_text(json.dumps({"texts": TEXTS, "embeddings": embeddings}) + "\n")
+    (HERE / "reference.json").write_text(json.dumps({"texts": TEXTS, "token_ids": token_ids, "embeddings": embeddings}) + "\n")
     print(f"wrote {len(TEXTS)} reference embeddings")
 
 
