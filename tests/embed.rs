@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Server, client, expect_error, guest, metric, post_json, repo_file, scrape};
+use common::{Server, client, cosine, expect_error, guest, metric, post_json, repo_file, scrape};
 use serde_json::{Value, json};
 
 /// Least cosine similarity to the reference vectors.
@@ -28,12 +28,6 @@ fn config(model_settings: &str) -> String {
 
 fn server() -> Server {
     Server::start(&config(""))
-}
-
-fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
 }
 
 fn vectors(answer: &Value) -> Vec<Vec<f64>> {

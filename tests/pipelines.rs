@@ -10,7 +10,9 @@ mod common;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{Admin, Server, client, compat_python, expect_error, metric, post_json, repo_file, scrape};
+use common::{
+    Admin, Server, client, compat_python, cosine, expect_error, metric, post_json, repo_file, scrape,
+};
 use serde_json::{Value, json};
 
 /// Least cosine similarity between a split model's outputs and the whole model's.
@@ -92,12 +94,6 @@ async fn infer(server: &Server, model: &str, inputs: &[Value]) -> Vec<(String, V
             (output["name"].as_str().unwrap().to_string(), shape, data)
         })
         .collect()
-}
-
-fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use crate::http::oip::{Endpoint, PublishedConfig};
+use crate::http::oip::Endpoint;
 use crate::http::repository::{self, Action};
 use crate::http::response::{self, Body};
 use crate::http::router;
@@ -287,8 +287,7 @@ fn list_models(node: &Node) -> Response<Body> {
         .iter()
         .map(|model| {
             let settings = runtime.models().loaded(model.name()).map(|loaded| json!(loaded.spec));
-            let backend = PublishedConfig::of(model).backend;
-            json!({ "name": model.name(), "backend": backend, "settings": settings })
+            json!({ "name": model.name(), "backend": model.backend(), "settings": settings })
         })
         .collect();
     response::json(StatusCode::OK, &json!({ "models": models }))

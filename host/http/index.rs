@@ -50,7 +50,7 @@ fn describe(runtime: &Runtime, ready: bool) -> Value {
         .map(|model| {
             let mut described = describe_model(model);
             let published = PublishedConfig::of(model);
-            described["backend"] = json!(published.backend);
+            described["backend"] = json!(model.backend());
             // Items per run (a pipeline batches in its steps, not as a whole).
             let max_batch_items = match model {
                 ServedModel::Single(model) => model.max_batch_items(),

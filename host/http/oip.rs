@@ -199,7 +199,7 @@ impl PublishedConfig {
         };
         PublishedConfig {
             platform: if served.ensemble().is_some() { "ensemble" } else { "onnxruntime_onnx" },
-            backend: schedulers.iter().map(|model| model.backend()).collect::<Vec<_>>().join("+"),
+            backend: served.backend(),
             max_batch_size,
             inputs: describe(&signature.inputs),
             outputs: describe(&signature.outputs),

@@ -206,9 +206,7 @@ impl Pipeline {
             })
             .collect())
     }
-}
 
-impl Pipeline {
     /// The error a failed step ends the request with: its own, except that tensors one step
     /// made and the next refused are not the caller's mistake but the pipeline's.
     fn step_failed(&self, step: &Step, error: ComputeError) -> ComputeError {

@@ -66,6 +66,11 @@ impl ServedModel {
         }
     }
 
+    /// Which backends run it: for a pipeline, each step's, joined by `+`.
+    pub fn backend(&self) -> String {
+        self.schedulers().iter().map(|model| model.backend()).collect::<Vec<_>>().join("+")
+    }
+
     /// Every scheduler it computes through, in step order.
     pub fn schedulers(&self) -> Vec<&ModelScheduler> {
         match self {

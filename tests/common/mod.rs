@@ -576,6 +576,13 @@ pub async fn expect_error(response: reqwest::Response, status: u16) -> String {
     body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}")).to_string()
 }
 
+/// The cosine similarity of two vectors (embeddings against their reference).
+pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
 /// The server's `/metrics` text.
 pub async fn scrape(server: &Server) -> String {
     client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap()
