@@ -477,7 +477,7 @@ fn input_tensors(inputs: Vec<InferInputTensor>, raw: Vec<Bytes>) -> Result<Vec<N
         .into_iter()
         .map(|input| {
             let bad = |reason: String| Status::invalid_argument(format!("input {:?}: {reason}", input.name));
-            let element_type = oip::element_type_of(&input.datatype)
+            let element_type = ElementType::from_name(&input.datatype)
                 .ok_or_else(|| bad(format!("datatype {} is not supported", input.datatype)))?;
             let shape = input
                 .shape

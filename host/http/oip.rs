@@ -390,22 +390,8 @@ fn parse_request(
     Ok((request, body.slice(json_length..)))
 }
 
-/// The element type of a protocol datatype (`FP32`, ...), if edge-infer supports it.
-pub fn element_type_of(datatype: &str) -> Option<ElementType> {
-    Some(match datatype {
-        "FP16" => ElementType::F16,
-        "FP32" => ElementType::F32,
-        "FP64" => ElementType::F64,
-        "BF16" => ElementType::Bf16,
-        "UINT8" => ElementType::U8,
-        "INT32" => ElementType::I32,
-        "INT64" => ElementType::I64,
-        _ => return None,
-    })
-}
-
 fn element_type(datatype: &str) -> Result<ElementType, BadRequest> {
-    element_type_of(datatype).ok_or_else(|| BadRequest::Datatype(datatype.to_string()))
+    ElementType::from_name(datatype).ok_or_else(|| BadRequest::Datatype(datatype.to_string()))
 }
 
 /// The request's input tensors, from JSON data or the binary part, in request order.

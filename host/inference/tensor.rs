@@ -63,7 +63,38 @@ pub enum TensorError {
     SequenceLengths { first: String, second: String, first_length: usize, second_length: usize },
 }
 
+/// Each element type by its name in the inference protocol (OIP, Triton) and the config.
+const PROTOCOL_NAMES: [(ElementType, &str); 7] = [
+    (ElementType::F16, "FP16"),
+    (ElementType::F32, "FP32"),
+    (ElementType::F64, "FP64"),
+    (ElementType::Bf16, "BF16"),
+    (ElementType::U8, "UINT8"),
+    (ElementType::I32, "INT32"),
+    (ElementType::I64, "INT64"),
+];
+
 impl ElementType {
+    /// The inference protocol's names of every element type.
+    pub fn protocol_names() -> impl Iterator<Item = &'static str> {
+        PROTOCOL_NAMES.iter().map(|(_, name)| *name)
+    }
+
+    /// The inference protocol's name for this element type (`FP32`, …).
+    pub fn protocol_name(&self) -> &'static str {
+        PROTOCOL_NAMES
+            .iter()
+            .find(|(t, _)| t == self)
+            .map(|(_, name)| *name)
+            .expect("every element type is named")
+    }
+
+    /// The element type the inference protocol calls `name` (`FP32`, `INT64`, …), if
+    /// `wasi:nn` carries it.
+    pub fn from_name(name: &str) -> Option<ElementType> {
+        PROTOCOL_NAMES.iter().find(|(_, n)| *n == name).map(|(element_type, _)| *element_type)
+    }
+
     /// One element of this type holding `value`, as little-endian bytes; an error if the type
     /// cannot hold it exactly (a fraction in an integer type, a value out of range).
     pub fn encode(self, value: f64) -> Result<Vec<u8>, TensorError> {
@@ -88,16 +119,7 @@ impl ElementType {
 
 impl fmt::Display for ElementType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match self {
-            ElementType::F16 => "FP16",
-            ElementType::F32 => "FP32",
-            ElementType::F64 => "FP64",
-            ElementType::Bf16 => "BF16",
-            ElementType::U8 => "UINT8",
-            ElementType::I32 => "INT32",
-            ElementType::I64 => "INT64",
-        };
-        f.write_str(name)
+        f.write_str(self.protocol_name())
     }
 }
 

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::inference::backend::BackendKind;
+use crate::inference::hints::{self, Declarations, DeclaredSize, TensorDeclaration};
 use crate::inference::scheduler::{Batching, DelayPolicy};
+use crate::inference::tensor::ElementType;
 use crate::node::state::Digest;
 use crate::oci::{self, OciReference};
 use crate::sandbox::capabilities::is_outbound_entry;
@@ -34,6 +36,12 @@ const MIN_HEADER_BYTES: usize = 8192;
 
 /// Linear memory for the bundled Python and JavaScript guests, whose interpreters need more.
 const INTERPRETER_MEMORY_MIB: u64 = 256;
+
+/// Linear memory for the OCR guest: a decoded image, its detection map and a batch of the
+/// recognizer's outputs (6 crops × steps × 6,625 classes).
+const OCR_MEMORY_MIB: u64 = 256;
+/// Largest image the OCR example takes.
+const OCR_MAX_BODY_BYTES: usize = 8 << 20;
 
 /// Where `models/onnxruntime/fetch.py` puts the ONNX Runtime library, under `models/`.
 const ONNXRUNTIME_LIBRARY: &str = "onnxruntime/libonnxruntime.so.1.31.1";
@@ -111,6 +119,85 @@ pub struct SplitConfig {
     /// Each stage's executors, in order [default: the model's `executors` for every stage].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub executors: Vec<usize>,
+}
+
+/// How one model input or output is declared where the ONNX file leaves it open (no element
+/// type, or anonymous free dimensions), for every backend: see [`crate::inference::hints`].
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorHint {
+    /// Its dimensions, outermost first: a number fixes one, a name makes it free (free
+    /// dimensions of the same name have the same size in a run; `batch` batches).
+    pub shape: Vec<HintSize>,
+    /// Its element type, as the inference protocol names it (`FP32`, `INT64`, …) [default:
+    /// the file's].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datatype: Option<String>,
+}
+
+/// One dimension of a [`TensorHint`]: a number or a name.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum HintSize {
+    Fixed(u64),
+    Free(String),
+}
+
+impl<'de> Deserialize<'de> for HintSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Size;
+        impl serde::de::Visitor<'_> for Size {
+            type Value = HintSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a size of at least 1, or a name for a free dimension (not -1)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, size: u64) -> Result<HintSize, E> {
+                Ok(HintSize::Fixed(size))
+            }
+            fn visit_i64<E: serde::de::Error>(self, size: i64) -> Result<HintSize, E> {
+                u64::try_from(size)
+                    .map(HintSize::Fixed)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(size), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<HintSize, E> {
+                Ok(HintSize::Free(name.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Size)
+    }
+}
+
+impl TensorHint {
+    /// Checks the hint found at `field` (`inputs.x`).
+    fn validate(&self, field: &str) -> anyhow::Result<()> {
+        if let Some(datatype) = &self.datatype
+            && ElementType::from_name(datatype).is_none()
+        {
+            let names: Vec<&str> = ElementType::protocol_names().collect();
+            bail!("`{field}.datatype`: {datatype:?} is none of {}", names.join(", "));
+        }
+        for (axis, size) in self.declaration().shape.iter().enumerate() {
+            if let Err(reason) = hints::check_size(size) {
+                bail!("`{field}.shape[{axis}]`: {reason}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The declaration the inference layer applies.
+    fn declaration(&self) -> TensorDeclaration {
+        TensorDeclaration {
+            element_type: self.datatype.as_deref().and_then(ElementType::from_name),
+            shape: self
+                .shape
+                .iter()
+                .map(|size| match size {
+                    HintSize::Fixed(size) => DeclaredSize::Fixed(*size),
+                    HintSize::Free(name) => DeclaredSize::Free(name.clone()),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Most stages a model may be split into.
@@ -268,6 +355,12 @@ pub struct ModelConfig<F = Source> {
     /// Which backend runs it.
     #[serde(default, with = "BackendKindSetting")]
     pub backend: BackendKind,
+    /// Element types and shapes of inputs the ONNX file leaves open, by input name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, TensorHint>,
+    /// The same for outputs, by output name (to name the batch axis an output shares).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, TensorHint>,
     /// Executor threads, each running one inference at a time. Default: one per core.
     pub executors: Option<usize>,
     /// Jobs that may wait for an executor; beyond that, requests are refused (503).
@@ -509,6 +602,8 @@ impl Config {
         let model = |file: &str| ModelConfig {
             file: Source::File(models.join(file)),
             backend: BackendKind::Auto,
+            inputs: BTreeMap::new(),
+            outputs: BTreeMap::new(),
             executors: None,
             queue_capacity: default_queue_capacity(),
             batching: Batching::Auto,
@@ -577,6 +672,55 @@ impl Config {
         // ONNX Runtime, when models/onnxruntime/fetch.py has fetched it: `backend = "auto"`
         // then runs each model on whichever of it and tract is faster.
         let onnxruntime = models.join(ONNXRUNTIME_LIBRARY);
+        // OCR, a pipeline of three models, when models/ocr/fetch.py has fetched them. They
+        // run on ONNX Runtime: tract cannot type them with a free batch size (see README).
+        let ocr_models = ["det", "cls", "rec"].map(|stage| models.join(format!("ocr/{stage}.onnx")));
+        if ocr_models.iter().all(|file| file.is_file()) && onnxruntime.is_file() {
+            let hint = |shape: &[&str]| TensorHint {
+                shape: shape
+                    .iter()
+                    .map(|size| {
+                        size.parse().map_or_else(|_| HintSize::Free(size.to_string()), HintSize::Fixed)
+                    })
+                    .collect(),
+                datatype: None,
+            };
+            let ocr_model = |file: &str, (input, output): (&[&str], (&str, &[&str]))| ModelConfig {
+                backend: BackendKind::Ort,
+                inputs: BTreeMap::from([("x".to_string(), hint(input))]),
+                outputs: BTreeMap::from([(output.0.to_string(), hint(output.1))]),
+                ..model(file)
+            };
+            let pixels: &[&str] = &["batch", "3", "height", "width"];
+            bundled_models.insert(
+                "ocr-det".into(),
+                ocr_model("ocr/det.onnx", (pixels, ("sigmoid_0.tmp_0", &["batch", "1", "height", "width"]))),
+            );
+            bundled_models.insert(
+                "ocr-cls".into(),
+                ocr_model(
+                    "ocr/cls.onnx",
+                    (&["batch", "3", "48", "192"], ("save_infer_model/scale_0.tmp_1", &["batch", "2"])),
+                ),
+            );
+            bundled_models.insert(
+                "ocr-rec".into(),
+                ocr_model(
+                    "ocr/rec.onnx",
+                    (&["batch", "3", "48", "width"], ("softmax_11.tmp_0", &["batch", "steps", "6625"])),
+                ),
+            );
+            routes.push(RouteConfig {
+                memory_mib: OCR_MEMORY_MIB,
+                max_body_bytes: OCR_MAX_BODY_BYTES,
+                ..route("/ocr", "ocr.wasm", &["ocr-det", "ocr-cls", "ocr-rec"])
+            });
+        } else {
+            left_out.push(
+                "example /ocr is not served: its models or ONNX Runtime are not fetched (run python3 models/ocr/fetch.py and python3 models/onnxruntime/fetch.py)"
+                    .into(),
+            );
+        }
         let server = ServerConfig {
             onnxruntime_library: onnxruntime.is_file().then_some(onnxruntime),
             ..ServerConfig::default()
@@ -657,6 +801,11 @@ impl<F> ModelConfig<F> {
         if self.executors.is_some_and(|executors| executors > MAX_EXECUTORS) {
             bail!("`executors`: at most {MAX_EXECUTORS}");
         }
+        for (side, hints) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
+            for (name, hint) in hints {
+                hint.validate(&format!("{side}.{name}"))?;
+            }
+        }
         if let Some(split) = &self.split {
             split.validate()?;
             if self.cache_entries > 0 {
@@ -666,11 +815,21 @@ impl<F> ModelConfig<F> {
         Ok(())
     }
 
+    /// What the model's `inputs` and `outputs` declare, for the inference layer.
+    pub fn declarations(&self) -> Declarations {
+        let declare = |hints: &BTreeMap<String, TensorHint>| {
+            hints.iter().map(|(name, hint)| (name.clone(), hint.declaration())).collect()
+        };
+        Declarations { inputs: declare(&self.inputs), outputs: declare(&self.outputs) }
+    }
+
     /// The same model with its file replaced by `file`.
     pub fn with_file<G>(self, file: G) -> ModelConfig<G> {
         let ModelConfig {
             file: _,
             backend,
+            inputs,
+            outputs,
             executors,
             queue_capacity,
             batching,
@@ -687,6 +846,8 @@ impl<F> ModelConfig<F> {
         ModelConfig {
             file,
             backend,
+            inputs,
+            outputs,
             executors,
             queue_capacity,
             batching,
@@ -927,6 +1088,31 @@ mod tests {
     }
 
     #[test]
+    fn tensor_declarations_are_read_and_checked() {
+        let config = parse(
+            "[models.m]\nfile = \"m.onnx\"\ninputs.x = { shape = [\"batch\", 3, \"width\"], datatype = \"FP32\" }\noutputs.y.shape = [\"batch\", 2]",
+        )
+        .unwrap();
+        let declared = config.models["m"].declarations();
+        let x = &declared.inputs["x"];
+        assert_eq!(x.element_type, Some(ElementType::F32));
+        let free = |name: &str| DeclaredSize::Free(name.into());
+        assert_eq!(x.shape, [free("batch"), DeclaredSize::Fixed(3), free("width")]);
+        assert_eq!(declared.outputs["y"].shape, [free("batch"), DeclaredSize::Fixed(2)]);
+        assert_eq!(declared.outputs["y"].element_type, None);
+        let datatype =
+            error("[models.m]\nfile = \"m.onnx\"\ninputs.x = { shape = [1], datatype = \"FLOAT\" }");
+        assert!(datatype.contains("`models.m`: `inputs.x.datatype`: \"FLOAT\" is none of"), "{datatype}");
+        let zero = error("[models.m]\nfile = \"m.onnx\"\noutputs.y.shape = [\"batch\", 0]");
+        assert!(zero.contains("`outputs.y.shape[1]`: a fixed size is at least 1"), "{zero}");
+        let blank = error("[models.m]\nfile = \"m.onnx\"\ninputs.x.shape = [\" \"]");
+        assert!(blank.contains("`inputs.x.shape[0]`: a free dimension needs a name"), "{blank}");
+        let negative = error("[models.m]\nfile = \"m.onnx\"\ninputs.x.shape = [-1]");
+        assert!(negative.contains("models.m.inputs.x.shape"), "{negative}");
+        assert!(negative.contains("a name for a free dimension (not -1)"), "{negative}");
+    }
+
+    #[test]
     fn routes_are_named_by_their_path_unless_named() {
         let config = parse(
             "[[routes]]\npath = \"/a/b\"\ncomponent = \"a.wasm\"\n[[routes]]\npath = \"/c\"\nname = \"see\"\ncomponent = \"c.wasm\"",
@@ -954,6 +1140,7 @@ mod tests {
         assert_eq!(config.models["digits"].executors, Some(2));
         assert_eq!(config.models["minilm"].split.as_ref().map(SplitConfig::stage_count), Some(2));
         assert_eq!(config.ensembles["sentence-embedding"].steps[1].model, "mean-pooling");
+        assert_eq!(config.models["ocr-rec"].declarations().outputs["softmax_11.tmp_0"].shape.len(), 3);
     }
 
     #[test]
@@ -963,9 +1150,10 @@ mod tests {
         let paths: Vec<&str> = config.routes.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(paths, ["/digits", "/hello", "/vad"]);
         assert_eq!(config.server.onnxruntime_library, None);
-        assert_eq!(left_out.len(), 3, "{left_out:?}");
+        assert_eq!(left_out.len(), 4, "{left_out:?}");
         assert!(left_out[0].contains("/digits-py") && left_out[0].contains("guest/build-py-js.sh"));
         assert!(left_out[2].contains("/embed") && left_out[2].contains("models/minilm/fetch.py"));
+        assert!(left_out[3].contains("/ocr") && left_out[3].contains("models/ocr/fetch.py"));
 
         std::fs::create_dir_all(empty.path().join("minilm")).unwrap();
         std::fs::write(empty.path().join("minilm/model-float.onnx"), b"").unwrap();
@@ -976,7 +1164,21 @@ mod tests {
         assert_eq!(config.server.onnxruntime_library, Some(empty.path().join(ONNXRUNTIME_LIBRARY)));
         assert!(config.routes.iter().any(|r| r.path == "/embed") && config.models.contains_key("minilm"));
         assert!(config.routes.iter().any(|r| r.path == "/digits-js"));
+        assert_eq!(left_out.len(), 2, "only /digits-py and /ocr are left: {left_out:?}");
+
+        std::fs::create_dir_all(empty.path().join("ocr")).unwrap();
+        for stage in ["det", "cls", "rec"] {
+            std::fs::write(empty.path().join(format!("ocr/{stage}.onnx")), b"").unwrap();
+        }
+        let (config, left_out) = Config::bundled_from(empty.path(), empty.path());
+        let ocr = config.routes.iter().find(|r| r.path == "/ocr").expect("/ocr is served");
+        assert_eq!(ocr.models, ["ocr-det", "ocr-cls", "ocr-rec"]);
+        assert_eq!(config.models["ocr-rec"].backend, BackendKind::Ort);
+        let rec = config.models["ocr-rec"].declarations();
+        assert_eq!(rec.inputs["x"].shape[3], DeclaredSize::Free("width".into()));
+        assert_eq!(rec.outputs["softmax_11.tmp_0"].shape[0], DeclaredSize::Free("batch".into()));
         assert_eq!(left_out.len(), 1, "only /digits-py is left: {left_out:?}");
+        config.validate().unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@ use anyhow::Context;
 use tracing::info;
 
 use crate::inference::backend::{self, BackendKind};
+use crate::inference::hints;
 use crate::inference::pipeline::{Pipeline, PipelineKind, StepSpec};
 use crate::inference::scheduler::{CacheConfig, ModelScheduler, SchedulerConfig};
 use crate::inference::served::ServedModel;
@@ -43,6 +44,8 @@ impl Models {
     /// Loads the model `name` from `bytes` as `spec` says, and starts its executors (for a
     /// split model, each stage's).
     pub fn load(name: &str, spec: &ModelSpec, bytes: Vec<u8>) -> anyhow::Result<LoadedModel> {
+        let bytes = hints::declare(bytes, &spec.declarations())
+            .with_context(|| format!("declaring the tensors of model {name:?} ({})", spec.file))?;
         let served = match &spec.split {
             None => ServedModel::Single(Arc::new(start(name, spec, spec.backend, None, bytes)?)),
             Some(split) => load_split(name, spec, split, bytes)?,

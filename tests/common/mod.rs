@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod ocr;
 pub mod registry;
 
 /// How long a server may take to load its models and components.
