@@ -109,9 +109,9 @@ pub fn declare(bytes: Vec<u8>, declarations: &Declarations) -> Result<Vec<u8>, H
 }
 
 /// Largest fixed size a dimension may be declared with.
-pub const MAX_FIXED_SIZE: u64 = i64::MAX as u64;
+const MAX_FIXED_SIZE: u64 = i64::MAX as u64;
 
-/// Whether `size` can be declared: a fixed size from 1 to [`MAX_FIXED_SIZE`], or a free
+/// Whether `size` can be declared: a fixed size from 1 to 2^63 − 1, or a free
 /// dimension with a name; else why not.
 pub fn check_size(size: &DeclaredSize) -> Result<(), &'static str> {
     match size {
