@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Server, client, guest};
+use common::{Server, client, guest, wait_for_log, wait_for_logged_times};
 use serde_json::Value;
 
 /// The hostile route's limits, in MiB, and how many of its instances may run at once.
@@ -85,7 +85,7 @@ async fn hostile_guests_fail_alone_with_the_reason_and_host_memory_stays_bounded
         ["call stack exhausted", "out of bounds memory access"].iter().any(|reason| error.contains(reason)),
         "the reason: {answer}"
     );
-    assert!(server.logs().contains("wasm backtrace"), "the log has the backtrace");
+    wait_for_log(&server, "wasm backtrace").await;
 
     let (status, answer) = get(server.url("/test/no-response")).await;
     assert_eq!((status, answer["error"].as_str()), (500, Some("the guest gave no response")));
@@ -129,6 +129,7 @@ async fn a_response_the_guest_could_not_finish_is_an_error_for_the_client() {
         assert_eq!(body.len(), 1000, "over {version}");
     }
     // Each of the six is logged with its reason.
+    wait_for_logged_times(&server, "response cut off", 6).await;
     let logs = server.logs();
     assert_eq!(logs.matches("response cut off").count(), 6, "{logs}");
     for reason in ["wasm trap", "deadline", "max_response_bytes"] {

@@ -2,6 +2,7 @@
 //! `bench`); logging set-up, and the process's exit status.
 
 mod deploy;
+mod log_writer;
 mod push;
 
 use std::io::{IsTerminal, Write};
@@ -25,6 +26,8 @@ use edge_infer::node::control::{self, ControlSettings};
 use edge_infer::node::state::StateDir;
 use edge_infer::oci::Registries;
 use edge_infer_bench::{self as bench, BenchArgs};
+
+use self::log_writer::LogWriter;
 
 /// A WebAssembly edge inference runtime.
 #[derive(Parser)]
@@ -80,15 +83,21 @@ pub fn main() -> ExitCode {
     let started = Instant::now();
     keep_backtraces_for_panics();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // A server logs a line per request: its lines go through a writer thread. The other
+    // commands write theirs straight away, in order with what they print.
+    let background_log = matches!(cli.command, Command::Serve { .. });
+    let log = init_logging(cli.log_format, background_log);
     let outcome = match cli.command {
         Command::Serve { listen, config, admin_listen, grpc_listen, state_dir } => {
-            serve(Addresses { listen, admin_listen, grpc_listen, state_dir }, config, started)
+            serve(Addresses { listen, admin_listen, grpc_listen, state_dir }, config, started, log.as_ref())
         }
         Command::Push(args) => push::run(args),
         Command::Deploy(args) => deploy::run(*args),
         Command::Bench(args) => bench::run(*args),
     };
+    if let Some(log) = log {
+        log.flush();
+    }
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -109,16 +118,23 @@ fn keep_backtraces_for_panics() {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr, through a writer thread if `background` (and it can be started): the
+/// writer is returned, to be flushed before the process exits.
+fn init_logging(format: LogFormat, background: bool) -> Option<LogWriter> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal());
+    let writer = background.then(|| LogWriter::start(std::io::stderr())).and_then(Result::ok);
+    match (format, &writer) {
+        (LogFormat::Text, Some(writer)) => builder.with_writer(writer.clone()).init(),
+        (LogFormat::Json, Some(writer)) => builder.json().with_writer(writer.clone()).init(),
+        (LogFormat::Text, None) => builder.with_writer(std::io::stderr).init(),
+        (LogFormat::Json, None) => builder.json().with_writer(std::io::stderr).init(),
     }
+    if let Some(writer) = &writer {
+        writer.flush_on_panic();
+    }
+    writer
 }
 
 /// Where `serve` listens and keeps its state, from the command line.
@@ -136,7 +152,12 @@ fn read_config(file: Option<&Path>) -> anyhow::Result<Config> {
     }
 }
 
-fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -> anyhow::Result<()> {
+fn serve(
+    addresses: Addresses,
+    config_file: Option<PathBuf>,
+    started: Instant,
+    log: Option<&LogWriter>,
+) -> anyhow::Result<()> {
     let config = read_config(config_file.as_deref())?;
     let server = &config.server;
     let listen = addresses.listen.unwrap_or(server.listen);
@@ -228,6 +249,10 @@ fn serve(addresses: Addresses, config_file: Option<PathBuf>, started: Instant) -
         #[cfg(unix)]
         tokio::spawn(apply_config_on_hangup(node, config_file, hangups));
         info!(%address, %admin_address, ready_ms = started.elapsed().as_millis() as u64, "ready");
+        // What start-up logged is out before the node says it is ready.
+        if let Some(log) = log {
+            log.flush();
+        }
         // The lines on stdout, once ready: scripts and tests read the addresses from them.
         println!("edge-infer listening on {scheme}://{address}");
         println!("edge-infer admin API on {scheme}://{admin_address}");

@@ -451,6 +451,11 @@ pub struct RouteConfig<C = Source> {
     /// Requests that may wait for an instance; beyond that the answer is 503.
     #[serde(default = "default_max_queue")]
     pub max_queue: usize,
+    /// Instances made ahead of requests, so that a request finds its instance made. Each is
+    /// still used by one request only; they hold pool slots and memory beside
+    /// `max_concurrency`. 0 makes every instance when its request arrives.
+    #[serde(default = "default_ready_instances")]
+    pub ready_instances: usize,
     /// Linear memory one instance may use, in MiB.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u64,
@@ -509,6 +514,9 @@ fn default_cache_ttl_ms() -> u64 {
 }
 fn default_max_concurrency() -> usize {
     64
+}
+fn default_ready_instances() -> usize {
+    1
 }
 fn default_max_queue() -> usize {
     256
@@ -586,6 +594,7 @@ impl Config {
             component: Source::File(guests.join(component)),
             models: models.iter().map(|m| m.to_string()).collect(),
             max_concurrency: default_max_concurrency(),
+            ready_instances: default_ready_instances(),
             max_queue: default_max_queue(),
             memory_mib: default_memory_mib(),
             host_memory_mib: None,
@@ -919,6 +928,9 @@ impl<C> RouteConfig<C> {
                 bail!("`{name}` must be at least {floor}");
             }
         }
+        if self.ready_instances > self.max_concurrency {
+            bail!("`ready_instances` must be at most `max_concurrency` ({})", self.max_concurrency);
+        }
         for (name, mib) in
             [("memory_mib", self.memory_mib), ("host_memory_mib", self.host_memory_mib.unwrap_or(0))]
         {
@@ -949,6 +961,7 @@ impl<C> RouteConfig<C> {
             models,
             max_concurrency,
             max_queue,
+            ready_instances,
             memory_mib,
             host_memory_mib,
             max_host_resources,
@@ -968,6 +981,7 @@ impl<C> RouteConfig<C> {
             models,
             max_concurrency,
             max_queue,
+            ready_instances,
             memory_mib,
             host_memory_mib,
             max_host_resources,
@@ -1044,7 +1058,17 @@ mod tests {
         let route = &config.routes[0];
         assert_eq!(route.component, Source::File("/opt/digits.wasm".into()));
         assert_eq!((route.timeout_ms, route.max_concurrency, route.memory_mib), (500, 64, 64));
+        assert_eq!(route.ready_instances, 1);
         assert!(!route.allow_model_load);
+    }
+
+    #[test]
+    fn a_route_makes_ahead_at_most_as_many_instances_as_it_runs() {
+        let route = "[[routes]]\npath = \"/a\"\ncomponent = \"a.wasm\"\nmax_concurrency = 2\n";
+        assert_eq!(parse(&format!("{route}ready_instances = 2")).unwrap().routes[0].ready_instances, 2);
+        assert_eq!(parse(&format!("{route}ready_instances = 0")).unwrap().routes[0].ready_instances, 0);
+        let bad = error(&format!("{route}ready_instances = 3"));
+        assert!(bad.contains("`ready_instances` must be at most `max_concurrency` (2)"), "{bad}");
     }
 
     #[test]

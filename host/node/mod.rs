@@ -150,8 +150,8 @@ impl Runtime {
 }
 
 /// Builds one version of the route `name` from its settings, its component's bytes and
-/// the models it may use: its own engine (a pool sized to its cap), the component
-/// compiled, its imports checked, and one instance made as a probe. It shares `admission`
+/// the models it may use: its own engine (a pool sized to its cap and the instances made
+/// ahead), the component compiled, its imports checked, and its first instance made. It shares `admission`
 /// (its previous version's) when given.
 async fn load_route(
     name: &str,
@@ -172,7 +172,8 @@ async fn load_route(
     let grant = Arc::new(NnGrant { models: granted, allow_model_load: spec.allow_model_load });
     let metrics = RouteMetrics::new(&spec.path);
     let engine = new_engine(EngineLimits {
-        instances: u32::try_from(spec.max_concurrency).unwrap_or(u32::MAX),
+        instances: u32::try_from(spec.max_concurrency.saturating_add(spec.ready_instances))
+            .unwrap_or(u32::MAX),
         max_memory_bytes: spec.memory_mib as usize * MIB,
         compilation_cache,
     })?;
@@ -192,6 +193,8 @@ async fn load_route(
             max_host_resources: spec.max_host_resources,
             max_response_bytes: spec.max_response_bytes,
         },
+        ready_instances: spec.ready_instances,
+        timeout: Duration::from_millis(spec.timeout_ms),
     };
     if !spec.strict_imports && !spec.grant.is_empty() {
         warn!(route = %spec.path, "`grant` has no effect without `strict_imports = true`: every WASI package links, its capabilities closed");

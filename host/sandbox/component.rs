@@ -2,18 +2,23 @@
 //! pre-instantiated once; then a fresh instance for every request, dropped when the request
 //! ends so nothing leaks between requests.
 //!
+//! Instances can be made ahead of requests (`ready_instances`): each is still used by one
+//! request only, but its instantiation is off that request's path. A request takes one made
+//! ahead if there is one, else makes its own, and every request starts making another ahead
+//! while fewer than wanted are made or being made.
+//!
 //! [`GuestComponent::handle`] runs one request to its deadline. The guest runs in a task of
 //! its own so it can keep streaming the body after it has sent the response head; the task
 //! owns the instance and the route's admission permit, and both go when it ends. If the
 //! caller goes away before the response head (the client disconnected), the task is aborted:
 //! the instance is dropped, and so is any inference it still had queued.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use prometheus::Histogram;
+use prometheus::{Histogram, IntCounter};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
@@ -21,8 +26,8 @@ use wasmtime::component::{Component, Resource, ResourceTableError};
 use wasmtime::error::Context as _;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
@@ -81,15 +86,41 @@ fn trap_reason(error: &wasmtime::Error) -> String {
 
 /// A compiled, pre-instantiated guest and what its instances may use.
 pub struct GuestComponent {
+    maker: Arc<InstanceMaker>,
+    /// The route's path, for log lines.
+    route: Arc<str>,
+}
+
+/// Makes a route's instances, when a request arrives or ahead of it, and keeps those made
+/// ahead until a request takes one.
+struct InstanceMaker {
     pre: ProxyPre<GuestState>,
     grant: Arc<NnGrant>,
     limits: InstanceLimits,
     capabilities: Capabilities,
     log_budget: Arc<LogBudget>,
-    /// The route's path, for log lines.
-    route: Arc<str>,
     /// Observes how long making each instance takes.
     instantiation: Histogram,
+    /// Counts requests that found an instance made ahead of them.
+    ready_hits: IntCounter,
+    /// How many instances to keep made ahead of requests.
+    wanted: usize,
+    /// Longest time making one ahead may take: the route's timeout.
+    make_timeout: Duration,
+    ready: Mutex<ReadyInstances>,
+}
+
+/// Instances made ahead of requests, and how many are being made.
+#[derive(Default)]
+struct ReadyInstances {
+    made: Vec<ReadyInstance>,
+    being_made: usize,
+}
+
+/// An instance made ahead of its request: instantiated, never called.
+struct ReadyInstance {
+    store: Store<GuestState>,
+    proxy: Proxy,
 }
 
 /// What a route says about its guest component.
@@ -106,11 +137,17 @@ pub struct GuestSpec<'a> {
     pub limits: InstanceLimits,
     /// What the route opens to its guests.
     pub capabilities: Capabilities,
+    /// Instances to keep made ahead of requests (the engine's pool must have room for them
+    /// beside the route's cap).
+    pub ready_instances: usize,
+    /// The route's timeout, which also bounds making an instance ahead.
+    pub timeout: Duration,
 }
 
 impl GuestComponent {
     /// Compiles the component (or takes it from the compilation cache), links it against
-    /// the sandbox, and checks that one instance can be made.
+    /// the sandbox, checks that one instance can be made, and keeps it (and makes the rest)
+    /// as the instances made ahead of requests.
     pub async fn load(
         engine: &Engine,
         spec: GuestSpec<'_>,
@@ -129,22 +166,23 @@ impl GuestComponent {
             linker.instantiate_pre(&component).with_context(|| format!("linking the component {file}"))?;
         let pre = ProxyPre::new(instance_pre)
             .with_context(|| format!("{file} is not a wasi:http/proxy component"))?;
-        let guest = GuestComponent {
+        let maker = Arc::new(InstanceMaker {
             pre,
             grant,
             limits: spec.limits,
             capabilities: spec.capabilities,
             log_budget: Arc::new(LogBudget::new(spec.route_path, metrics.log_lines_dropped.clone())),
-            route: spec.route_path.into(),
             instantiation: metrics.instantiation.clone(),
-        };
+            ready_hits: metrics.ready_instance_hits.clone(),
+            wanted: spec.ready_instances,
+            make_timeout: spec.timeout,
+            ready: Mutex::default(),
+        });
         // The first instance also makes the memory images every later one maps.
         let mut attempt = 1;
-        loop {
-            let probe = RequestContext::new(Instant::now() + Duration::from_secs(10), Default::default());
-            let mut store = guest.new_store(probe)?;
-            match guest.pre.instantiate_async(&mut store).await {
-                Ok(_) => break,
+        let first = loop {
+            match maker.make_ahead().await {
+                Ok(first) => break first,
                 Err(error) if attempt < IMAGE_ATTEMPTS && kernel_busy(&error) => {
                     warn!(component = %file, attempt, "the kernel was busy sealing a memory image: {error:#}; trying again");
                     attempt += 1;
@@ -153,18 +191,23 @@ impl GuestComponent {
                     return Err(error.context(format!("instantiating the component {file}")).into());
                 }
             }
+        };
+        if maker.wanted > 0 {
+            maker.ready.lock().unwrap().made.push(first);
+            maker.replenish();
         }
         debug!(component = %file, compile_ms = compiled.as_millis() as u64, "component ready");
-        Ok(guest)
+        Ok(GuestComponent { maker, route: spec.route_path.into() })
     }
 
     /// The models its instances may use.
     pub fn grant(&self) -> &NnGrant {
-        &self.grant
+        &self.maker.grant
     }
 
-    /// Runs one request on a fresh instance. `permit` is the route's admission permit; it is
-    /// released when the instance is gone.
+    /// Runs one request on a fresh instance: one made ahead if there is one, else one made
+    /// now. `permit` is the route's admission permit; it is released when the instance is
+    /// gone.
     pub async fn handle(
         &self,
         request: http::Request<Full<Bytes>>,
@@ -173,20 +216,20 @@ impl GuestComponent {
     ) -> Result<http::Response<HyperOutgoingBody>, GuestFailure> {
         let deadline = tokio::time::Instant::from_std(context.deadline);
         let request_id = context.id.clone();
-        let mut store = self.new_store(context).map_err(GuestFailure::NoInstance)?;
+        let (mut store, made_ahead) = self.maker.instance_for(context).map_err(GuestFailure::NoInstance)?;
         let (sender, receiver) = oneshot::channel();
         let http = store.data_mut();
         let request =
             http.http().new_incoming_request(Scheme::Http, request).map_err(GuestFailure::BadRequest)?;
         let outparam = http.http().new_response_outparam(sender).map_err(GuestFailure::BadRequest)?;
-        let (pre, instantiation) = (self.pre.clone(), self.instantiation.clone());
+        let maker = self.maker.clone();
         // How the guest's work ended, for the body: it ends cleanly only after a clean end.
         let (ended_sender, ended) = oneshot::channel::<GuestEnd>();
         let task = tokio::spawn(async move {
             // However the task ends (an answer, a trap, the deadline, an abort), the instance
             // is freed before the route's slot is released.
             let mut instance = Instance { store, _permit: permit };
-            let run = run_guest(&mut instance.store, &pre, &instantiation, request, outparam);
+            let run = run_guest(&mut instance.store, &maker, made_ahead, request, outparam);
             let outcome = tokio::time::timeout_at(deadline, run).await;
             let _ = ended_sender.send(match &outcome {
                 Ok(Ok(())) => Ok(()),
@@ -206,7 +249,7 @@ impl GuestComponent {
             Ok(Ok(response)) => {
                 abort_if_abandoned.disarm();
                 let limits = BodyLimits {
-                    max_bytes: self.limits.max_response_bytes,
+                    max_bytes: self.maker.limits.max_response_bytes,
                     route: self.route.clone(),
                     request_id: request_id.clone(),
                 };
@@ -222,12 +265,81 @@ impl GuestComponent {
             },
         }
     }
+}
+
+impl InstanceMaker {
+    /// A store for the request of `context`, with its instance if one was made ahead (and
+    /// then another is started in its place); without, the caller instantiates it.
+    fn instance_for(
+        self: &Arc<Self>,
+        context: RequestContext,
+    ) -> wasmtime::Result<(Store<GuestState>, Option<Proxy>)> {
+        let taken = self.ready.lock().unwrap().made.pop();
+        self.replenish();
+        match taken {
+            Some(ReadyInstance { mut store, proxy }) => {
+                self.ready_hits.inc();
+                store.data_mut().serve(context);
+                Ok((store, Some(proxy)))
+            }
+            None => Ok((self.new_store(Some(context))?, None)),
+        }
+    }
+
+    /// Starts making instances ahead until as many as wanted are made or being made. Every
+    /// request calls it, so a failed attempt is tried again by the next request.
+    fn replenish(self: &Arc<Self>) {
+        let missing = {
+            let mut ready = self.ready.lock().unwrap();
+            let missing = self.wanted.saturating_sub(ready.made.len() + ready.being_made);
+            ready.being_made += missing;
+            missing
+        };
+        for _ in 0..missing {
+            let maker = self.clone();
+            tokio::spawn(async move {
+                let made = tokio::time::timeout(maker.make_timeout, maker.make_ahead()).await;
+                let mut ready = maker.ready.lock().unwrap();
+                ready.being_made -= 1;
+                match made {
+                    Ok(Ok(instance)) => ready.made.push(instance),
+                    // The request that next makes its own instance meets the same failure and
+                    // reports it.
+                    Ok(Err(error)) => debug!("making an instance ahead failed: {error:#}"),
+                    Err(_elapsed) => debug!("making an instance ahead took longer than the route's timeout"),
+                }
+            });
+        }
+    }
+
+    /// An instance made before any request, for the next one to take.
+    async fn make_ahead(&self) -> wasmtime::Result<ReadyInstance> {
+        let mut store = self.new_store(None)?;
+        let proxy = self.instantiate(&mut store).await?;
+        Ok(ReadyInstance { store, proxy })
+    }
+
+    /// Instantiates the guest in `store`, and observes how long it took.
+    async fn instantiate(&self, store: &mut Store<GuestState>) -> wasmtime::Result<Proxy> {
+        let instantiating = Instant::now();
+        let proxy = self.pre.instantiate_async(store).await?;
+        self.instantiation.observe(instantiating.elapsed().as_secs_f64());
+        Ok(proxy)
+    }
 
     /// A store for one instance: fresh state, memory cap, and the epoch settings that make
-    /// the guest yield to tokio at every tick.
+    /// the guest yield to tokio at every tick. For `request`'s context, or, with none, for
+    /// an instance made ahead (the request that takes it brings its own: `GuestState::serve`).
     /// The wall-clock deadline itself is the `timeout_at` around the guest's task.
-    fn new_store(&self, context: RequestContext) -> wasmtime::Result<Store<GuestState>> {
-        let stderr = GuestStderr::new(self.log_budget.clone(), context.id.clone());
+    fn new_store(&self, request: Option<RequestContext>) -> wasmtime::Result<Store<GuestState>> {
+        let stderr = GuestStderr::new(self.log_budget.clone());
+        let context = match request {
+            Some(context) => {
+                stderr.tag(context.id.clone());
+                context
+            }
+            None => RequestContext::new(Instant::now() + self.make_timeout, Default::default()),
+        };
         let state = GuestState::new(self.grant.clone(), self.limits, &self.capabilities, context, stderr)?;
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
@@ -237,18 +349,19 @@ impl GuestComponent {
     }
 }
 
-/// Instantiates the guest in `store` and runs its handler on `request`; the answer goes
-/// to `outparam`.
+/// Runs the guest's handler on `request` in `store`, instantiating it first unless it was
+/// made ahead; the answer goes to `outparam`.
 async fn run_guest(
     store: &mut Store<GuestState>,
-    pre: &ProxyPre<GuestState>,
-    instantiation: &Histogram,
+    maker: &InstanceMaker,
+    made_ahead: Option<Proxy>,
     request: Resource<HostIncomingRequest>,
     outparam: Resource<HostResponseOutparam>,
 ) -> Result<(), GuestFailure> {
-    let instantiating = Instant::now();
-    let proxy = pre.instantiate_async(&mut *store).await.map_err(GuestFailure::NoInstance)?;
-    instantiation.observe(instantiating.elapsed().as_secs_f64());
+    let proxy = match made_ahead {
+        Some(proxy) => proxy,
+        None => maker.instantiate(store).await.map_err(GuestFailure::NoInstance)?,
+    };
     proxy.wasi_http_incoming_handler().call_handle(&mut *store, request, outparam).await.map_err(|e| {
         match e.downcast::<ComputeError>() {
             Ok(overloaded @ ComputeError::Overloaded { .. }) => GuestFailure::ModelOverloaded(overloaded),

@@ -35,7 +35,8 @@ const TABLE_KEEP_RESIDENT_BYTES: usize = 1 << 20;
 /// What the engine must be sized for.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineLimits {
-    /// Component instances alive at once: the route's concurrency cap.
+    /// Component instances alive at once: the route's concurrency cap and the instances it
+    /// makes ahead of requests.
     pub instances: u32,
     /// The linear memory the route allows, in bytes.
     pub max_memory_bytes: usize,

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -54,16 +54,23 @@ impl LogBudget {
     }
 }
 
-/// The stderr of one instance.
+/// The stderr of one instance. Its lines carry the id of the request the instance serves,
+/// once it serves one: an instance made ahead of its request logs `-` until then.
 #[derive(Clone)]
 pub struct GuestStderr {
     budget: Arc<LogBudget>,
-    request_id: Arc<str>,
+    request_id: Arc<OnceLock<Arc<str>>>,
 }
 
 impl GuestStderr {
-    pub fn new(budget: Arc<LogBudget>, request_id: Arc<str>) -> GuestStderr {
-        GuestStderr { budget, request_id }
+    pub fn new(budget: Arc<LogBudget>) -> GuestStderr {
+        GuestStderr { budget, request_id: Default::default() }
+    }
+
+    /// Tags the lines logged from now on with `request_id`; an instance serves one request,
+    /// so only the first tag counts.
+    pub fn tag(&self, request_id: Arc<str>) {
+        let _ = self.request_id.set(request_id);
     }
 }
 
@@ -96,7 +103,8 @@ impl LineWriter {
             budget.dropped.inc();
             return;
         }
-        info!(target: "guest", route = %budget.route, request_id = %self.stderr.request_id, "{line}");
+        let request_id = self.stderr.request_id.get().map_or("-", |id| id);
+        info!(target: "guest", route = %budget.route, %request_id, "{line}");
     }
 }
 

@@ -57,14 +57,16 @@ pub struct GuestState {
     hooks: OutgoingHttp,
     grant: Arc<NnGrant>,
     context: RequestContext,
+    stderr: GuestStderr,
     /// Memory and table caps, enforced by wasmtime through `Store::limiter`.
     pub limits: StoreLimits,
 }
 
 impl GuestState {
     /// State for a fresh instance: the route's model grant, limits and capabilities, and the
-    /// request's deadline and priority; nothing else. Fails if a read-only folder cannot be
-    /// opened.
+    /// deadline and priority of `context`, the request it serves (see [`GuestState::serve`]
+    /// for an instance made ahead of its request); nothing else. Fails if a read-only folder
+    /// cannot be opened.
     pub fn new(
         grant: Arc<NnGrant>,
         limits: InstanceLimits,
@@ -73,7 +75,7 @@ impl GuestState {
         stderr: GuestStderr,
     ) -> wasmtime::Result<GuestState> {
         let mut wasi = WasiCtx::builder();
-        wasi.stderr(stderr).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        wasi.stderr(stderr.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
         capabilities.preopen(&mut wasi)?;
         let wasi = wasi.build();
         let mut table = ResourceTable::new();
@@ -86,11 +88,19 @@ impl GuestState {
             hooks: OutgoingHttp(capabilities.clone()),
             grant,
             context,
+            stderr,
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
                 .trap_on_grow_failure(true)
                 .build(),
         })
+    }
+
+    /// Gives the instance to the request of `context`: its deadline and priority for model
+    /// calls, its id on the guest's log lines.
+    pub fn serve(&mut self, context: RequestContext) {
+        self.stderr.tag(context.id.clone());
+        self.context = context;
     }
 }
 
