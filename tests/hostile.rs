@@ -2,7 +2,7 @@
 //! `wasi:nn` tensors, piles up resource handles or overflows its stack fails alone, with
 //! the reason in the answer, the next request is served, and the server's memory stays
 //! under a bound computed from the routes' budgets. At full load, every admitted request
-//! finds an instance in a pool sized exactly to the routes' caps.
+//! finds an instance in a pool sized exactly to the routes' caps (no instances made ahead).
 
 mod common;
 
@@ -24,12 +24,14 @@ memory_mib = {MEMORY_MIB}
 host_memory_mib = {HOST_MEMORY_MIB}
 max_host_resources = 500
 max_concurrency = {HOSTILE_CONCURRENCY}
+ready_instances = 0
 timeout_ms = 20000
 
 [[routes]]
 path = "/hello"
 component = "{hello}"
 max_concurrency = 2
+ready_instances = 0
 max_queue = 1000
 "#,
         testing = guest("testing").display(),

@@ -1,11 +1,13 @@
 //! Where the log's lines go: a buffer that a thread of its own writes to stderr, so a request
-//! that logs (every request logs its access line) formats its line but makes no system call.
+//! that logs (every request logs its access line) formats its line but never waits on a write
+//! to stderr (at most it wakes the writer: the first line into an empty buffer does).
 //!
 //! The writer thread sleeps while the buffer is empty; the first line into an empty buffer
 //! wakes it, and it then waits [`GATHER`] for more before writing them all at once. A full
 //! buffer ([`CAPACITY`]) makes whoever logs wait for the writer, as a blocking stderr would:
 //! lines are never dropped. [`LogWriter::flush`] (on exit) and a panic write out what is
-//! buffered; only a crash (`kill -9`, an abort) can lose the lines of the last [`GATHER`].
+//! buffered, waiting at most [`FLUSH_PATIENCE`] for a stuck stderr. A crash (`kill -9`, an
+//! abort) loses what is buffered: the last [`GATHER`] of lines, more if stderr is slow.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};

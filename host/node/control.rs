@@ -649,7 +649,8 @@ fn ensemble_named(name: &str) -> DeployError {
 fn crash_point(after_start_up: bool, step: &str) {
     static CRASH_AT: LazyLock<Option<String>> = LazyLock::new(|| std::env::var("EDGE_INFER_CRASH_AT").ok());
     if after_start_up && CRASH_AT.as_deref() == Some(step) {
-        error!(step, "EDGE_INFER_CRASH_AT: aborting");
+        // Straight to stderr: the log's writer thread would not write the line before the abort.
+        eprintln!("EDGE_INFER_CRASH_AT={step}: aborting");
         std::process::abort();
     }
 }

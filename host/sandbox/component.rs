@@ -13,7 +13,7 @@
 //! caller goes away before the response head (the client disconnected), the task is aborted:
 //! the instance is dropped, and so is any inference it still had queued.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -115,6 +115,15 @@ struct InstanceMaker {
 struct ReadyInstances {
     made: Vec<ReadyInstance>,
     being_made: usize,
+}
+
+/// Counts one instance as being made while it lives.
+struct BeingMade<'a>(&'a Mutex<ReadyInstances>);
+
+impl Drop for BeingMade<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).being_made -= 1;
+    }
 }
 
 /// An instance made ahead of its request: instantiated, never called.
@@ -274,12 +283,14 @@ impl InstanceMaker {
         self: &Arc<Self>,
         context: RequestContext,
     ) -> wasmtime::Result<(Store<GuestState>, Option<Proxy>)> {
-        let taken = self.ready.lock().unwrap().made.pop();
+        let taken = self.ready.lock().unwrap_or_else(PoisonError::into_inner).made.pop();
         self.replenish();
         match taken {
             Some(ReadyInstance { mut store, proxy }) => {
                 self.ready_hits.inc();
                 store.data_mut().serve(context);
+                // Its time slice starts now, not when it was made.
+                store.set_epoch_deadline(1);
                 Ok((store, Some(proxy)))
             }
             None => Ok((self.new_store(Some(context))?, None)),
@@ -290,7 +301,7 @@ impl InstanceMaker {
     /// request calls it, so a failed attempt is tried again by the next request.
     fn replenish(self: &Arc<Self>) {
         let missing = {
-            let mut ready = self.ready.lock().unwrap();
+            let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
             let missing = self.wanted.saturating_sub(ready.made.len() + ready.being_made);
             ready.being_made += missing;
             missing
@@ -298,11 +309,16 @@ impl InstanceMaker {
         for _ in 0..missing {
             let maker = self.clone();
             tokio::spawn(async move {
+                // However the task ends (made, failed, panicked, dropped), it is no longer
+                // being made.
+                let making = BeingMade(&maker.ready);
+                let started = Instant::now();
                 let made = tokio::time::timeout(maker.make_timeout, maker.make_ahead()).await;
-                let mut ready = maker.ready.lock().unwrap();
-                ready.being_made -= 1;
                 match made {
-                    Ok(Ok(instance)) => ready.made.push(instance),
+                    Ok(Ok(instance)) => {
+                        maker.instantiation.observe(started.elapsed().as_secs_f64());
+                        making.0.lock().unwrap_or_else(PoisonError::into_inner).made.push(instance);
+                    }
                     // The request that next makes its own instance meets the same failure and
                     // reports it.
                     Ok(Err(error)) => debug!("making an instance ahead failed: {error:#}"),
@@ -315,16 +331,8 @@ impl InstanceMaker {
     /// An instance made before any request, for the next one to take.
     async fn make_ahead(&self) -> wasmtime::Result<ReadyInstance> {
         let mut store = self.new_store(None)?;
-        let proxy = self.instantiate(&mut store).await?;
+        let proxy = self.pre.instantiate_async(&mut store).await?;
         Ok(ReadyInstance { store, proxy })
-    }
-
-    /// Instantiates the guest in `store`, and observes how long it took.
-    async fn instantiate(&self, store: &mut Store<GuestState>) -> wasmtime::Result<Proxy> {
-        let instantiating = Instant::now();
-        let proxy = self.pre.instantiate_async(store).await?;
-        self.instantiation.observe(instantiating.elapsed().as_secs_f64());
-        Ok(proxy)
     }
 
     /// A store for one instance: fresh state, memory cap, and the epoch settings that make
@@ -360,7 +368,12 @@ async fn run_guest(
 ) -> Result<(), GuestFailure> {
     let proxy = match made_ahead {
         Some(proxy) => proxy,
-        None => maker.instantiate(store).await.map_err(GuestFailure::NoInstance)?,
+        None => {
+            let started = Instant::now();
+            let proxy = maker.pre.instantiate_async(&mut *store).await.map_err(GuestFailure::NoInstance)?;
+            maker.instantiation.observe(started.elapsed().as_secs_f64());
+            proxy
+        }
     };
     proxy.wasi_http_incoming_handler().call_handle(&mut *store, request, outparam).await.map_err(|e| {
         match e.downcast::<ComputeError>() {
@@ -373,7 +386,8 @@ async fn run_guest(
 
 /// One request's instance and the route slot it occupies. Fields drop in order: the store
 /// (and with it the instance's slot in the engine's pool) first, then the admission permit,
-/// so a request admitted next always finds a free slot in a pool sized to the routes' caps.
+/// so a request admitted next always finds a free slot in a pool sized to the route's cap and
+/// the instances it makes ahead.
 struct Instance {
     store: Store<GuestState>,
     _permit: Permit,

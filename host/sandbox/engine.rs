@@ -3,7 +3,7 @@
 //! Each version of a route has an engine of its own, so a version being deployed never
 //! competes for instance slots with the one it replaces, and its pool goes with it once it
 //! has drained. Instances come from a pooling allocator sized from the route's concurrency
-//! cap, so a fresh instance per request costs microseconds (slots are reused and memory is
+//! cap and the instances it makes ahead, so a fresh instance per request costs microseconds (slots are reused and memory is
 //! copy-on-write from the component's image). Components may not use the component model's
 //! async ABI (`concurrency_support` is off): guests are `wasi:http` 0.2 handlers.
 //! A background thread advances the engine's epoch every [`EPOCH_TICK`]; guests yield to

@@ -48,7 +48,8 @@ pub struct InstanceLimits {
     pub max_response_bytes: u64,
 }
 
-/// Everything one guest instance owns, for the length of one request.
+/// Everything one guest instance owns, from when it is made (ahead of its request, or on its
+/// arrival) to the end of that one request.
 pub struct GuestState {
     table: ResourceTable,
     budget: HostBudget,
