@@ -13,6 +13,11 @@ use tokio::net::TcpStream;
 /// Connections that stall mid-head at once.
 const STALLED: usize = 2000;
 
+const OPEN: &str = r#"edge_infer_http_connections_open{listener="public"}"#;
+const HEADER_TIMEOUTS: &str =
+    r#"edge_infer_http_connections_closed_total{listener="public",reason="header_timeout"}"#;
+const IDLE_CLOSED: &str = r#"edge_infer_http_connections_closed_total{listener="public",reason="idle"}"#;
+
 fn config(server: &str) -> String {
     format!(
         "[server]\n{server}\n\n[[routes]]\npath = \"/hello\"\ncomponent = \"{}\"\n",
@@ -58,7 +63,8 @@ async fn closed_by_server(stream: &mut TcpStream, patience: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_connections_are_closed_at_the_timeout_and_others_are_served() {
     allow_open_files(2 * STALLED as u64 + 200);
-    let config = config("header_read_timeout_ms = 2000\nmax_connections = 5000");
+    let config =
+        config("header_read_timeout_ms = 2000\nmax_connections = 5000\nmax_connections_per_ip = 5000");
     let server = tokio::task::spawn_blocking(move || Server::start(&config)).await.unwrap();
     let address = server.base.trim_start_matches("http://").to_string();
 
@@ -75,8 +81,8 @@ async fn stalled_connections_are_closed_at_the_timeout_and_others_are_served() {
     for stream in &mut stalled {
         assert!(closed_by_server(stream, Duration::from_secs(60)).await, "a stalled connection stayed open");
     }
-    wait_for_metric(&server, "edge_infer_http_connections_open", 1.0).await;
-    assert!(metric(&scrape(&server).await, "edge_infer_http_connections_timed_out_total") >= STALLED as f64);
+    wait_for_metric(&server, OPEN, 1.0).await;
+    assert!(metric(&scrape(&server).await, HEADER_TIMEOUTS) >= STALLED as f64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +125,7 @@ async fn an_idle_http2_connection_is_closed_after_the_timeout() {
     let idle = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     assert_eq!(idle.get(server.url("/hello")).send().await.unwrap().status(), 200);
     // Only the scraping connection stays: the idle one is closed by the server.
-    wait_for_metric(&server, "edge_infer_http_connections_open", 1.0).await;
-    assert!(metric(&scrape(&server).await, "edge_infer_http_connections_timed_out_total") >= 1.0);
+    wait_for_metric(&server, OPEN, 1.0).await;
+    assert!(metric(&scrape(&server).await, IDLE_CLOSED) >= 1.0);
     drop(idle);
 }

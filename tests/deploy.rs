@@ -73,6 +73,27 @@ async fn a_new_version_and_a_rollback_under_load_fail_no_request() {
     assert_eq!(route["state"], "serving");
 }
 
+/// A `wasi:http/proxy` component (in the component text format, which the node compiles as
+/// it does the binary one) whose core module's start function loops: instantiating it never
+/// ends.
+const SPINS_AT_START: &str = r#"
+(component
+  (import "wasi:http/types@0.2.0" (instance $types
+    (export "incoming-request" (type (sub resource)))
+    (export "response-outparam" (type (sub resource)))))
+  (alias export $types "incoming-request" (type $request))
+  (alias export $types "response-outparam" (type $outparam))
+  (core module $spins
+    (func $spin (loop $forever (br $forever)))
+    (start $spin)
+    (func (export "handle") (param i32 i32)))
+  (core instance $running (instantiate $spins))
+  (func $handle (param "request" (own $request)) (param "response-out" (own $outparam))
+    (canon lift (core func $running "handle")))
+  (instance $handler (export "handle" (func $handle)))
+  (export "wasi:http/incoming-handler@0.2.0" (instance $handler)))
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_version_changes_nothing_and_the_answer_says_why() {
     let server = Server::start(&config());
@@ -102,6 +123,20 @@ async fn a_broken_version_changes_nothing_and_the_answer_says_why() {
         .await;
     let reason = expect_error(response, 422).await;
     assert!(reason.contains("wasi:filesystem/types@"), "the refused import is named: {reason}");
+
+    // A component whose instantiation never ends (a constructor that loops): refused at the
+    // route's timeout, and the control plane goes on.
+    let spinning = admin.upload(SPINS_AT_START.as_bytes().to_vec()).await;
+    let started = std::time::Instant::now();
+    let response = admin
+        .put("digits", |settings| {
+            settings["component"] = json!(spinning);
+            settings["timeout_ms"] = json!(1000);
+        })
+        .await;
+    let reason = expect_error(response, 422).await;
+    assert!(reason.contains("first instance was not made within the route's timeout"), "{reason}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "bounded by the route's timeout");
 
     // A component nobody uploaded, and settings that are wrong.
     let unknown = format!("sha256:{}", "0".repeat(64));
@@ -141,10 +176,10 @@ async fn a_broken_version_changes_nothing_and_the_answer_says_why() {
 
     assert_eq!(admin.route("digits").await["component"], before["component"]);
     assert_eq!(classify_version(&http, &server.base).await, (200, "digits-guest-v1".into()));
-    // Refused changes are counted: the component, the import, the model name, the path, the
-    // model file, the unload.
+    // Refused changes are counted: the component, the import, the spinning start, the model
+    // name, the path, the model file, the unload.
     let metrics = scrape(&server).await;
-    assert_eq!(metric(&metrics, r#"edge_infer_deploys_total{outcome="refused"}"#), 6.0);
+    assert_eq!(metric(&metrics, r#"edge_infer_deploys_total{outcome="refused"}"#), 7.0);
     assert_eq!(metric(&metrics, r#"edge_infer_deploys_total{outcome="applied"}"#), 1.0, "start-up");
     let response =
         admin.request(reqwest::Method::POST, "/admin/routes/digits/rollback").send().await.unwrap();

@@ -15,8 +15,12 @@ const HOST_MEMORY_MIB: u64 = 32;
 const HOSTILE_CONCURRENCY: u64 = 4;
 
 fn config() -> String {
+    // 400 clients at once from this one machine: more than one address may hold by default.
     format!(
         r#"
+[server]
+max_connections_per_ip = 1000
+
 [[routes]]
 path = "/test"
 component = "{testing}"
@@ -77,6 +81,14 @@ async fn hostile_guests_fail_alone_with_the_reason_and_host_memory_stays_bounded
     let (status, answer) = get(server.url("/test/handles")).await;
     assert_eq!(status, 500, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("max_host_resources"), "{answer}");
+
+    // Headers are host memory too: 120 KB a `fields`, under the handle cap, reach the budget.
+    let hoarding = get(server.url("/test/header-hoard"));
+    let ((status, answer), grown_mib) = server.memory_growth_mib(hoarding).await;
+    assert_eq!(status, 500, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("HTTP fields") && error.contains("host_memory_mib"), "{error}");
+    assert!(grown_mib < (MEMORY_MIB + HOST_MEMORY_MIB + 16) as f64, "grew by {grown_mib:.1} MiB");
 
     let (status, answer) = get(server.url("/test/recurse")).await;
     assert_eq!(status, 500, "{answer}");

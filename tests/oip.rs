@@ -63,8 +63,14 @@ async fn bad_infer_requests_get_clear_errors() {
     let input = |shape: Value, data: Value| json!({ "inputs": [{ "name": "pixels", "shape": shape, "datatype": "FP32", "data": data }] });
     let cases = [
         (input(json!([1, 63]), json!(vec![0; 63])), 422, "shape [-1, 64]"),
-        (input(json!([1, 64]), json!(vec![0; 10])), 400, "needs 256 bytes"),
-        (input(json!([1, 64]), json!(["x"])), 400, "not a number"),
+        (input(json!([1, 64]), json!(vec![0; 10])), 400, "the data holds at most 11"),
+        (input(json!([2, 64]), json!(vec![0; 127])), 400, "the shape has 128 elements; the data has 127"),
+        (input(json!([1, 64]), json!(vec![0; 65])), 400, "more elements than the shape"),
+        (
+            input(json!([1, 64]), json!([vec![json!(0); 63], vec![json!("x")]].concat())),
+            400,
+            "a number or a list",
+        ),
         (json!({ "inputs": "no" }), 400, "malformed infer request"),
     ];
     for (body, status, message) in cases {

@@ -156,9 +156,14 @@ async fn a_request_whose_deadline_passes_in_the_queue_gets_504_and_never_runs() 
     assert_eq!(metric(&text, SLOW_INFERENCES), f64::from(BUSY_ROWS), "the expired request never ran");
 }
 
+/// The test config, with the anonymous tenant allowed high priority.
+fn config_allowing_high_priority() -> String {
+    format!("{}\n[tenants.anonymous]\nmax_priority = \"high\"\n", config("", "", ""))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn high_priority_requests_finish_before_normal_ones_queued_earlier() {
-    let server = Server::start(&config("", "", ""));
+    let server = Server::start(&config_allowing_high_priority());
     let busy = occupy_slow_executor(&server).await;
     let mut requests = Vec::new();
     for (index, priority) in ["normal", "normal", "normal", "high", "high", "high"].into_iter().enumerate() {
@@ -269,4 +274,73 @@ async fn under_overload_a_stale_cached_result_is_served_instead_of_503() {
     let text = scrape(&server).await;
     assert_eq!(metric(&text, r#"edge_infer_model_requests_total{model="slow",outcome="stale_hit"}"#), 1.0);
     assert_eq!(metric(&text, r#"edge_infer_model_requests_total{model="slow",outcome="rejected"}"#), 1.0);
+}
+
+/// Queues, behind a busy executor, requests with the given API keys and priorities in turn,
+/// each `rows` rows; returns the indices of `queued` in the order their requests finished.
+async fn finishing_order(server: &Server, queued: &[(&'static str, &'static str)]) -> Vec<usize> {
+    let busy = occupy_slow_executor(server).await;
+    let mut requests = Vec::new();
+    for (index, (key, priority)) in queued.iter().enumerate() {
+        let request = slow_request(server, 300, &[("x-api-key", key), ("x-edge-priority", priority)]);
+        requests.push(tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            Instant::now()
+        }));
+        wait_for_metric(server, SLOW_PENDING, (index + 1) as f64).await;
+    }
+    assert_eq!(busy.await.unwrap(), 200);
+    let mut finished = Vec::new();
+    for (index, request) in requests.into_iter().enumerate() {
+        finished.push((request.await.unwrap(), index));
+    }
+    finished.sort();
+    finished.into_iter().map(|(_, index)| index).collect()
+}
+
+/// Two tenants of equal weight, named by the API keys `flood` and `calm`; the flood may ask
+/// for `flood_priority` at most.
+fn two_tenants(flood_priority: &str) -> String {
+    let digest = |key: &str| {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    format!(
+        "{}\n[tenants.flood]\napi_key_sha256 = [\"{}\"]\nmax_priority = \"{flood_priority}\"\n\n[tenants.calm]\napi_key_sha256 = [\"{}\"]\n",
+        config("", "", ""),
+        digest("flood"),
+        digest("calm")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenants_flood_does_not_push_another_tenant_to_the_back_of_the_queue() {
+    let server = Server::start(&two_tenants("high"));
+    // Six of the flood's, at the high priority it is allowed, then two of the other's.
+    let mut queued = vec![("flood", "high"); 6];
+    queued.extend([("calm", "normal"); 2]);
+    let order = finishing_order(&server, &queued).await;
+    // Turns alternate between the two tenants: the calm one's two requests are among the
+    // first four served, not after the whole flood. Priorities order a tenant's own only.
+    let calm_early = order[..4].iter().filter(|&&index| index >= 6).count();
+    assert_eq!(calm_early, 2, "finishing order {order:?} (6 and 7 are the calm tenant's)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_priority_a_tenant_is_not_allowed_is_not_given() {
+    // Allowed normal at most, the flood's `high` request queued last runs last.
+    let server = Server::start(&two_tenants("normal"));
+    let order =
+        finishing_order(&server, &[("flood", "normal"), ("flood", "normal"), ("flood", "high")]).await;
+    assert_eq!(order, [0, 1, 2]);
+    // Allowed high, it goes first among the flood's own.
+    let server = Server::start(&two_tenants("high"));
+    let order =
+        finishing_order(&server, &[("flood", "normal"), ("flood", "normal"), ("flood", "high")]).await;
+    assert_eq!(order, [2, 0, 1]);
+    // Without credentials, a request is the anonymous tenant's, allowed normal by default.
+    let anonymous = Server::start(&config("", "", ""));
+    let order = finishing_order(&anonymous, &[("none", "normal"), ("none", "high")]).await;
+    assert_eq!(order, [0, 1], "an anonymous client's `high` is normal: it runs in turn");
 }

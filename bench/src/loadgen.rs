@@ -50,6 +50,8 @@ pub struct Load {
     /// Request bodies, used in turn (one empty body for none).
     pub bodies: Vec<Bytes>,
     pub content_type: Option<String>,
+    /// More headers on every request (credentials, priorities).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Closed loop: the number of clients. Open loop: the most requests in flight.
     pub concurrency: usize,
     /// `None` for a closed loop.
@@ -72,6 +74,7 @@ impl Load {
             method: Method::GET,
             bodies: vec![Bytes::new()],
             content_type: None,
+            headers: Vec::new(),
             concurrency,
             rate: None,
             warm_up,
@@ -374,6 +377,9 @@ async fn send(client: &Client<HttpConnector, Full<Bytes>>, load: &Load, body: By
     }
     if load.grpc {
         request = request.header(header::TE, "trailers");
+    }
+    for (name, value) in &load.headers {
+        request = request.header(name, value);
     }
     let request = request.body(Full::new(body)).ok()?;
     let response = client.request(request).await.ok()?;

@@ -18,13 +18,15 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use edge_infer::http::server::{self, ConnectionLimits, Service};
-use edge_infer::http::{grpc, tls};
-use edge_infer::node::Node;
+use edge_infer::http::server::{self, ListenerPolicy, Service};
+use edge_infer::http::tls;
 use edge_infer::node::config::Config;
 use edge_infer::node::control::{self, ControlSettings};
 use edge_infer::node::state::StateDir;
+use edge_infer::node::{Node, NodeLimits};
 use edge_infer::oci::Registries;
+use edge_infer::request::memory::MemoryBudget;
+use edge_infer::request::tenant::TenantDirectory;
 use edge_infer_bench::{self as bench, BenchArgs};
 
 use self::log_writer::LogWriter;
@@ -137,6 +139,10 @@ fn init_logging(format: LogFormat, background: bool) -> Option<LogWriter> {
     writer
 }
 
+/// Open files kept for what is not a connection (models, the state folder, the log, pipes),
+/// beside the listeners' `max_connections`.
+const RESERVED_DESCRIPTORS: u64 = 1024;
+
 /// Where `serve` listens and keeps its state, from the command line.
 struct Addresses {
     listen: Option<SocketAddr>,
@@ -199,9 +205,15 @@ fn serve(
             .await
             .with_context(|| format!("listening on {grpc_listen} for gRPC (--grpc-listen)"))?;
         let grpc_address = grpc_listener.local_addr()?;
-        let limits = ConnectionLimits::from_config(server);
+        let mut public_policy = ListenerPolicy::for_listener(server, Service::Public);
+        let mut admin_policy = ListenerPolicy::for_listener(server, Service::Admin);
+        let mut grpc_policy = ListenerPolicy::for_listener(server, Service::Grpc);
+        server::fit_to_descriptor_limit(
+            &mut [&mut public_policy, &mut admin_policy, &mut grpc_policy],
+            RESERVED_DESCRIPTORS,
+        );
         let tls = match (&server.tls_cert, &server.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key, server.tls_client_ca.as_deref())?),
             _ => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -211,11 +223,17 @@ fn serve(
             max_artifact_bytes: server.max_artifact_bytes,
             repository_changes_on_main_listener: listen.ip().is_loopback()
                 || server.admin_token_file.is_some(),
-            repository_changes_on_grpc_listener: grpc_listen.ip().is_loopback(),
+            repository_changes_on_grpc_listener: grpc_listen.ip().is_loopback()
+                || server.admin_token_file.is_some(),
             registries,
             public_listener: (scheme, address.port()),
         };
-        let node = Arc::new(Node::new(state, settings));
+        let limits = NodeLimits {
+            memory: MemoryBudget::new(usize::try_from(server.memory_budget_mib << 20).unwrap_or(usize::MAX)),
+            tenants: TenantDirectory::new(config.tenant_policies(), server.require_credentials),
+            max_infer_request_bytes: server.max_infer_request_bytes,
+        };
+        let node = Arc::new(Node::new(state, settings, limits));
         let (stop, stopping) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;
@@ -229,7 +247,7 @@ fn serve(
             listener,
             node.clone(),
             stopped(stopping.clone()),
-            limits,
+            public_policy,
             tls.clone(),
         ));
         let admin = tokio::spawn(server::serve(
@@ -237,10 +255,17 @@ fn serve(
             admin_listener,
             node.clone(),
             stopped(stopping.clone()),
-            limits,
+            admin_policy,
+            tls.clone(),
+        ));
+        let grpc = tokio::spawn(server::serve(
+            Service::Grpc,
+            grpc_listener,
+            node.clone(),
+            stopped(stopping),
+            grpc_policy,
             tls,
         ));
-        let grpc = tokio::spawn(grpc::serve(grpc_listener, node.clone(), stopped(stopping)));
         // Taken before loading, so a SIGHUP while loading waits instead of ending the process.
         #[cfg(unix)]
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -256,15 +281,12 @@ fn serve(
         // The lines on stdout, once ready: scripts and tests read the addresses from them.
         println!("edge-infer listening on {scheme}://{address}");
         println!("edge-infer admin API on {scheme}://{admin_address}");
-        println!("edge-infer gRPC on grpc://{grpc_address}");
+        let grpc_scheme = if scheme == "https" { "grpcs" } else { "grpc" };
+        println!("edge-infer gRPC on {grpc_scheme}://{grpc_address}");
         std::io::stdout().flush()?;
         public.await?;
         admin.await?;
-        // tonic waits for every connection to close, with no limit of its own: an open stream
-        // gets the grace period, like the HTTP connections, and is then cut.
-        if tokio::time::timeout(limits.grace, grpc).await.is_err() {
-            warn!("grace period over; closing the remaining gRPC connections");
-        }
+        grpc.await?;
         Ok(())
     })
 }

@@ -22,21 +22,23 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use crate::http::body::{self, BodyRefusal};
 use crate::http::oip::Endpoint;
 use crate::http::repository::{self, Action};
 use crate::http::response::{self, Body};
-use crate::http::router;
 use crate::node::Node;
 use crate::node::config::{ModelConfig, RouteConfig, Source};
 use crate::node::control::DeployError;
 use crate::node::state::StateError;
 use crate::oci::OciError;
+use crate::request::memory::Charge;
 
 /// Largest route settings accepted, beside an inline component.
 const MAX_SETTINGS_BYTES: usize = 1 << 20;
@@ -68,24 +70,19 @@ async fn route(node: &Node, request: Request<Incoming>) -> Response<Body> {
         (&Method::GET, ["admin", "node"]) => describe_node(node),
         (&Method::GET, ["admin", "routes"]) => list_routes(node, None),
         (&Method::GET, ["admin", "routes", name]) => list_routes(node, Some(name)),
-        (&Method::PUT, ["admin", "routes", name]) => {
-            let limit = inline_limit(node);
-            match router::read_whole(request.into_body(), limit).await {
-                Ok(body) => put_route(node, name, &body).await,
-                Err(refusal) => refusal,
-            }
-        }
+        (&Method::PUT, ["admin", "routes", name]) => match read(node, request, inline_limit(node)).await {
+            Ok((body, _charge)) => put_route(node, name, &body).await,
+            Err(refusal) => refusal,
+        },
         (&Method::DELETE, ["admin", "routes", name]) => answer("route", name, node.delete_route(name).await),
         (&Method::POST, ["admin", "routes", name, "rollback"]) => {
             answer("route", name, node.rollback_route(name).await)
         }
         (&Method::GET, ["admin", "models"]) => list_models(node),
-        (&Method::PUT, ["admin", "models", name]) => {
-            match router::read_whole(request.into_body(), MAX_SETTINGS_BYTES).await {
-                Ok(body) => put_model(node, name, &body).await,
-                Err(refusal) => refusal,
-            }
-        }
+        (&Method::PUT, ["admin", "models", name]) => match read(node, request, MAX_SETTINGS_BYTES).await {
+            Ok((body, _charge)) => put_model(node, name, &body).await,
+            Err(refusal) => refusal,
+        },
         (&Method::DELETE, ["admin", "models", name]) => answer("model", name, node.unload_model(name).await),
         _ => match Endpoint::parse(&path) {
             Some(Endpoint::RepositoryLoad(model)) => {
@@ -112,10 +109,24 @@ pub async fn change_repository(
     if let Some(refusal) = refusal(node, request.headers()) {
         return refusal;
     }
-    match router::read_whole(request.into_body(), inline_limit(node)).await {
-        Ok(body) => repository::respond(node, action, model, body).await,
+    match read(node, request, inline_limit(node)).await {
+        Ok((body, _charge)) => repository::respond(node, action, model, body).await,
         Err(refusal) => refusal,
     }
+}
+
+/// Reads a JSON body of at most `limit` bytes, charged to the node's memory budget while it
+/// is held (a file inline in base64 is held whole: large ones go through `PUT
+/// /admin/artifacts`, which streams to disk).
+async fn read(
+    node: &Node,
+    request: Request<Incoming>,
+    limit: usize,
+) -> Result<(Bytes, Charge), Response<Body>> {
+    let (parts, body) = request.into_parts();
+    body::read_charged(&parts.headers, body, limit, None, node.memory(), "admin")
+        .await
+        .map_err(BodyRefusal::response)
 }
 
 /// The 401 to answer a call without the admin token; none for a call that carries it.

@@ -1,11 +1,14 @@
-//! The HTTP layer, the top of the request flow: `server` accepts connections (over TLS with
-//! `tls`), `router` dispatches each request to health, metrics, the front door (`index`), a
-//! guest route or the Open Inference Protocol (`oip`, with the model repository calls in
-//! `repository`), and `response` writes what the host answers itself (JSON errors
+//! The HTTP layer, the top of the request flow: `server` is the front door of every listener
+//! (connection caps and timeouts, over TLS with `tls`), `router` dispatches each request to
+//! health, metrics, the front page (`index`), a guest route or the Open Inference Protocol
+//! (`oip`, with the model repository calls in `repository`) once `tenancy` has let its
+//! tenant in, `body` reads request bodies against the node's memory budget and keeps answers
+//! charged until sent, and `response` writes what the host answers itself (JSON errors
 //! included). `admin` answers the admin listener: deploys, rollbacks, uploads; `grpc` serves
 //! the Open Inference Protocol over gRPC on its own listener.
 
 pub mod admin;
+pub mod body;
 pub mod grpc;
 pub mod index;
 pub mod oip;
@@ -13,4 +16,5 @@ pub mod repository;
 pub mod response;
 pub mod router;
 pub mod server;
+pub mod tenancy;
 pub mod tls;

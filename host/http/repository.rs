@@ -38,7 +38,7 @@ pub async fn respond(node: &Node, action: Action, model: &str, body: Bytes) -> h
             Ok(spec) => node.load_model(model, spec).await,
             Err(malformed) => Err(malformed),
         },
-        Action::Unload => node.unload_model(model).await,
+        Action::Unload => node.unload_from_repository(model).await,
     };
     match outcome {
         Ok(outcome) => response::json(StatusCode::OK, &json!({ "model": model, "outcome": outcome })),

@@ -1,33 +1,50 @@
-//! Request dispatch: health and metrics, the front door (`GET /`), guest routes by path, the
-//! Open Inference Protocol under `/v2`, else 404. Every response carries `x-request-id`, and
-//! every request gets one access-log line.
+//! Request dispatch: health and metrics (for anyone), then, for a request's tenant (see
+//! `tenancy`), the front door (`GET /`), guest routes by path, and the Open Inference
+//! Protocol under `/v2`, else 404. Every response carries `x-request-id`, and every request
+//! gets one access-log line.
 //!
 //! For a guest route, `serve_guest` applies the route's limits in order: the body size
-//! (413), admission (503 + `Retry-After` when the queue is full, 504 when the deadline passes
-//! in it), and then runs the guest on a fresh instance. Malformed deadline or priority
-//! headers are a 400. Every failure is a JSON error; none of them affects other requests.
+//! (413) and the node's memory budget (503 + `Retry-After`), admission (503 + `Retry-After`
+//! when the queue is full, 504 when the deadline passes in it), and then runs the guest on a
+//! fresh instance. Malformed deadline or priority headers are a 400; a tenant over its own
+//! limits gets 429. Every failure is a JSON error; none of them affects other requests.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 use tracing::{error, info};
 
 use crate::http::admin;
+use crate::http::body::{self, hold};
 use crate::http::index;
 use crate::http::oip::{self, Endpoint};
 use crate::http::repository::Action;
 use crate::http::response::{self, Body};
+use crate::http::server::Client;
+use crate::http::tenancy::{self, Admitted};
 use crate::node::config::{HEALTH_PATH, METRICS_PATH};
 use crate::node::{Node, Route, Runtime};
 use crate::request::{ID_HEADER, RequestContext};
 use crate::sandbox::admission::Rejection;
 use crate::sandbox::component::GuestFailure;
-use crate::telemetry::metrics::{self, Protocol};
+use crate::telemetry::metrics::{self, Protocol, RouteMetrics};
+
+/// What a request was, for its access-log line and its route's series.
+struct Served<'a> {
+    response: Response<Body>,
+    metrics: Option<&'a RouteMetrics>,
+    context: Option<RequestContext>,
+}
+
+impl<'a> Served<'a> {
+    fn plain(response: Response<Body>) -> Served<'a> {
+        Served { response, metrics: None, context: None }
+    }
+}
 
 /// Answers one request.
 pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
@@ -37,49 +54,45 @@ pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<B
     let runtime = node.runtime();
     let runtime = runtime.as_deref();
     let route = runtime.and_then(|runtime| runtime.route_for(&path));
-    let timeout = route.map_or(oip::DEFAULT_TIMEOUT, |route| route.timeout);
-    let context = RequestContext::from_headers(request.headers(), arrival, timeout);
-    let (mut response, metrics) = match (&context, runtime) {
-        (Err(error), _) => (response::error(StatusCode::BAD_REQUEST, error.to_string()), None),
+    let served = match runtime {
         _ if path == HEALTH_PATH || path == "/v2/health/live" => {
-            (response::json(StatusCode::OK, &json!({ "live": true })), None)
+            Served::plain(response::json(StatusCode::OK, &json!({ "live": true })))
         }
         _ if path == "/v2/health/ready" => {
             let ready = node.is_ready();
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            (response::json(status, &json!({ "ready": ready })), None)
+            Served::plain(response::json(status, &json!({ "ready": ready })))
         }
-        (_, None) => (response::overloaded("the node is still loading its models and components"), None),
-        (_, Some(runtime)) if path == METRICS_PATH => {
-            runtime.refresh_gauges();
-            (response::text(StatusCode::OK, "text/plain; version=0.0.4", metrics::render()), None)
+        None => Served::plain(response::overloaded("the node is still loading its models and components")),
+        Some(runtime) if path == METRICS_PATH => {
+            node.refresh_gauges(runtime);
+            Served::plain(response::text(StatusCode::OK, "text/plain; version=0.0.4", metrics::render()))
         }
-        (_, Some(runtime)) if path == "/" && method == Method::GET => {
-            (index::respond(runtime, node.is_ready(), request.headers()), None)
-        }
-        (Ok(context), Some(runtime)) => match (route, Endpoint::parse(&path)) {
-            (Some(route), _) => (serve_guest(route, request, context).await, Some(&route.metrics)),
-            (None, Some(endpoint)) => {
-                (serve_oip(&node, runtime, endpoint, request, context).await, Some(&runtime.oip_metrics))
+        Some(runtime) => match (route, Endpoint::parse(&path)) {
+            // Repository changes are the control plane's: the admin token authorizes them.
+            (None, Some(endpoint @ (Endpoint::RepositoryLoad(_) | Endpoint::RepositoryUnload(_)))) => {
+                Served::plain(change_repository(&node, endpoint, request).await)
             }
-            (None, None) => (response::error(StatusCode::NOT_FOUND, format!("no route for {path}")), None),
+            (route, endpoint) => for_tenant(&node, runtime, route, endpoint, request, arrival).await,
         },
     };
+    let Served { mut response, metrics, context } = served;
     let status = response.status().as_u16();
     if let Some(metrics) = metrics {
         metrics.duration.observe(arrival.elapsed().as_secs_f64());
         metrics.request(status);
     }
-    let id = context.as_ref().map_or_else(|_| Arc::from("-"), |c| c.id.clone());
+    let id = context.as_ref().map_or_else(|| Arc::from("-"), |c| c.id.clone());
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(ID_HEADER, value);
     }
-    let stats = context.map(|c| c.stats.lock().unwrap().clone()).unwrap_or_default();
+    let stats = context.as_ref().map(|c| c.stats.lock().unwrap().clone()).unwrap_or_default();
     info!(
         request_id = %id,
         %method,
         %path,
         route = route.map_or("-", |route| route.path.as_str()),
+        tenant = context.as_ref().map_or("-", |c| c.tenant.name.as_str()),
         status,
         total_us = arrival.elapsed().as_micros() as u64,
         models = %stats.models.join(","),
@@ -90,11 +103,69 @@ pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<B
     response
 }
 
-async fn serve_guest(route: &Route, request: Request<Incoming>, context: &RequestContext) -> Response<Body> {
-    let (parts, body) = request.into_parts();
-    let body = match read_body(&parts.headers, body, route.max_body_bytes, context).await {
-        Ok(body) => body,
-        Err(response) => return response,
+/// A data-plane request: its tenant let in (401, 429 otherwise), then answered.
+async fn for_tenant<'a>(
+    node: &Node,
+    runtime: &'a Runtime,
+    route: Option<&'a Route>,
+    endpoint: Option<Endpoint<'_>>,
+    request: Request<Incoming>,
+    arrival: Instant,
+) -> Served<'a> {
+    let metrics = match (route, &endpoint) {
+        (Some(route), _) => Some(&route.metrics),
+        (None, Some(_)) => Some(&runtime.oip_metrics),
+        (None, None) => None,
+    };
+    let admitted = match tenancy::admit_naming(node, request.headers(), request.extensions().get::<Client>())
+    {
+        Ok(admitted) => admitted,
+        Err(refusal) => return Served { response: refusal.response(), metrics, context: None },
+    };
+    let timeout = route.map_or(oip::DEFAULT_TIMEOUT, |route| route.timeout);
+    let context =
+        match RequestContext::from_headers(request.headers(), arrival, timeout, admitted.tenant.clone()) {
+            Ok(context) => context,
+            Err(error) => {
+                let response = response::error(StatusCode::BAD_REQUEST, error.to_string());
+                return Served { response, metrics, context: None };
+            }
+        };
+    let response = match (route, endpoint) {
+        (Some(route), _) => serve_guest(node, route, request, &context, &admitted).await,
+        (None, Some(endpoint)) => serve_oip(node, runtime, endpoint, request, &context).await,
+        (None, None) if request.uri().path() == "/" && request.method() == Method::GET => {
+            index::respond(runtime, node.is_ready(), request.headers())
+        }
+        (None, None) => {
+            response::error(StatusCode::NOT_FOUND, format!("no route for {}", request.uri().path()))
+        }
+    };
+    // The tenant's place is held until the answer has been sent.
+    let response = hold(response, admitted.permit);
+    Served { response, metrics, context: Some(context) }
+}
+
+async fn serve_guest(
+    node: &Node,
+    route: &Route,
+    request: Request<Incoming>,
+    context: &RequestContext,
+    admitted: &Admitted,
+) -> Response<Body> {
+    let (mut parts, body) = request.into_parts();
+    tenancy::present_to_guest(&mut parts.headers, admitted);
+    let read = body::read_charged(
+        &parts.headers,
+        body,
+        route.max_body_bytes,
+        Some(context.deadline),
+        node.memory(),
+        "guest",
+    );
+    let (body, charge) = match read.await {
+        Ok(read) => read,
+        Err(refusal) => return refusal.response(),
     };
     let request = Request::from_parts(parts, Full::new(body));
 
@@ -109,7 +180,8 @@ async fn serve_guest(route: &Route, request: Request<Incoming>, context: &Reques
     };
 
     match route.guest.handle(request, context.clone(), permit).await {
-        Ok(response) => response,
+        // The body stays charged until the answer has been sent.
+        Ok(response) => hold(response, charge),
         Err(failure) => failure_response(route, failure, &context.id),
     }
 }
@@ -124,67 +196,65 @@ async fn serve_oip(
     let models = runtime.models();
     match endpoint {
         Endpoint::Server => oip::server_metadata(),
-        Endpoint::RepositoryIndex => oip::repository_index(models, request.method()),
+        Endpoint::RepositoryIndex => oip::repository_index(node, models, request.method()),
         Endpoint::Metadata(model) => oip::model_metadata(models, model),
         Endpoint::Ready(model) => oip::model_ready(models, model),
         Endpoint::Config(model) => oip::model_config(models, model),
-        Endpoint::RepositoryLoad(_) | Endpoint::RepositoryUnload(_)
-            if !node.control().repository_changes_on_main_listener() =>
-        {
-            response::error(
-                StatusCode::FORBIDDEN,
-                "model repository changes on this listener need server.admin_token_file; use the admin listener",
-            )
-        }
-        Endpoint::RepositoryLoad(model) => admin::change_repository(node, Action::Load, model, request).await,
-        Endpoint::RepositoryUnload(model) => {
-            admin::change_repository(node, Action::Unload, model, request).await
+        Endpoint::RepositoryLoad(_) | Endpoint::RepositoryUnload(_) => {
+            unreachable!("answered before tenancy")
         }
         Endpoint::Infer(model) => {
-            let (parts, body) = request.into_parts();
-            let response = match read_body(&parts.headers, body, oip::MAX_BODY_BYTES, context).await {
-                Ok(body) => {
-                    let header_length = parts.headers.get(oip::HEADER_LENGTH);
-                    oip::infer(models, model, &parts.method, header_length, body, context).await
-                }
-                Err(response) => response,
-            };
+            let response = infer(node, models.get(model), model, request, context).await;
             metrics::inference_request(Protocol::Rest, response.status().as_u16());
             response
         }
     }
 }
 
-/// Reads a whole request body of at most `limit` bytes before the request's deadline.
-async fn read_body(
-    headers: &http::HeaderMap,
-    body: Incoming,
-    limit: usize,
+/// An infer request: the model must exist before its body is read, and the body fit the
+/// protocol's limit and the memory budget.
+async fn infer(
+    node: &Node,
+    model: Option<&crate::inference::served::ServedModel>,
+    name: &str,
+    request: Request<Incoming>,
     context: &RequestContext,
-) -> Result<Bytes, Response<Body>> {
-    let declared_length =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared_length.is_some_and(|length| length > limit as u64) {
-        return Err(too_large(limit));
+) -> Response<Body> {
+    if request.method() != Method::POST {
+        return response::error(StatusCode::METHOD_NOT_ALLOWED, "infer takes POST");
     }
-    let deadline = tokio::time::Instant::from_std(context.deadline);
-    match tokio::time::timeout_at(deadline, read_whole(body, limit)).await {
-        Ok(read) => read,
-        Err(_) => Err(deadline_exceeded("the request body did not arrive in time")),
-    }
-}
-
-/// Reads a whole request body of at most `limit` bytes (413 beyond it).
-pub async fn read_whole(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
-        Err(e) => Err(response::error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
+    let Some(model) = model else { return oip::no_model(name) };
+    let (parts, body) = request.into_parts();
+    let limit = node.limits().max_infer_request_bytes;
+    match body::read_charged(&parts.headers, body, limit, Some(context.deadline), node.memory(), "rest").await
+    {
+        Ok((body, charge)) => {
+            let header_length = parts.headers.get(oip::HEADER_LENGTH).cloned();
+            oip::infer(model, header_length, body, context, charge).await
+        }
+        Err(refusal) => refusal.response(),
     }
 }
 
-fn too_large(limit: usize) -> Response<Body> {
-    response::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {limit} bytes"))
+/// A model repository change on the main listener, where it is taken at all.
+async fn change_repository(
+    node: &Node,
+    endpoint: Endpoint<'_>,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    if !node.control().repository_changes_on_main_listener() {
+        return response::error(
+            StatusCode::FORBIDDEN,
+            "model repository changes on this listener need server.admin_token_file; use the admin listener",
+        );
+    }
+    match endpoint {
+        Endpoint::RepositoryLoad(model) => admin::change_repository(node, Action::Load, model, request).await,
+        Endpoint::RepositoryUnload(model) => {
+            admin::change_repository(node, Action::Unload, model, request).await
+        }
+        _ => unreachable!("only repository changes come here"),
+    }
 }
 
 fn failure_response(route: &Route, failure: GuestFailure, request_id: &str) -> Response<Body> {
@@ -192,6 +262,10 @@ fn failure_response(route: &Route, failure: GuestFailure, request_id: &str) -> R
     match failure {
         GuestFailure::DeadlineExceeded => deadline_exceeded(message),
         GuestFailure::NoInstance(_) | GuestFailure::ModelOverloaded(_) => response::overloaded(message),
+        GuestFailure::MemoryExhausted(exhausted) => {
+            metrics::memory_refused("guest");
+            body::memory_response(&exhausted)
+        }
         GuestFailure::BadRequest(_) => response::error(StatusCode::BAD_REQUEST, message),
         GuestFailure::Trapped(_)
         | GuestFailure::TaskFailed(_)

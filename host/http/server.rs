@@ -1,28 +1,40 @@
-//! The HTTP listener: accepts connections, speaks HTTP/1.1 and HTTP/2 (cleartext with prior
-//! knowledge, detected per connection, or over TLS chosen by ALPN), and hands each request to
-//! the router.
+//! The front door of every listener: the public one (guest routes, the Open Inference Protocol,
+//! health, metrics), the admin API and gRPC all accept connections here, and every one of
+//! them is held to the same rules before a request reaches a handler:
 //!
-//! Connections are bounded: at most `max_connections` are open (the listener waits for one
-//! to close when full); a client gets `header_read_timeout` to send each request head on
-//! HTTP/1.1 (which also closes idle keep-alive connections) and its first request on
-//! HTTP/2 (and for the TLS handshake); request heads are capped in size and HTTP/2 streams
-//! in number.
+//! - **Connections are bounded.** At most `max_connections` are open (the listener waits for
+//!   one to close when full), and at most `max_connections_per_ip` from one client address
+//!   (an IPv6 client's /64); one more from that address is closed at once.
+//! - **Presence is not progress.** A client gets `header_read_timeout` to finish the TLS
+//!   handshake and to start each request; a connection with nothing in flight that starts no
+//!   request for that long is closed (HTTP/1.1 keep-alive and idle HTTP/2 alike). A response
+//!   that waits for the client to take it (a full TCP window, an HTTP/2 window held at zero)
+//!   for `send_timeout` has its connection closed, freeing its slot and whatever the response
+//!   held. HTTP/2 connections are pinged; one that does not answer within the keepalive
+//!   timeout is closed. Request bodies are bounded by each request's deadline.
+//! - **Requests are bounded.** Request heads are capped in size and HTTP/2 streams in number.
+//! - **Shutdown drains.** When `shutdown` completes, the listener closes, every connection is
+//!   told to finish its in-flight requests (HTTP/2: GOAWAY), and the server waits for them up
+//!   to the grace period.
 //!
-//! Shutdown is graceful: when the `shutdown` future completes, the listener closes, every
-//! connection is told to finish its in-flight requests, and the server waits for them up to
-//! the grace period.
+//! Each request carries the [`Client`] it came from (its address, and the tenant its TLS
+//! client certificate names) in its extensions, for the handlers' tenancy checks.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -30,13 +42,16 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::http::response::Body;
-use crate::http::{admin, router};
+use crate::http::{admin, grpc, router};
 use crate::node::Node;
-use crate::node::config::ServerConfig;
-use crate::telemetry::metrics::ConnectionMetrics;
+use crate::node::config::{DEFAULT_ADMIN_CONNECTIONS, ListenerSettings, ServerConfig};
+use crate::request::tenant::Tenant;
+use crate::telemetry::metrics::{ConnectionClosed, ConnectionMetrics};
 
 /// How long to pause accepting after an accept error (e.g. out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// The shortest interval at which a connection checks its timeouts.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// What a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,31 +60,71 @@ pub enum Service {
     Public,
     /// The admin API (`admin`).
     Admin,
+    /// The Open Inference Protocol over gRPC (`grpc`), HTTP/2 only.
+    Grpc,
 }
 
-/// What the listener allows each client.
+impl Service {
+    /// The listener's name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Public => "public",
+            Service::Admin => "admin",
+            Service::Grpc => "grpc",
+        }
+    }
+}
+
+/// What a listener allows each client.
 #[derive(Clone, Copy, Debug)]
-pub struct ConnectionLimits {
+pub struct ListenerPolicy {
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub header_read_timeout: Duration,
+    /// How long a response may wait for the client to take its next bytes.
+    pub send_timeout: Duration,
     pub max_header_bytes: usize,
     pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 pings: how often, and how long one may go unanswered.
+    pub http2_keepalive: Option<(Duration, Duration)>,
     /// How long in-flight requests may finish at shutdown.
     pub grace: Duration,
 }
 
-impl ConnectionLimits {
-    pub fn from_config(server: &ServerConfig) -> ConnectionLimits {
-        ConnectionLimits {
-            max_connections: server.max_connections,
-            header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
+impl ListenerPolicy {
+    /// The policy of `service`'s listener: `[server]`'s settings, with those its own table
+    /// (`[server.grpc]`, `[server.admin]`) gives instead.
+    pub fn for_listener(server: &ServerConfig, service: Service) -> ListenerPolicy {
+        let own = match service {
+            Service::Public => &ListenerSettings::default(),
+            Service::Grpc => &server.grpc,
+            Service::Admin => &server.admin,
+        };
+        let default_connections =
+            if service == Service::Admin { DEFAULT_ADMIN_CONNECTIONS } else { server.max_connections };
+        let keepalive = (server.http2_keepalive_interval_ms > 0).then(|| {
+            (
+                Duration::from_millis(server.http2_keepalive_interval_ms),
+                Duration::from_millis(server.http2_keepalive_timeout_ms),
+            )
+        });
+        ListenerPolicy {
+            max_connections: own.max_connections.unwrap_or(default_connections),
+            max_connections_per_ip: own.max_connections_per_ip.unwrap_or(server.max_connections_per_ip),
+            header_read_timeout: Duration::from_millis(
+                own.header_read_timeout_ms.unwrap_or(server.header_read_timeout_ms),
+            ),
+            send_timeout: Duration::from_millis(own.send_timeout_ms.unwrap_or(server.send_timeout_ms)),
             max_header_bytes: server.max_header_bytes,
-            http2_max_concurrent_streams: server.http2_max_concurrent_streams,
+            http2_max_concurrent_streams: own
+                .http2_max_concurrent_streams
+                .unwrap_or(server.http2_max_concurrent_streams),
+            http2_keepalive: keepalive,
             grace: Duration::from_millis(server.shutdown_grace_ms),
         }
     }
 
-    fn http(&self) -> auto::Builder<TokioExecutor> {
+    fn http(&self, service: Service) -> auto::Builder<TokioExecutor> {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
@@ -78,9 +133,65 @@ impl ConnectionLimits {
         http.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.http2_max_concurrent_streams)
-            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
-        http
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(self.http2_keepalive.map(|(interval, _)| interval));
+        if let Some((_, timeout)) = self.http2_keepalive {
+            http.http2().keep_alive_timeout(timeout);
+        }
+        match service {
+            Service::Grpc => http.http2_only(),
+            Service::Public | Service::Admin => http,
+        }
     }
+
+    /// How often a connection checks its timeouts.
+    fn check_interval(&self) -> Duration {
+        (self.header_read_timeout.min(self.send_timeout) / 4).max(MIN_CHECK_INTERVAL)
+    }
+}
+
+/// Where a request came from, in its extensions: the client's address, and the tenant its TLS
+/// client certificate names, if it showed one that does.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub address: SocketAddr,
+    pub certificate_tenant: Option<Arc<Tenant>>,
+}
+
+/// Raises this process's open-file limit to its hard limit, and lowers each listener's
+/// `max_connections` (in proportion) if even that cannot hold them all beside `reserved`
+/// descriptors for everything else; says so in the log.
+pub fn fit_to_descriptor_limit(policies: &mut [&mut ListenerPolicy], reserved: u64) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    let available = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        limit.rlim_cur
+    };
+    let wanted: u64 = policies.iter().map(|policy| policy.max_connections as u64).sum();
+    let room = available.saturating_sub(reserved);
+    if wanted <= room {
+        return;
+    }
+    for policy in policies.iter_mut() {
+        let fitted = (policy.max_connections as u64 * room / wanted.max(1)).max(1);
+        policy.max_connections = usize::try_from(fitted).unwrap_or(usize::MAX);
+    }
+    let fitted: Vec<usize> = policies.iter().map(|policy| policy.max_connections).collect();
+    warn!(
+        open_files = available,
+        wanted,
+        ?fitted,
+        "the open-file limit cannot hold max_connections on every listener: lowered (raise `ulimit -n` to serve them all)"
+    );
 }
 
 /// Serves `service` of `node` on `listener` (over TLS if `tls` is given) until `shutdown`
@@ -90,12 +201,14 @@ pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     shutdown: impl Future<Output = ()>,
-    limits: ConnectionLimits,
+    policy: ListenerPolicy,
     tls: Option<TlsAcceptor>,
 ) {
-    let http = limits.http();
-    let metrics = Arc::new(ConnectionMetrics::default());
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let http = policy.http(service);
+    let metrics = Arc::new(ConnectionMetrics::new(service.name()));
+    let slots = Arc::new(Semaphore::new(policy.max_connections));
+    let addresses = Arc::new(PerAddress { limit: policy.max_connections_per_ip, open: Mutex::default() });
+    let handler = Handler::new(service, &node);
     let connections = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -103,25 +216,30 @@ pub async fn serve(
             accepted = accept(&listener, &slots) => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    warn!("accepting a connection failed: {e}");
+                    warn!(listener = service.name(), "accepting a connection failed: {e}");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
+        let Some(address_slot) = addresses.enter(peer.ip()) else {
+            debug!(%peer, listener = service.name(), "too many connections from this address; closing");
+            metrics.closed(ConnectionClosed::PerAddress);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let open = OpenConnection::new(slot, metrics.clone());
+        let open = OpenConnection::new(slot, address_slot, metrics.clone());
         let connection = Connection {
-            service,
+            handler: handler.clone(),
             http: http.clone(),
             watcher: connections.watcher(),
             node: node.clone(),
             peer,
-            limits,
+            policy,
         };
         match &tls {
-            None => drop(tokio::spawn(connection.serve(stream, open))),
+            None => drop(tokio::spawn(connection.serve(stream, None, open))),
             Some(tls) => drop(tokio::spawn(connection.serve_tls(tls.clone(), stream, open))),
         }
     }
@@ -130,104 +248,234 @@ pub async fn serve(
     if service == Service::Public {
         node.start_draining();
     }
-    info!("shutting down: finishing in-flight requests");
+    info!(listener = service.name(), "shutting down: finishing in-flight requests");
     tokio::select! {
-        () = connections.shutdown() => info!("all connections closed"),
-        () = tokio::time::sleep(limits.grace) => warn!("grace period over; closing the remaining connections"),
+        () = connections.shutdown() => info!(listener = service.name(), "all connections closed"),
+        () = tokio::time::sleep(policy.grace) => {
+            warn!(listener = service.name(), "grace period over; closing the remaining connections");
+        }
+    }
+}
+
+/// What answers a listener's requests.
+#[derive(Clone)]
+enum Handler {
+    Public,
+    Admin,
+    Grpc(grpc::Front),
+}
+
+impl Handler {
+    fn new(service: Service, node: &Arc<Node>) -> Handler {
+        match service {
+            Service::Public => Handler::Public,
+            Service::Admin => Handler::Admin,
+            Service::Grpc => Handler::Grpc(grpc::Front::new(node.clone())),
+        }
+    }
+
+    async fn answer(
+        &self,
+        node: Arc<Node>,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<Body> {
+        match self {
+            Handler::Public => router::dispatch(node, request).await,
+            Handler::Admin => admin::dispatch(node, request).await,
+            Handler::Grpc(front) => front.dispatch(request).await,
+        }
     }
 }
 
 /// One accepted connection, to be served.
 struct Connection {
-    service: Service,
+    handler: Handler,
     http: auto::Builder<TokioExecutor>,
     watcher: Watcher,
     node: Arc<Node>,
-    peer: std::net::SocketAddr,
-    limits: ConnectionLimits,
+    peer: SocketAddr,
+    policy: ListenerPolicy,
 }
 
 impl Connection {
     /// Completes the TLS handshake (within the header read timeout), then serves.
     async fn serve_tls(self, tls: TlsAcceptor, stream: TcpStream, open: OpenConnection) {
-        match tokio::time::timeout(self.limits.header_read_timeout, tls.accept(stream)).await {
-            Ok(Ok(stream)) => self.serve(stream, open).await,
+        match tokio::time::timeout(self.policy.header_read_timeout, tls.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let certificate = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+                let tenant = certificate.and_then(|der| self.node.tenants().by_certificate(der));
+                self.serve(stream, tenant, open).await
+            }
             Ok(Err(e)) => debug!(peer = %self.peer, "TLS handshake failed: {e}"),
             Err(_) => {
                 debug!(peer = %self.peer, "no TLS handshake within the header read timeout; closing");
-                open.metrics.timed_out.inc();
+                open.metrics.closed(ConnectionClosed::HeaderTimeout);
             }
         }
     }
 
-    /// Serves requests until the client leaves, the server shuts down, or no first request
-    /// comes within the header read timeout.
-    async fn serve(self, io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static, open: OpenConnection) {
-        let Connection { service: which, http, watcher, node, peer, limits } = self;
-        let activity = Arc::new(Activity::default());
+    /// Serves requests until the client leaves, the server shuts down, or a timeout closes
+    /// the connection (see the module's documentation).
+    async fn serve(
+        self,
+        io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        certificate_tenant: Option<Arc<Tenant>>,
+        open: OpenConnection,
+    ) {
+        let Connection { handler, http, watcher, node, peer, policy } = self;
+        let activity = Arc::new(Activity::new());
         let tracked = activity.clone();
-        let service = service_fn(move |request| {
-            let (node, guard) = (node.clone(), tracked.begin());
+        let client = Client { address: peer, certificate_tenant };
+        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            let (node, handler, started) = (node.clone(), handler.clone(), tracked.begin());
+            request.extensions_mut().insert(client.clone());
             async move {
-                let response = match which {
-                    Service::Public => router::dispatch(node, request).await,
-                    Service::Admin => admin::dispatch(node, request).await,
-                };
-                // The request counts as in flight until its body is sent (or dropped).
-                Ok::<_, Infallible>(response.map(|body| Tracked { body, _guard: guard }.boxed_unsync()))
+                let response = handler.answer(node, request).await;
+                // The request counts as in flight until its body is sent (or dropped), and
+                // the body's progress is watched meanwhile.
+                Ok::<_, Infallible>(response.map(|body| started.track(body).boxed_unsync()))
             }
         });
         let connection = watcher.watch(http.serve_connection(TokioIo::new(io), service).into_owned());
         tokio::pin!(connection);
-        // A connection with nothing in flight that starts no request for a whole timeout is
-        // closed (dropped): a new one that never sends a request, and an idle one, HTTP/2
-        // included (hyper closes idle HTTP/1.1 connections itself, at the same timeout).
-        let mut started_before = 0;
+        let mut checks = tokio::time::interval(policy.check_interval());
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 ended = &mut connection => return note_end(peer, ended, &open.metrics),
-                () = tokio::time::sleep(limits.header_read_timeout) => {
-                    let started = activity.started.load(Ordering::Relaxed);
-                    if started == started_before && activity.in_flight.load(Ordering::Relaxed) == 0 {
-                        debug!(%peer, "no request within the header read timeout; closing");
-                        open.metrics.timed_out.inc();
+                _ = checks.tick() => {
+                    if let Some(reason) = activity.overdue(&policy) {
+                        debug!(%peer, ?reason, "closing the connection");
+                        open.metrics.closed(reason);
                         return;
                     }
-                    started_before = started;
                 }
             }
         }
     }
 }
 
-/// A connection's requests: how many have started, and how many are still in flight.
-#[derive(Default)]
+/// A connection's requests: how many are in flight, when one last started or ended, and how
+/// each response in flight is getting on.
 struct Activity {
+    /// What the timestamps count from.
+    epoch: Instant,
+    /// Requests started on it.
     started: AtomicU64,
     in_flight: AtomicU64,
+    /// When a request last started or ended, in ms since `epoch`.
+    changed_ms: AtomicU64,
+    /// One entry per response that has been in flight at once; an entry is reused once its
+    /// response is done, so an HTTP/1.1 connection keeps one.
+    responses: Mutex<Vec<Arc<Progress>>>,
 }
 
+/// How one response in flight is getting on: since when it has waited for the client to take
+/// its next bytes.
+struct Progress {
+    /// Whether a response holds this entry now.
+    taken: std::sync::atomic::AtomicBool,
+    /// ms since the connection's epoch, or [`NOT_WAITING`] while the response waits for its
+    /// own source (a guest still writing) or is done.
+    waiting_since_ms: AtomicU64,
+}
+
+/// `Progress::waiting_since_ms` of a response not waiting for the client.
+const NOT_WAITING: u64 = u64::MAX;
+
 impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            started: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            changed_ms: AtomicU64::new(0),
+            responses: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A request starts.
     fn begin(self: &Arc<Self>) -> InFlight {
         self.started.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.changed_ms.store(self.now_ms(), Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// An entry for a response that is `waiting` from now (see [`Progress`]).
+    fn progress(&self, waiting: u64) -> Arc<Progress> {
+        let mut responses = self.responses.lock().unwrap_or_else(PoisonError::into_inner);
+        let free = responses.iter().find(|entry| !entry.taken.load(Ordering::Acquire));
+        let entry = match free {
+            Some(entry) => entry.clone(),
+            None => {
+                let entry = Arc::new(Progress {
+                    taken: std::sync::atomic::AtomicBool::new(false),
+                    waiting_since_ms: AtomicU64::new(NOT_WAITING),
+                });
+                responses.push(entry.clone());
+                entry
+            }
+        };
+        entry.waiting_since_ms.store(waiting, Ordering::Relaxed);
+        entry.taken.store(true, Ordering::Release);
+        entry
+    }
+
+    /// Why the connection must be closed now, if it must.
+    fn overdue(&self, policy: &ListenerPolicy) -> Option<ConnectionClosed> {
+        let now = self.now_ms();
+        let since = |ms: u64| Duration::from_millis(now.saturating_sub(ms));
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && since(self.changed_ms.load(Ordering::Relaxed)) >= policy.header_read_timeout
+        {
+            // One that never started a request is a client that never sent one.
+            let never_asked = self.started.load(Ordering::Relaxed) == 0;
+            return Some(if never_asked { ConnectionClosed::HeaderTimeout } else { ConnectionClosed::Idle });
+        }
+        let responses = self.responses.lock().unwrap_or_else(PoisonError::into_inner);
+        let stalled = responses.iter().any(|entry| {
+            let waiting = entry.waiting_since_ms.load(Ordering::Relaxed);
+            entry.taken.load(Ordering::Acquire)
+                && waiting != NOT_WAITING
+                && since(waiting) >= policy.send_timeout
+        });
+        stalled.then_some(ConnectionClosed::SendTimeout)
     }
 }
 
 /// One request in flight on a connection, until dropped.
 struct InFlight(Arc<Activity>);
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+impl InFlight {
+    /// Watches `body`'s progress for as long as the request is in flight.
+    fn track(self, body: Body) -> Tracked {
+        // Until hyper takes its first frame, the response waits for the client (an HTTP/2
+        // window at zero is never opened); one with nothing to send waits for nobody.
+        let waiting = if http_body::Body::is_end_stream(&body) { NOT_WAITING } else { self.0.now_ms() };
+        let progress = self.0.progress(waiting);
+        Tracked { body, progress, request: self }
     }
 }
 
-/// A response body that keeps its request counted as in flight while it is sent.
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.changed_ms.store(self.0.now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight while it is sent, and notes
+/// whether it is waiting for the client (hyper holds a frame it gave and has not come back for
+/// the next) or for its own source.
 struct Tracked {
     body: Body,
-    _guard: InFlight,
+    progress: Arc<Progress>,
+    request: InFlight,
 }
 
 impl http_body::Body for Tracked {
@@ -235,10 +483,17 @@ impl http_body::Body for Tracked {
     type Error = <Body as http_body::Body>::Error;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let waiting = match &polled {
+            // hyper has a frame to send: until it asks for the next, the client is taking it.
+            Poll::Ready(Some(Ok(_))) => self.request.0.now_ms(),
+            Poll::Ready(_) | Poll::Pending => NOT_WAITING,
+        };
+        self.progress.waiting_since_ms.store(waiting, Ordering::Relaxed);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -250,17 +505,83 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// A connection's slot under `max_connections`, and its place in the open-connections gauge,
-/// both given back when the connection ends.
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Its entry is free for the connection's next response.
+        self.progress.waiting_since_ms.store(NOT_WAITING, Ordering::Relaxed);
+        self.progress.taken.store(false, Ordering::Release);
+    }
+}
+
+/// Connections open per client address, capped.
+struct PerAddress {
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place under its address's cap, given back when dropped.
+struct AddressSlot {
+    addresses: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl PerAddress {
+    /// A place for one more connection from `address`, unless it has as many as allowed.
+    fn enter(self: &Arc<Self>, address: IpAddr) -> Option<AddressSlot> {
+        let key = address_key(address);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot { addresses: self.clone(), key })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.addresses.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The key connections are counted under: an IPv4 address (or an IPv4-mapped one) as it is,
+/// an IPv6 address by its /64, which one client usually holds whole.
+fn address_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
+    }
+}
+
+/// A connection's slot under `max_connections` and under its address's cap, and its place in
+/// the open-connections gauge, all given back when the connection ends.
 struct OpenConnection {
     _slot: tokio::sync::OwnedSemaphorePermit,
+    _address: AddressSlot,
     metrics: Arc<ConnectionMetrics>,
 }
 
 impl OpenConnection {
-    fn new(slot: tokio::sync::OwnedSemaphorePermit, metrics: Arc<ConnectionMetrics>) -> OpenConnection {
+    fn new(
+        slot: tokio::sync::OwnedSemaphorePermit,
+        address: AddressSlot,
+        metrics: Arc<ConnectionMetrics>,
+    ) -> OpenConnection {
         metrics.open.inc();
-        OpenConnection { _slot: slot, metrics }
+        OpenConnection { _slot: slot, _address: address, metrics }
     }
 }
 
@@ -274,20 +595,84 @@ impl Drop for OpenConnection {
 async fn accept(
     listener: &TcpListener,
     slots: &Arc<Semaphore>,
-) -> std::io::Result<(TcpStream, std::net::SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+) -> std::io::Result<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
     let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
     let (stream, peer) = listener.accept().await?;
     Ok((stream, peer, slot))
 }
 
-/// Logs how a connection ended, counting those hyper closed at the header read timeout.
-fn note_end(peer: std::net::SocketAddr, ended: Result<(), BoxError>, metrics: &ConnectionMetrics) {
+/// Logs how a connection ended, counting those hyper closed at a timeout of its own (the
+/// header read timeout, an unanswered keepalive ping).
+fn note_end(peer: SocketAddr, ended: Result<(), BoxError>, metrics: &ConnectionMetrics) {
     if let Err(e) = ended {
-        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
-            metrics.timed_out.inc();
+        // hyper's keepalive error is a timeout too: tell it apart by its own words first.
+        if is_keepalive_timeout(e.as_ref()) {
+            metrics.closed(ConnectionClosed::KeepaliveTimeout);
+        } else if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+            metrics.closed(ConnectionClosed::HeaderTimeout);
         }
         debug!(%peer, "connection ended with an error: {e}");
     }
 }
 
+/// Whether `error` is hyper's HTTP/2 keepalive ping going unanswered (its type is private:
+/// known by its message).
+fn is_keepalive_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if error.to_string().contains("keep-alive timed out") {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_count_by_ipv4_address_and_ipv6_slash_64() {
+        let v6 = |text: &str| address_key(text.parse().unwrap());
+        assert_eq!(v6("2001:db8:1:2:aaaa::1"), v6("2001:db8:1:2:bbbb::9"));
+        assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
+        assert_eq!(v6("::ffff:10.0.0.1"), v6("10.0.0.1"));
+        let addresses = Arc::new(PerAddress { limit: 2, open: Mutex::default() });
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let (a, _b) = (addresses.enter(ip).unwrap(), addresses.enter(ip).unwrap());
+        assert!(addresses.enter(ip).is_none(), "the third from one address");
+        assert!(addresses.enter("10.0.0.2".parse().unwrap()).is_some(), "another address");
+        drop(a);
+        assert!(addresses.enter(ip).is_some(), "a closed connection gives its place back");
+    }
+
+    #[test]
+    fn a_response_the_client_does_not_take_is_overdue_after_the_send_timeout() {
+        let policy = ListenerPolicy {
+            max_connections: 1,
+            max_connections_per_ip: 1,
+            header_read_timeout: Duration::from_secs(3600),
+            send_timeout: Duration::ZERO,
+            max_header_bytes: 8192,
+            http2_max_concurrent_streams: 1,
+            http2_keepalive: None,
+            grace: Duration::ZERO,
+        };
+        let activity = Arc::new(Activity::new());
+        let empty = crate::http::response::text(http::StatusCode::OK, "text/plain", "").into_body();
+        let done = activity.begin().track(empty);
+        assert_eq!(activity.overdue(&policy), None, "an empty body waits for nobody");
+        let full = crate::http::response::text(http::StatusCode::OK, "text/plain", "x").into_body();
+        let stalled = activity.begin().track(full);
+        assert_eq!(activity.overdue(&policy), Some(ConnectionClosed::SendTimeout));
+        drop((done, stalled));
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            activity.overdue(&ListenerPolicy { send_timeout: Duration::from_secs(1), ..policy }),
+            None
+        );
+    }
+}

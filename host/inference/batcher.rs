@@ -5,11 +5,12 @@
 //!   requests of different lengths: each input is padded to the batch's longest with the
 //!   input's pad value, and every output that carries the sequence axis is cut back to each
 //!   request's own length.
-//! - **Buckets by length.** The batch is headed by the oldest request of the highest
-//!   priority, so no length waits forever. Other requests join closest length first (then
-//!   oldest first) while the batch stays within `max_padding_ratio`: padding elements over all
-//!   elements of the padded batch. One long request does not turn a batch of short ones into
-//!   padding; it heads, or joins, a batch of its own length.
+//! - **Buckets by length.** The batch is headed by the request whose turn comes first in the
+//!   queue's fair order, so no length waits forever. Other requests join by fairness round
+//!   (the turns within one batch of the head's first), then closest length, then turn order,
+//!   while the batch stays within `max_padding_ratio`: padding elements over all elements of
+//!   the padded batch. One long request does not turn a batch of short ones into padding; it
+//!   heads, or joins, a batch of its own length.
 //! - **Adaptive queue delay.** Waiting for more requests pays only when more are coming. The
 //!   delay starts at zero and grows (up to `max_queue_delay`) when batches find more than one
 //!   request already queued, a sign of load; it halves whenever a wait brought nothing, and a
@@ -138,26 +139,28 @@ impl Fill {
 /// A queued request as the batcher sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct Candidate {
-    /// Higher priorities first: the lane's index (0 is the highest).
-    pub lane: usize,
-    /// Arrival order within the lane.
-    pub position: usize,
+    /// Its fairness round: how many batches' worth of turns come before its own (0 for the
+    /// turns up to one batch after the head's). Earlier rounds join first.
+    pub round: usize,
+    /// Its place in turn order (the queue's fair order: priority within each tenant, shares
+    /// between tenants).
+    pub order: usize,
     pub items: usize,
     pub length: usize,
 }
 
 /// Picks, from compatible queued requests, those that join a batch filled so far as `fill`
-/// whose head is `head_length` long: higher priority first, then closest length, then
-/// oldest; each joins if the batch stays within its limits. Returns the chosen requests'
-/// (lane, position), and leaves `fill` as the batch will be.
+/// whose head is `head_length` long: earlier fairness rounds first, then closest length,
+/// then turn order; each joins if the batch stays within its limits. Returns the chosen
+/// requests' `order`, and leaves `fill` as the batch will be.
 pub fn choose(
     fill: &mut Fill,
     head_length: usize,
     mut candidates: Vec<Candidate>,
     max_items: usize,
     max_padding_ratio: f64,
-) -> Vec<(usize, usize)> {
-    candidates.sort_by_key(|c| (c.lane, c.length.abs_diff(head_length), c.position));
+) -> Vec<usize> {
+    candidates.sort_by_key(|c| (c.round, c.length.abs_diff(head_length), c.order));
     let mut chosen = Vec::new();
     for candidate in candidates {
         if fill.items >= max_items {
@@ -165,7 +168,7 @@ pub fn choose(
         }
         if fill.admits(candidate.items, candidate.length, max_items, max_padding_ratio) {
             fill.add(candidate.items, candidate.length);
-            chosen.push((candidate.lane, candidate.position));
+            chosen.push(candidate.order);
         }
     }
     chosen
@@ -295,8 +298,8 @@ mod tests {
         assert!(!fill.admits(31, 30, 32, 1.0), "over the item limit");
     }
 
-    fn candidate(position: usize, length: usize) -> Candidate {
-        Candidate { lane: 1, position, items: 1, length }
+    fn candidate(order: usize, length: usize) -> Candidate {
+        Candidate { round: 0, order, items: 1, length }
     }
 
     #[test]
@@ -306,19 +309,20 @@ mod tests {
         let candidates = lengths.iter().enumerate().map(|(i, &l)| candidate(i, l)).collect();
         let mut fill = Fill::new(1, 10);
         let chosen = choose(&mut fill, 10, candidates, 32, 0.25);
-        let chosen_lengths: Vec<usize> = chosen.iter().map(|&(_, p)| lengths[p]).collect();
+        let chosen_lengths: Vec<usize> = chosen.iter().map(|&order| lengths[order]).collect();
         assert_eq!(chosen_lengths, vec![9, 11, 12], "the long ones wait for a batch of their own");
         assert!(fill.padding_ratio() <= 0.25);
         assert_eq!((fill.items, fill.longest), (4, 12));
     }
 
     #[test]
-    fn equal_lengths_join_oldest_first_up_to_the_item_limit_and_priority_comes_first() {
-        let mut candidates: Vec<Candidate> = (0..5).map(|p| candidate(p, 7)).collect();
-        candidates.push(Candidate { lane: 0, position: 0, items: 1, length: 7 });
+    fn equal_lengths_join_in_turn_order_up_to_the_item_limit_and_earlier_rounds_come_first() {
+        let mut candidates: Vec<Candidate> =
+            (0..5).map(|order| Candidate { round: 1, ..candidate(order, 7) }).collect();
+        candidates.push(Candidate { round: 0, order: 5, items: 1, length: 30 });
         let mut fill = Fill::new(1, 7);
-        let chosen = choose(&mut fill, 7, candidates, 4, 0.0);
-        assert_eq!(chosen, vec![(0, 0), (1, 0), (1, 1)]);
+        let chosen = choose(&mut fill, 7, candidates, 4, 1.0);
+        assert_eq!(chosen, vec![5, 0, 1], "round 0 first however long, then turn order");
     }
 
     fn sequence_signature() -> Signature {

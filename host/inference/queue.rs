@@ -1,9 +1,10 @@
 //! A model's queue, shared by the callers that push jobs and the executors that take them
-//! in batches: one lane per priority, dead jobs (caller gone, deadline passed) cleared out,
-//! and batch formation (which jobs join, how long to wait for more) as [`crate::inference::batcher`]
-//! decides it.
+//! in batches: fair between tenants by weight, by priority within each ([`FairQueue`], each
+//! job costing its tenant its items), dead jobs (caller gone, deadline passed) cleared out,
+//! and batch formation (which jobs join, how long to wait for more) as
+//! [`crate::inference::batcher`] decides it. A full queue makes room for a tenant under its
+//! share by refusing the newest job of the tenant most over it (push-out).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +14,8 @@ use tokio::sync::oneshot;
 use crate::inference::batcher::{self, Candidate, Fill, QueueDelay};
 use crate::inference::scheduler::RunFailure;
 use crate::inference::tensor::{Signature, Tensor};
-use crate::request::{Priority, RequestContext};
+use crate::request::RequestContext;
+use crate::request::fair::FairQueue;
 use crate::telemetry::metrics::{ModelMetrics, ModelOutcome};
 
 /// How a queued job ended, as its caller hears it.
@@ -28,6 +30,8 @@ pub(super) struct Ran {
 
 pub(super) enum JobError {
     Expired,
+    /// Pushed out of a full queue by a tenant under its share.
+    Displaced,
     Failed(RunFailure),
 }
 
@@ -42,9 +46,9 @@ pub(super) struct Job {
     pub(super) reply: oneshot::Sender<JobResult>,
 }
 
-/// The model's queue: one lane per priority.
+/// The model's queue.
 pub(super) struct Queue {
-    pub(super) lanes: [VecDeque<Job>; Priority::LEVELS],
+    pub(super) jobs: FairQueue<Job>,
     /// Set while an executor waits for a batch to fill, so the others leave new jobs to it.
     pub(super) forming: bool,
     /// How long a batch may wait to fill, now.
@@ -71,23 +75,29 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    /// Queues a job; false if the queue is full even after clearing out dead jobs.
+    /// Queues a job; false if the queue is full even after clearing out dead jobs and its
+    /// tenant holds its share of it.
     pub(super) fn push(&self, job: Job) -> bool {
         let mut queue = self.queue.lock().unwrap();
         if queue.len() >= self.capacity {
             self.remove_dead(&mut queue);
             if queue.len() >= self.capacity {
-                return false;
+                let Some(displaced) = queue.jobs.evict_for(&job.context.tenant) else {
+                    return false;
+                };
+                self.metrics.outcome(ModelOutcome::Rejected);
+                let _ = displaced.reply.send(Err(JobError::Displaced));
             }
         }
-        queue.lanes[job.context.priority as usize].push_back(job);
+        let (tenant, priority, cost) = (job.context.tenant.clone(), job.context.priority, job.items as f64);
+        queue.jobs.push(&tenant, priority, cost, job);
         self.metrics.pending.set(queue.len() as i64);
         drop(queue);
         self.changed.notify_all();
         true
     }
 
-    /// Waits for the next batch: the first live job in priority order, plus (when batching)
+    /// Waits for the next batch: the first live job in fair order, plus (when batching)
     /// compatible jobs up to the batch limit, waiting as long as the queue delay allows for
     /// more. `None` once the queue is closed and empty.
     pub(super) fn next_batch(&self) -> Option<Vec<Job>> {
@@ -95,7 +105,7 @@ impl Shared {
         let first = loop {
             if !queue.forming {
                 self.remove_dead(&mut queue);
-                if let Some(job) = queue.lanes.iter_mut().find_map(VecDeque::pop_front) {
+                if let Some(job) = queue.jobs.pop() {
                     break job;
                 }
                 if queue.closed {
@@ -156,42 +166,40 @@ impl Shared {
         self.recent_run_nanos.store(new, Ordering::Relaxed);
     }
 
-    /// Moves queued jobs that fit `batch` into it (see [`batcher::choose`]): higher priority
-    /// first, then closest in length to the batch's first job, within the batch's limits.
+    /// Moves queued jobs that fit `batch` into it (see [`batcher::choose`]): in fairness
+    /// rounds of one batch's worth of turns, closest in length to the batch's first job first,
+    /// within the batch's limits.
     pub(super) fn take_compatible(&self, queue: &mut Queue, batch: &mut Vec<Job>, fill: &mut Fill) {
         self.remove_dead(queue);
         if fill.items >= self.max_batch_items {
             return;
         }
         let head = &batch[0];
-        let candidates = queue
-            .lanes
+        let turns = queue.jobs.in_turn_order();
+        let Some(first) = turns.first() else { return };
+        let (base, round) = (first.start, self.max_batch_items as f64);
+        let candidates = turns
             .iter()
             .enumerate()
-            .flat_map(|(lane, jobs)| {
-                jobs.iter().enumerate().map(move |(position, job)| (lane, position, job))
+            .filter(|(_, turn)| self.signature.compatible(&head.inputs, &turn.item.inputs))
+            .map(|(order, turn)| Candidate {
+                round: ((turn.start - base) / round) as usize,
+                order,
+                items: turn.item.items,
+                length: turn.item.length,
             })
-            .filter(|(_, _, job)| self.signature.compatible(&head.inputs, &job.inputs))
-            .map(|(lane, position, job)| Candidate { lane, position, items: job.items, length: job.length })
             .collect();
-        let mut chosen =
+        let chosen =
             batcher::choose(fill, head.length, candidates, self.max_batch_items, self.max_padding_ratio);
-        // Remove from the back of each lane first, so positions stay valid.
-        chosen.sort_unstable_by(|a, b| b.cmp(a));
-        let mut taken: Vec<Job> = chosen
-            .into_iter()
-            .map(|(lane, position)| queue.lanes[lane].remove(position).expect("chosen jobs are queued"))
-            .collect();
-        taken.reverse();
-        batch.extend(taken);
+        let places: Vec<_> = chosen.into_iter().map(|order| turns[order].place).collect();
+        drop(turns);
+        batch.extend(queue.jobs.take(&places));
     }
 
     /// Drops jobs whose caller is gone and answers those past their deadline, unrun.
     pub(super) fn remove_dead(&self, queue: &mut Queue) {
         let now = Instant::now();
-        for lane in &mut queue.lanes {
-            lane.retain_mut(|job| !self.settle_if_dead(job, now));
-        }
+        queue.jobs.retain(|job| !self.settle_if_dead(job, now));
     }
 
     /// If `job`'s caller is gone, counts it cancelled; if its deadline has passed, answers it
@@ -214,6 +222,6 @@ impl Shared {
 
 impl Queue {
     pub(super) fn len(&self) -> usize {
-        self.lanes.iter().map(VecDeque::len).sum()
+        self.jobs.len()
     }
 }

@@ -6,7 +6,8 @@
 //! tensors, answers from the result cache if it can, and otherwise queues a job and awaits it.
 //! Executor threads (by default one per core), each with its own backend session over the
 //! one shared model, take jobs from the queue:
-//! - higher priority first, arrival order within a priority;
+//! - fair between tenants by weight (each job costs its tenant its items), and within a
+//!   tenant higher priority first, arrival order within a priority;
 //! - a job whose caller went away (client disconnected, deadline passed upstream) is dropped
 //!   unrun, and one whose deadline has passed is answered `Expired` unrun;
 //! - with batching, the executor joins compatible jobs (same shapes but for the batch axis
@@ -75,6 +76,8 @@ pub struct SchedulerConfig {
 #[derive(Clone, Copy, Debug)]
 pub struct CacheConfig {
     pub entries: usize,
+    /// Bytes its entries may hold.
+    pub max_bytes: usize,
     pub time_to_live: Duration,
     /// When the queue is full, answer from an expired entry rather than refuse.
     pub serve_stale_on_overload: bool,
@@ -151,7 +154,7 @@ impl ModelScheduler {
         let shared = Arc::new(Shared {
             name: name.to_string(),
             signature,
-            queue: Mutex::new(Queue { lanes: Default::default(), forming: false, delay, closed: false }),
+            queue: Mutex::new(Queue { jobs: Default::default(), forming: false, delay, closed: false }),
             changed: Condvar::new(),
             capacity: config.queue_capacity,
             max_batch_items,
@@ -169,7 +172,7 @@ impl ModelScheduler {
                 .spawn(move || executor.run())
                 .context("spawning an executor thread")?;
         }
-        let cache = config.cache.map(|c| (ResultCache::new(c.entries, c.time_to_live), c));
+        let cache = config.cache.map(|c| (ResultCache::new(c.entries, c.max_bytes, c.time_to_live), c));
         Ok(ModelScheduler {
             shared,
             backend: backend.name(),
@@ -267,6 +270,9 @@ impl ModelScheduler {
             }
             Ok(Err(JobError::Expired)) => {
                 return Err(ComputeError::DeadlineExpired { model: self.name().to_string() });
+            }
+            Ok(Err(JobError::Displaced)) => {
+                return Err(ComputeError::Overloaded { model: self.name().to_string() });
             }
             Ok(Err(JobError::Failed(reason))) => {
                 return Err(ComputeError::Failed { model: self.name().to_string(), reason });

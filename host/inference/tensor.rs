@@ -279,6 +279,43 @@ impl Signature {
         })
     }
 
+    /// Checks one input as a request declares it, before its data exists: the model has such
+    /// an input, of this type, and `shape` fits it. The error is the one
+    /// [`Signature::check_inputs`] would give.
+    pub fn check_declared(
+        &self,
+        name: &str,
+        element_type: ElementType,
+        shape: &[usize],
+    ) -> Result<(), TensorError> {
+        let Some(spec) = self.inputs.iter().find(|spec| spec.name == name) else {
+            let inputs = self.inputs.iter().map(|spec| spec.name.clone()).collect();
+            return Err(TensorError::UnknownInput { name: name.to_string(), inputs });
+        };
+        if element_type != spec.element_type {
+            let expected = spec.element_type;
+            return Err(TensorError::WrongType { name: name.to_string(), expected, got: element_type });
+        }
+        if !spec.accepts_shape(shape) {
+            let (expected, got) = (spec.shape_for_display(), shape.to_vec());
+            return Err(TensorError::WrongShape { name: name.to_string(), expected, got });
+        }
+        Ok(())
+    }
+
+    /// The most bytes one request's inputs can hold with at most `items` items, if every
+    /// dimension but the batch axis is fixed; `None` if some other dimension is free.
+    pub fn max_request_bytes(&self, items: usize) -> Option<usize> {
+        self.inputs.iter().try_fold(0usize, |total, spec| {
+            let elements = spec.shape.iter().enumerate().try_fold(1usize, |acc, (axis, dim)| match dim {
+                _ if Some(axis) == spec.batch_axis => acc.checked_mul(items),
+                Dim::Fixed(size) => acc.checked_mul(*size),
+                Dim::Any => None,
+            })?;
+            total.checked_add(elements.checked_mul(spec.element_type.size())?)
+        })
+    }
+
     /// Checks named tensors against the declared inputs and returns them in the model's input
     /// order. Every input must be given exactly once, with the declared type and a fitting
     /// shape; the error says which rule was broken.

@@ -19,6 +19,8 @@ use crate::inference::scheduler::{Batching, DelayPolicy};
 use crate::inference::tensor::ElementType;
 use crate::node::state::Digest;
 use crate::oci::{self, OciReference};
+use crate::request::Priority;
+use crate::request::tenant::{ANONYMOUS, Rate, TenantPolicy};
 use crate::sandbox::capabilities::is_outbound_entry;
 use crate::sandbox::imports::GRANTABLE;
 
@@ -71,6 +73,116 @@ pub struct Config {
     /// Ensembles by name: pipelines of the models above, served and granted like a model.
     #[serde(default)]
     pub ensembles: BTreeMap<String, EnsembleConfig>,
+    /// Tenants by name: who credentials name, their share of contended queues, their limits.
+    /// `anonymous` sets those of requests without credentials.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// One tenant of the node's data plane: the credentials that name it and what it may use.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// SHA-256 digests (hex) of its API keys, sent as `x-api-key: KEY` or
+    /// `authorization: Bearer KEY` (`printf %s KEY | sha256sum`).
+    #[serde(default)]
+    pub api_key_sha256: Vec<String>,
+    /// SHA-256 digests (hex) of its client certificates (DER), for mTLS (`server.tls_client_ca`).
+    #[serde(default)]
+    pub client_cert_sha256: Vec<String>,
+    /// Its share of a contended queue against other tenants queued there.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Requests it may have in flight at once on this node; beyond: 429.
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+    /// Sustained requests a second; beyond (after the burst): 429.
+    #[serde(default)]
+    pub requests_per_second: Option<f64>,
+    /// Requests it may send at once above the rate [default: one second's worth, at least 1].
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// The highest `x-edge-priority` its requests may ask for; a header asking more gets this.
+    #[serde(default, with = "PrioritySetting")]
+    pub max_priority: Priority,
+}
+
+/// The largest tenant weight.
+const MAX_WEIGHT: u32 = 1000;
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(remote = "Priority", rename_all = "lowercase")]
+enum PrioritySetting {
+    High,
+    Normal,
+    Low,
+}
+
+impl TenantConfig {
+    /// Checks the tenant named `name`.
+    fn validate(&self, name: &str) -> anyhow::Result<()> {
+        if name == ANONYMOUS && !(self.api_key_sha256.is_empty() && self.client_cert_sha256.is_empty()) {
+            bail!("the anonymous tenant has no credentials: name another tenant");
+        }
+        if !(1..=MAX_WEIGHT).contains(&self.weight) {
+            bail!("`weight`: from 1 to {MAX_WEIGHT}");
+        }
+        if self.max_concurrency == Some(0) {
+            bail!("`max_concurrency` must be at least 1");
+        }
+        if self.requests_per_second.is_some_and(|rate| !(rate.is_finite() && rate > 0.0)) {
+            bail!("`requests_per_second` must be a number above 0");
+        }
+        if self.burst == Some(0) {
+            bail!("`burst` must be at least 1");
+        }
+        if self.burst.is_some() && self.requests_per_second.is_none() {
+            bail!("`burst` needs `requests_per_second`");
+        }
+        for (field, digests) in
+            [("api_key_sha256", &self.api_key_sha256), ("client_cert_sha256", &self.client_cert_sha256)]
+        {
+            for (index, digest) in digests.iter().enumerate() {
+                parse_digest(digest).with_context(|| format!("`{field}[{index}]`"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the tenant named `name` is allowed, for the request layer.
+    fn policy(&self, name: &str) -> TenantPolicy {
+        let digests = |hex: &[String]| hex.iter().filter_map(|digest| parse_digest(digest).ok()).collect();
+        TenantPolicy {
+            name: name.to_string(),
+            weight: self.weight,
+            max_priority: self.max_priority,
+            max_concurrency: self.max_concurrency,
+            rate: self.requests_per_second.map(|per_second| Rate {
+                per_second,
+                burst: self.burst.unwrap_or_else(|| per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32),
+            }),
+            api_keys: digests(&self.api_key_sha256),
+            client_certificates: digests(&self.client_cert_sha256),
+        }
+    }
+}
+
+/// A SHA-256 digest written as 64 hex digits.
+fn parse_digest(hex: &str) -> anyhow::Result<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        bail!("a SHA-256 digest is 64 hex digits, this has {}", hex.len());
+    }
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        let text = std::str::from_utf8(pair).ok().filter(|pair| pair.bytes().all(|b| b.is_ascii_hexdigit()));
+        *byte = u8::from_str_radix(text.context("not hex digits")?, 16)?;
+    }
+    Ok(digest)
 }
 
 /// A declarative pipeline of models (Triton's ensemble): steps in a graph over named
@@ -260,10 +372,36 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Requests one HTTP/2 connection may have in flight at once.
     pub http2_max_concurrent_streams: u32,
+    /// Open connections from one client address (an IPv6 client's /64) at most; beyond,
+    /// new ones are closed at once. Behind a proxy every client has its address: raise it.
+    pub max_connections_per_ip: usize,
+    /// How long a response may make no progress because the client does not take it (a
+    /// full TCP window, an HTTP/2 window kept at zero); then its connection is closed.
+    pub send_timeout_ms: u64,
+    /// How often an HTTP/2 connection is pinged (0: never).
+    pub http2_keepalive_interval_ms: u64,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub http2_keepalive_timeout_ms: u64,
+    /// The node's memory budget for requests: bodies, decoded tensors, outputs and what
+    /// guests make the host hold, together (see `request::memory`).
+    pub memory_budget_mib: u64,
+    /// Largest Open Inference Protocol infer request: a REST body or a gRPC message.
+    pub max_infer_request_bytes: usize,
+    /// Requests without credentials are refused (401) instead of served as the anonymous
+    /// tenant.
+    pub require_credentials: bool,
     /// Serve HTTPS with this certificate chain (PEM); needs `tls_key`.
     pub tls_cert: Option<PathBuf>,
     /// The private key (PEM) of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Ask clients for certificates signed by these CAs (PEM) (mTLS); a certificate listed in a
+    /// tenant's `client_cert_sha256` names that tenant. Clients without one are still served,
+    /// as credentials allow.
+    pub tls_client_ca: Option<PathBuf>,
+    /// The gRPC listener's own connection limits, where they differ from the ones above.
+    pub grpc: ListenerSettings,
+    /// The admin listener's own connection limits [default: `max_connections = 64`].
+    pub admin: ListenerSettings,
     /// Address of the Open Inference Protocol over gRPC; `--grpc-listen` overrides it.
     pub grpc_listen: SocketAddr,
     /// Address of the admin API (deploys, rollbacks, model loads); `--admin-listen`
@@ -298,8 +436,18 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             max_header_bytes: 64 << 10,
             http2_max_concurrent_streams: 256,
+            max_connections_per_ip: 256,
+            send_timeout_ms: 15_000,
+            http2_keepalive_interval_ms: 20_000,
+            http2_keepalive_timeout_ms: 10_000,
+            memory_budget_mib: 256,
+            max_infer_request_bytes: 64 << 20,
+            require_credentials: false,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
+            grpc: ListenerSettings::default(),
+            admin: ListenerSettings::default(),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
             admin_token_file: None,
@@ -310,6 +458,20 @@ impl Default for ServerConfig {
             onnxruntime_library: None,
         }
     }
+}
+
+/// The admin listener's `max_connections` unless `[server.admin]` sets it.
+pub const DEFAULT_ADMIN_CONNECTIONS: usize = 64;
+
+/// One listener's connection limits where they differ from `[server]`'s.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSettings {
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub send_timeout_ms: Option<u64>,
+    pub http2_max_concurrent_streams: Option<u32>,
 }
 
 /// Where a component or a model comes from: a file on this machine, an artifact already in
@@ -389,6 +551,9 @@ pub struct ModelConfig<F = Source> {
     /// Result cache entries (0: no cache).
     #[serde(default)]
     pub cache_entries: usize,
+    /// Bytes the result cache may hold (outputs and keys); the oldest entries go first.
+    #[serde(default = "default_cache_max_bytes")]
+    pub cache_max_bytes: u64,
     /// How long a cached result is served, in ms.
     #[serde(default = "default_cache_ttl_ms")]
     pub cache_ttl_ms: u64,
@@ -509,6 +674,9 @@ fn default_queue_capacity() -> usize {
 fn default_max_queue_delay_us() -> u64 {
     2_000
 }
+fn default_cache_max_bytes() -> u64 {
+    64 << 20
+}
 fn default_cache_ttl_ms() -> u64 {
     60_000
 }
@@ -556,8 +724,14 @@ impl Config {
             in_base(&mut model.file);
         }
         let server = &mut config.server;
-        for file in
-            [&mut server.tls_cert, &mut server.tls_key, &mut server.onnxruntime_library].into_iter().flatten()
+        for file in [
+            &mut server.tls_cert,
+            &mut server.tls_key,
+            &mut server.tls_client_ca,
+            &mut server.onnxruntime_library,
+        ]
+        .into_iter()
+        .flatten()
         {
             *file = base.join(&*file);
         }
@@ -622,6 +796,7 @@ impl Config {
             max_padding_ratio: None,
             pad_values: BTreeMap::new(),
             cache_entries: 0,
+            cache_max_bytes: default_cache_max_bytes(),
             cache_ttl_ms: default_cache_ttl_ms(),
             serve_stale_on_overload: false,
             split: None,
@@ -734,7 +909,12 @@ impl Config {
             onnxruntime_library: onnxruntime.is_file().then_some(onnxruntime),
             ..ServerConfig::default()
         };
-        (Config { server, models: bundled_models, routes, ensembles }, left_out)
+        (Config { server, models: bundled_models, routes, ensembles, tenants: BTreeMap::new() }, left_out)
+    }
+
+    /// What each configured tenant is allowed, for the request layer.
+    pub fn tenant_policies(&self) -> Vec<TenantPolicy> {
+        self.tenants.iter().map(|(name, tenant)| tenant.policy(name)).collect()
     }
 
     /// Checks what the types alone cannot: unique paths and names, known models, sane limits.
@@ -745,13 +925,62 @@ impl Config {
             ("header_read_timeout_ms", server.header_read_timeout_ms),
             ("http2_max_concurrent_streams", u64::from(server.http2_max_concurrent_streams)),
             ("max_artifact_bytes", server.max_artifact_bytes),
+            ("max_connections_per_ip", server.max_connections_per_ip as u64),
+            ("send_timeout_ms", server.send_timeout_ms),
+            ("http2_keepalive_timeout_ms", server.http2_keepalive_timeout_ms),
+            ("memory_budget_mib", server.memory_budget_mib),
+            ("max_infer_request_bytes", server.max_infer_request_bytes as u64),
         ] {
             if value == 0 {
                 bail!("field `server.{name}`: must be at least 1");
             }
         }
+        for (listener, settings) in [("grpc", &server.grpc), ("admin", &server.admin)] {
+            for (name, value) in [
+                ("max_connections", settings.max_connections.map(|v| v as u64)),
+                ("max_connections_per_ip", settings.max_connections_per_ip.map(|v| v as u64)),
+                ("header_read_timeout_ms", settings.header_read_timeout_ms),
+                ("send_timeout_ms", settings.send_timeout_ms),
+                ("http2_max_concurrent_streams", settings.http2_max_concurrent_streams.map(u64::from)),
+            ] {
+                if value == Some(0) {
+                    bail!("field `server.{listener}.{name}`: must be at least 1");
+                }
+            }
+        }
+        if server.memory_budget_mib > MAX_MIB {
+            bail!("field `server.memory_budget_mib`: at most {MAX_MIB}");
+        }
         if server.tls_cert.is_some() != server.tls_key.is_some() {
             bail!("fields `server.tls_cert` and `server.tls_key`: give both, or neither");
+        }
+        if server.tls_client_ca.is_some() && server.tls_cert.is_none() {
+            bail!("field `server.tls_client_ca`: needs `tls_cert` and `tls_key` (mTLS is over TLS)");
+        }
+        let mut credentials = HashSet::new();
+        for (name, tenant) in &self.tenants {
+            check_route_name(name).with_context(|| format!("field `tenants.{name}`"))?;
+            tenant.validate(name).with_context(|| format!("field `tenants.{name}`"))?;
+            let policy = tenant.policy(name);
+            if let Some(shared) = policy
+                .api_keys
+                .iter()
+                .chain(&policy.client_certificates)
+                .find(|digest| !credentials.insert(**digest))
+            {
+                let hex: String = shared.iter().map(|byte| format!("{byte:02x}")).collect();
+                bail!("field `tenants.{name}`: credential {hex} names another tenant too");
+            }
+        }
+        if server.require_credentials
+            && !self
+                .tenants
+                .values()
+                .any(|t| !t.api_key_sha256.is_empty() || !t.client_cert_sha256.is_empty())
+        {
+            bail!(
+                "field `server.require_credentials`: no tenant has credentials, so nothing could be served"
+            );
         }
         // hyper's HTTP/1.1 read buffer cannot be smaller.
         if server.max_header_bytes < MIN_HEADER_BYTES {
@@ -848,6 +1077,7 @@ impl<F> ModelConfig<F> {
             max_padding_ratio,
             pad_values,
             cache_entries,
+            cache_max_bytes,
             cache_ttl_ms,
             serve_stale_on_overload,
             split,
@@ -866,6 +1096,7 @@ impl<F> ModelConfig<F> {
             max_padding_ratio,
             pad_values,
             cache_entries,
+            cache_max_bytes,
             cache_ttl_ms,
             serve_stale_on_overload,
             split,

@@ -38,6 +38,7 @@ use crate::node::models::Models;
 use crate::node::state::{DesiredState, Digest, ModelSpec, RouteRecord, RouteSpec, StateDir, StateError};
 use crate::node::{Node, Route, Runtime, load_route};
 use crate::oci::{ArtifactKind, OciError, OciReference, Registries};
+use crate::request::memory::MemoryBudget;
 use crate::telemetry::metrics::{self, RouteMetrics};
 
 /// Why a change was not made. Nothing changed.
@@ -107,8 +108,7 @@ pub struct ControlSettings {
     /// Whether the main listener takes model repository changes (with the token): when it
     /// is on the loopback interface, or the token was configured (not made by the node).
     pub repository_changes_on_main_listener: bool,
-    /// Whether the gRPC listener takes them (with the token): only on the loopback interface,
-    /// as it speaks no TLS.
+    /// Whether the gRPC listener takes them (with the token): as the main listener does.
     pub repository_changes_on_grpc_listener: bool,
     /// How to reach OCI registries for `oci://` sources.
     pub registries: Registries,
@@ -120,6 +120,8 @@ pub struct ControlSettings {
 pub struct ControlPlane {
     state: StateDir,
     settings: ControlSettings,
+    /// The node's memory budget, which the guests of the routes it builds are charged to.
+    memory: Arc<MemoryBudget>,
     /// Held for the whole of a change: one at a time.
     changing: tokio::sync::Mutex<()>,
     /// The desired state as last saved.
@@ -129,10 +131,11 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    pub(super) fn new(state: StateDir, settings: ControlSettings) -> ControlPlane {
+    pub(super) fn new(state: StateDir, settings: ControlSettings, memory: Arc<MemoryBudget>) -> ControlPlane {
         ControlPlane {
             state,
             settings,
+            memory,
             changing: tokio::sync::Mutex::new(()),
             desired: Mutex::new(DesiredState::default()),
             retired: Mutex::new(Vec::new()),
@@ -167,6 +170,11 @@ impl ControlPlane {
     /// Whether the main listener takes model repository changes.
     pub fn repository_changes_on_main_listener(&self) -> bool {
         self.settings.repository_changes_on_main_listener
+    }
+
+    /// The models unloaded through the repository API, which a load by name brings back.
+    pub fn unloaded_models(&self) -> Vec<String> {
+        self.desired.lock().unwrap().unloaded.keys().cloned().collect()
     }
 
     /// Whether the gRPC listener takes model repository changes.
@@ -252,11 +260,18 @@ impl ControlPlane {
             };
             let admission = previous.filter(same_limits).map(|route| route.admission.clone());
             let component = self.state.read(&spec.component)?;
-            let route =
-                load_route(name, spec, &component, &models, admission, self.settings.compilation_cache)
-                    .await
-                    .with_context(|| format!("route {name:?} ({})", spec.path))
-                    .map_err(DeployError::Rejected)?;
+            let route = load_route(
+                name,
+                spec,
+                &component,
+                &models,
+                admission,
+                self.settings.compilation_cache,
+                &self.memory,
+            )
+            .await
+            .with_context(|| format!("route {name:?} ({})", spec.path))
+            .map_err(DeployError::Rejected)?;
             routes.push(Arc::new(route));
         }
         Ok(Runtime { routes, models, oip_metrics: RouteMetrics::new("/v2") })
@@ -505,6 +520,10 @@ impl Node {
                 return Err(ensemble_named(name));
             }
             desired.sources.extend(sources);
+            // Loading a model unloaded through the repository brings it back, as it was unless
+            // new settings come with the load.
+            let unloaded = desired.unloaded.remove(name);
+            let spec = spec.or(unloaded);
             match (desired.models.get_mut(name), spec) {
                 (Some(current), Some(spec)) if *current == spec => Ok(Outcome::Unchanged),
                 (Some(current), Some(spec)) => {
@@ -524,13 +543,29 @@ impl Node {
         .await
     }
 
-    /// Unloads the model `name`, unless a route uses it.
+    /// Deletes the model `name` (the admin API's `DELETE`), unless a route uses it; one
+    /// unloaded through the repository is forgotten.
     pub async fn unload_model(&self, name: &str) -> Result<Outcome, DeployError> {
+        self.remove_model(name, false).await
+    }
+
+    /// Unloads the model `name` as Triton's repository API does, unless a route uses it: it
+    /// is no longer served, but it stays in the repository (`UNAVAILABLE` in its index) and a
+    /// load by name brings it back.
+    pub async fn unload_from_repository(&self, name: &str) -> Result<Outcome, DeployError> {
+        self.remove_model(name, true).await
+    }
+
+    /// Stops serving the model `name`, keeping it loadable again if `keep_loadable`.
+    async fn remove_model(&self, name: &str, keep_loadable: bool) -> Result<Outcome, DeployError> {
         self.change(&format!("model {name}"), |desired| {
             if desired.ensembles.contains_key(name) {
                 return Err(ensemble_named(name));
             }
             if !desired.models.contains_key(name) {
+                if !keep_loadable && desired.unloaded.remove(name).is_some() {
+                    return Ok(Outcome::Deleted);
+                }
                 return Err(DeployError::NotFound(format!("no model named {name:?} is loaded")));
             }
             let users: Vec<&str> = desired
@@ -555,7 +590,10 @@ impl Node {
                     "model {name:?} is a step of ensemble(s) {ensembles:?}: change the config file first"
                 )));
             }
-            desired.models.remove(name);
+            let spec = desired.models.remove(name).expect("checked above");
+            if keep_loadable {
+                desired.unloaded.insert(name.to_string(), spec);
+            }
             Ok(Outcome::Deleted)
         })
         .await
@@ -691,6 +729,7 @@ fn apply_config(desired: &mut DesiredState, file: &FileEntries) -> Outcome {
     let applied = &mut desired.config_applied;
     for (name, spec) in changed_entries(&mut applied.models, &file.models, &mut desired.models, |model| model)
     {
+        desired.unloaded.remove(&name);
         desired.models.insert(name, spec);
     }
     for (name, ensemble) in

@@ -27,6 +27,8 @@ use crate::node::config::path_matches;
 use crate::node::control::{ControlPlane, ControlSettings};
 use crate::node::models::Models;
 use crate::node::state::{RouteSpec, StateDir};
+use crate::request::memory::MemoryBudget;
+use crate::request::tenant::TenantDirectory;
 use crate::sandbox::InstanceLimits;
 use crate::sandbox::admission::Admission;
 use crate::sandbox::capabilities::Capabilities;
@@ -34,7 +36,7 @@ use crate::sandbox::component::{GuestComponent, GuestSpec};
 use crate::sandbox::engine::{EngineLimits, new_engine};
 use crate::sandbox::imports::ImportPolicy;
 use crate::sandbox::nn::NnGrant;
-use crate::telemetry::metrics::RouteMetrics;
+use crate::telemetry::metrics::{self, RouteMetrics, TenantMetrics};
 
 /// Bytes in a MiB, for the `memory_mib` settings.
 const MIB: usize = 1 << 20;
@@ -69,20 +71,68 @@ pub struct Runtime {
 }
 
 /// The server's view of the node: loading, serving (the current [`Runtime`]), or draining;
-/// and the control plane that changes what it serves.
+/// the control plane that changes what it serves; and what it allows requests.
 pub struct Node {
     runtime: RwLock<Option<Arc<Runtime>>>,
     draining: AtomicBool,
     control: ControlPlane,
+    limits: NodeLimits,
+    /// Each tenant's series, by tenant index.
+    tenant_metrics: Vec<TenantMetrics>,
+}
+
+/// What the node allows requests, whatever they ask for.
+pub struct NodeLimits {
+    /// The memory budget every request's bodies, tensors and outputs are charged to.
+    pub memory: Arc<MemoryBudget>,
+    /// Who credentials name, and each tenant's limits.
+    pub tenants: TenantDirectory,
+    /// Largest Open Inference Protocol infer request (REST body, gRPC message).
+    pub max_infer_request_bytes: usize,
 }
 
 impl Node {
-    /// A node that keeps its deploys in `state`, and has nothing loaded yet.
-    pub fn new(state: StateDir, settings: ControlSettings) -> Node {
+    /// A node that keeps its deploys in `state`, serves requests within `limits`, and has
+    /// nothing loaded yet.
+    pub fn new(state: StateDir, settings: ControlSettings, limits: NodeLimits) -> Node {
+        let tenant_metrics =
+            limits.tenants.tenants().map(|tenant| TenantMetrics::new(&tenant.name)).collect();
         Node {
             runtime: RwLock::new(None),
             draining: AtomicBool::new(false),
-            control: ControlPlane::new(state, settings),
+            control: ControlPlane::new(state, settings, limits.memory.clone()),
+            limits,
+            tenant_metrics,
+        }
+    }
+
+    /// The series of the tenant of index `index`.
+    pub fn tenant_metrics(&self, index: usize) -> &TenantMetrics {
+        &self.tenant_metrics[index]
+    }
+
+    /// What the node allows requests.
+    pub fn limits(&self) -> &NodeLimits {
+        &self.limits
+    }
+
+    /// The memory budget of the node's requests.
+    pub fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.limits.memory
+    }
+
+    /// The node's tenants.
+    pub fn tenants(&self) -> &TenantDirectory {
+        &self.limits.tenants
+    }
+
+    /// Sets the gauges read off live state: `runtime`'s, the memory budget's, the tenants'.
+    pub fn refresh_gauges(&self, runtime: &Runtime) {
+        runtime.refresh_gauges();
+        let memory = self.memory();
+        metrics::memory_budget(memory.limit(), memory.used(), memory.peak());
+        for (index, series) in self.tenant_metrics.iter().enumerate() {
+            series.in_flight.set(self.tenants().in_flight(index) as i64);
         }
     }
 
@@ -114,7 +164,7 @@ impl Node {
 
 impl Runtime {
     /// Sets the gauges that are read off live state (instances in use, queue depths).
-    pub fn refresh_gauges(&self) {
+    fn refresh_gauges(&self) {
         #[cfg(feature = "gpu")]
         crate::telemetry::gpu::refresh_memory_gauges();
         for route in &self.routes {
@@ -160,6 +210,7 @@ async fn load_route(
     models: &Models,
     admission: Option<Arc<Admission>>,
     compilation_cache: bool,
+    memory: &Arc<MemoryBudget>,
 ) -> anyhow::Result<Route> {
     let granted = spec
         .models
@@ -195,6 +246,7 @@ async fn load_route(
         },
         ready_instances: spec.ready_instances,
         timeout: Duration::from_millis(spec.timeout_ms),
+        memory: memory.clone(),
     };
     if !spec.strict_imports && !spec.grant.is_empty() {
         warn!(route = %spec.path, "`grant` has no effect without `strict_imports = true`: every WASI package links, its capabilities closed");

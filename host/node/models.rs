@@ -204,6 +204,7 @@ pub fn scheduler_config<F>(config: &ModelConfig<F>, on_gpu: bool) -> SchedulerCo
         pad_values: config.pad_values.clone(),
         cache: (config.cache_entries > 0).then(|| CacheConfig {
             entries: config.cache_entries,
+            max_bytes: usize::try_from(config.cache_max_bytes).unwrap_or(usize::MAX),
             time_to_live: Duration::from_millis(config.cache_ttl_ms),
             serve_stale_on_overload: config.serve_stale_on_overload,
         }),

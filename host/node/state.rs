@@ -95,6 +95,10 @@ pub struct DesiredState {
     pub routes: BTreeMap<String, RouteRecord>,
     #[serde(default)]
     pub models: BTreeMap<String, ModelSpec>,
+    /// Models unloaded through the model repository API (Triton's unload): not served, but
+    /// kept, with their files, to be loaded again by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unloaded: BTreeMap<String, ModelSpec>,
     /// Ensembles (from the config file), by name.
     #[serde(default)]
     pub ensembles: BTreeMap<String, EnsembleConfig>,
@@ -131,7 +135,7 @@ impl DesiredState {
     /// Every artifact a version in this state names (current or previous).
     pub fn artifacts(&self) -> HashSet<Digest> {
         let routes = self.routes.values().flat_map(|r| [Some(&r.current), r.previous.as_ref()]).flatten();
-        let models = self.models.values().map(|model| &model.file);
+        let models = self.models.values().chain(self.unloaded.values()).map(|model| &model.file);
         routes.map(|route| route.component.clone()).chain(models.cloned()).collect()
     }
 }

@@ -1,17 +1,20 @@
 //! Admission control for a route: a cap on instances running at once and a bounded queue of
-//! requests waiting for one, served by priority, then in arrival order.
+//! requests waiting for one, shared fairly between tenants by weight, and by priority within
+//! a tenant ([`FairQueue`]).
 //!
 //! A request that finds the queue full is rejected at once, without touching the guest (the
-//! server answers 503 + `Retry-After`). A request still waiting at its deadline leaves the
-//! queue and never runs (504). The [`Permit`] a request gets is held until its instance is
-//! gone; dropping it hands the slot straight to the next waiter.
+//! server answers 503 + `Retry-After`), unless another tenant holds more than its share of
+//! the queue: then that tenant's newest waiter is rejected in its place (push-out), so one
+//! tenant's flood cannot lock the others out. A request still waiting at its deadline leaves
+//! the queue and never runs (504). The [`Permit`] a request gets is held until its instance
+//! is gone; dropping it hands the slot straight to the next waiter.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::request::{Priority, RequestContext};
+use crate::request::RequestContext;
+use crate::request::fair::FairQueue;
 
 /// Why a request was not admitted.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,8 +38,9 @@ struct Slots {
 
 struct SlotState {
     free: usize,
-    /// Waiters by priority; each is handed a permit through its channel.
-    waiting: [VecDeque<oneshot::Sender<Permit>>; Priority::LEVELS],
+    /// Waiters by tenant and priority; each is handed a permit, or its push-out, through its
+    /// channel.
+    waiting: FairQueue<oneshot::Sender<Result<Permit, Rejection>>>,
 }
 
 /// The right to run one instance of the route. Dropping it frees the slot.
@@ -47,7 +51,7 @@ pub struct Permit {
 impl Admission {
     /// At most `capacity` admitted at once, at most `max_queue` waiting.
     pub fn new(capacity: usize, max_queue: usize) -> Admission {
-        let state = SlotState { free: capacity, waiting: Default::default() };
+        let state = SlotState { free: capacity, waiting: FairQueue::default() };
         Admission { slots: Arc::new(Slots { state: Mutex::new(state) }), capacity, max_queue }
     }
 
@@ -57,22 +61,26 @@ impl Admission {
             let mut state = self.slots.state.lock().unwrap();
             if state.free > 0 {
                 state.free -= 1;
+                // Served at once, but served: it counts against the tenant's share.
+                state.waiting.charge(&context.tenant, 1.0);
                 return Ok(Permit { slots: Some(self.slots.clone()) });
             }
             if state.queued() >= self.max_queue {
                 state.forget_departed();
                 if state.queued() >= self.max_queue {
-                    return Err(Rejection::QueueFull);
+                    // Room for a tenant under its share, at the expense of one over it.
+                    let displaced = state.waiting.evict_for(&context.tenant).ok_or(Rejection::QueueFull)?;
+                    let _ = displaced.send(Err(Rejection::QueueFull));
                 }
             }
             let (sender, receiver) = oneshot::channel();
-            state.waiting[context.priority as usize].push_back(sender);
+            state.waiting.push(&context.tenant, context.priority, 1.0, sender);
             receiver
         };
         let deadline = tokio::time::Instant::from_std(context.deadline);
         match tokio::time::timeout_at(deadline, receiver).await {
-            Ok(Ok(permit)) => Ok(permit),
-            // A permit is never dropped unsent, so the only failure is the deadline.
+            Ok(Ok(admitted)) => admitted,
+            // A waiter is never dropped unanswered, so the only failure is the deadline.
             Ok(Err(_)) | Err(_) => Err(Rejection::DeadlineExpired),
         }
     }
@@ -97,14 +105,12 @@ impl Admission {
 
 impl SlotState {
     fn queued(&self) -> usize {
-        self.waiting.iter().map(VecDeque::len).sum()
+        self.waiting.len()
     }
 
     /// Drops waiters that gave up (deadline passed, client gone).
     fn forget_departed(&mut self) {
-        for lane in &mut self.waiting {
-            lane.retain(|waiter| !waiter.is_closed());
-        }
+        self.waiting.retain(|waiter| !waiter.is_closed());
     }
 }
 
@@ -114,12 +120,13 @@ impl Drop for Permit {
             return;
         };
         let mut state = slots.state.lock().unwrap();
-        // Hand the slot to the first waiter still waiting, highest priority first.
-        while let Some(waiter) = state.waiting.iter_mut().find_map(VecDeque::pop_front) {
-            match waiter.send(Permit { slots: Some(slots.clone()) }) {
+        // Hand the slot to the next waiter still waiting, in fair order.
+        while let Some(waiter) = state.waiting.pop() {
+            match waiter.send(Ok(Permit { slots: Some(slots.clone()) })) {
                 Ok(()) => return,
                 // That waiter left: take the permit back without running this drop again.
-                Err(mut unsent) => unsent.slots = None,
+                Err(Ok(mut unsent)) => unsent.slots = None,
+                Err(Err(_)) => unreachable!("only permits are sent here"),
             }
         }
         state.free += 1;
@@ -131,6 +138,8 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::request::Priority;
+    use crate::request::tenant::Tenant;
 
     fn context(priority: Priority, timeout: Duration) -> RequestContext {
         RequestContext::new(Instant::now() + timeout, priority)
@@ -192,5 +201,44 @@ mod tests {
         }
         let admitted: Vec<_> = std::iter::from_fn(|| order.try_recv().ok()).collect();
         assert_eq!(admitted, ["high", "normal", "low"]);
+    }
+
+    #[tokio::test]
+    async fn a_flooding_tenant_is_pushed_out_of_a_full_queue_and_the_other_admitted_next() {
+        let admission = Arc::new(Admission::new(1, 4));
+        let tenant = |index, name: &str| {
+            Arc::new(Tenant { index, name: name.into(), weight: 1, max_priority: Priority::High })
+        };
+        let (flood, other) = (tenant(1, "flood"), tenant(2, "other"));
+        let for_tenant = |tenant: &Arc<Tenant>| {
+            RequestContext::for_tenant(
+                Instant::now() + Duration::from_secs(60),
+                Priority::High,
+                tenant.clone(),
+            )
+        };
+        let busy = admission.admit(&for_tenant(&flood)).await.unwrap();
+        let mut flooders = Vec::new();
+        for _ in 0..4 {
+            let (waiter, context) = (admission.clone(), for_tenant(&flood));
+            flooders.push(tokio::spawn(async move { waiter.admit(&context).await.map(drop) }));
+            while admission.waiting() < flooders.len() {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(admission.admit(&for_tenant(&flood)).await.err(), Some(Rejection::QueueFull));
+        // The other tenant finds the queue full of the flood, and takes the newest flooder's place.
+        let waiting_other = tokio::spawn({
+            let (admission, context) = (admission.clone(), for_tenant(&other));
+            async move { admission.admit(&context).await.map(drop) }
+        });
+        let pushed_out = flooders.pop().unwrap().await.unwrap();
+        assert_eq!(pushed_out, Err(Rejection::QueueFull));
+        // And it is admitted first, though three flooders queued before it.
+        drop(busy);
+        assert_eq!(waiting_other.await.unwrap(), Ok(()));
+        for flooder in flooders {
+            assert_eq!(flooder.await.unwrap(), Ok(()));
+        }
     }
 }

@@ -33,6 +33,7 @@ use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 use crate::inference::scheduler::ComputeError;
 use crate::request::RequestContext;
+use crate::request::memory::{MemoryBudget, MemoryExhausted};
 use crate::sandbox::admission::Permit;
 use crate::sandbox::body::{BodyLimits, GuestEnd, HonestBody};
 use crate::sandbox::capabilities::Capabilities;
@@ -54,6 +55,9 @@ pub enum GuestFailure {
     /// A model the guest called was overloaded (a [`ComputeError::Overloaded`]).
     #[error(transparent)]
     ModelOverloaded(ComputeError),
+    /// The node's memory budget could not take what the guest made the host hold.
+    #[error(transparent)]
+    MemoryExhausted(MemoryExhausted),
     /// The guest trapped (panic, stack overflow, out of memory, over its host budget, ...).
     #[error("the guest trapped: {}", trap_reason(.0))]
     Trapped(wasmtime::Error),
@@ -99,6 +103,8 @@ struct InstanceMaker {
     limits: InstanceLimits,
     capabilities: Capabilities,
     log_budget: Arc<LogBudget>,
+    /// The node's memory budget, which what instances make the host hold is charged to.
+    memory: Arc<MemoryBudget>,
     /// Observes how long making each instance takes.
     instantiation: Histogram,
     /// Counts requests that found an instance made ahead of them.
@@ -149,8 +155,10 @@ pub struct GuestSpec<'a> {
     /// Instances to keep made ahead of requests (the engine's pool must have room for them
     /// beside the route's cap).
     pub ready_instances: usize,
-    /// The route's timeout, which also bounds making an instance ahead.
+    /// The route's timeout, which also bounds making an instance ahead, and the first.
     pub timeout: Duration,
+    /// The node's memory budget.
+    pub memory: Arc<MemoryBudget>,
 }
 
 impl GuestComponent {
@@ -181,16 +189,25 @@ impl GuestComponent {
             limits: spec.limits,
             capabilities: spec.capabilities,
             log_budget: Arc::new(LogBudget::new(spec.route_path, metrics.log_lines_dropped.clone())),
+            memory: spec.memory,
             instantiation: metrics.instantiation.clone(),
             ready_hits: metrics.ready_instance_hits.clone(),
             wanted: spec.ready_instances,
             make_timeout: spec.timeout,
             ready: Mutex::default(),
         });
-        // The first instance also makes the memory images every later one maps.
+        // The first instance also makes the memory images every later one maps. Its start
+        // functions run as any instance's do: within the route's timeout, so a guest that loops
+        // there fails its deploy instead of holding the control plane.
         let mut attempt = 1;
         let first = loop {
-            match maker.make_ahead().await {
+            let made = tokio::time::timeout(maker.make_timeout, maker.make_ahead()).await.unwrap_or_else(|_| {
+                Err(wasmtime::format_err!(
+                    "its first instance was not made within the route's timeout ({} ms): does a start function loop?",
+                    maker.make_timeout.as_millis()
+                ))
+            });
+            match made {
                 Ok(first) => break first,
                 Err(error) if attempt < IMAGE_ATTEMPTS && kernel_busy(&error) => {
                     warn!(component = %file, attempt, "the kernel was busy sealing a memory image: {error:#}; trying again");
@@ -348,7 +365,14 @@ impl InstanceMaker {
             }
             None => RequestContext::new(Instant::now() + self.make_timeout, Default::default()),
         };
-        let state = GuestState::new(self.grant.clone(), self.limits, &self.capabilities, context, stderr)?;
+        let state = GuestState::new(
+            self.grant.clone(),
+            self.limits,
+            &self.capabilities,
+            context,
+            stderr,
+            &self.memory,
+        )?;
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
@@ -376,6 +400,9 @@ async fn run_guest(
         }
     };
     proxy.wasi_http_incoming_handler().call_handle(&mut *store, request, outparam).await.map_err(|e| {
+        if let Some(exhausted) = e.downcast_ref::<MemoryExhausted>() {
+            return GuestFailure::MemoryExhausted(exhausted.clone());
+        }
         match e.downcast::<ComputeError>() {
             Ok(overloaded @ ComputeError::Overloaded { .. }) => GuestFailure::ModelOverloaded(overloaded),
             Ok(other) => GuestFailure::Trapped(other.into()),

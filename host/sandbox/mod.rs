@@ -35,6 +35,7 @@ use self::budget::HostBudget;
 use self::capabilities::{Capabilities, OutgoingHttp};
 use self::nn::{HasNn, NnGrant, NnView};
 use crate::request::RequestContext;
+use crate::request::memory::MemoryBudget;
 use crate::sandbox::guest_log::GuestStderr;
 
 /// What one instance may use: its linear memory, the host memory it may make the host hold
@@ -66,14 +67,15 @@ pub struct GuestState {
 impl GuestState {
     /// State for a fresh instance: the route's model grant, limits and capabilities, and the
     /// deadline and priority of `context`, the request it serves (see [`GuestState::serve`]
-    /// for an instance made ahead of its request); nothing else. Fails if a read-only folder
-    /// cannot be opened.
+    /// for an instance made ahead of its request); what it makes the host hold charged to
+    /// `memory` too; nothing else. Fails if a read-only folder cannot be opened.
     pub fn new(
         grant: Arc<NnGrant>,
         limits: InstanceLimits,
         capabilities: &Capabilities,
         context: RequestContext,
         stderr: GuestStderr,
+        memory: &Arc<MemoryBudget>,
     ) -> wasmtime::Result<GuestState> {
         let mut wasi = WasiCtx::builder();
         wasi.stderr(stderr.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
@@ -83,7 +85,7 @@ impl GuestState {
         table.set_max_capacity(limits.max_host_resources);
         Ok(GuestState {
             table,
-            budget: HostBudget::new(limits.host_memory_bytes),
+            budget: HostBudget::new(limits.host_memory_bytes, memory),
             wasi,
             http: WasiHttpCtx::new(),
             hooks: OutgoingHttp(capabilities.clone()),
@@ -133,6 +135,92 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    charge_http_fields(&mut linker)?;
     nn::add_to_linker(&mut linker)?;
     Ok(linker)
+}
+
+/// What a header costs beside its name and value: its place in the map.
+const FIELD_OVERHEAD_BYTES: usize = 64;
+/// What a `fields` resource costs empty.
+const FIELDS_OVERHEAD_BYTES: usize = 256;
+/// The `wasi:http/types` interface these functions are defined in (every 0.2 version a guest
+/// imports resolves to it).
+const HTTP_TYPES: &str = "wasi:http/types@0.2.12";
+
+/// Defines the `wasi:http` calls that make the host hold header bytes (`fields` made empty,
+/// from a list, set, appended, cloned) over wasi-http's own, charging what they add to the
+/// instance's host budget (and the node's) first: over it, the call traps. A charge stays
+/// until the instance ends, as handles do: headers are few and small, and a guest that
+/// makes and drops them without end runs into its own budget, not the node's memory.
+fn charge_http_fields(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi_http::FieldMap;
+    use wasmtime_wasi_http::p2::bindings::http::types::{self, Host as _, HostFields};
+
+    type Answer<T> = wasmtime::Result<(Result<T, types::HeaderError>,)>;
+    fn charge(state: &mut GuestState, bytes: usize) -> wasmtime::Result<()> {
+        state.budget.charge(bytes, "HTTP fields").map_err(budget::HostRefusal::into_trap)
+    }
+    fn answered<T>(
+        view: &mut WasiHttpCtxView<'_>,
+        result: wasmtime_wasi_http::p2::HeaderResult<T>,
+    ) -> Answer<T> {
+        match result {
+            Ok(value) => Ok((Ok(value),)),
+            Err(error) => Ok((Err(view.convert_header_error(error)?),)),
+        }
+    }
+    let entries = |entries: &[(String, Vec<u8>)]| -> usize {
+        entries.iter().map(|(name, value)| name.len() + value.len() + FIELD_OVERHEAD_BYTES).sum()
+    };
+    linker.allow_shadowing(true);
+    let mut types = linker.instance(HTTP_TYPES)?;
+    types.func_wrap("[constructor]fields", |mut store, (): ()| {
+        let state = store.data_mut();
+        charge(state, FIELDS_OVERHEAD_BYTES)?;
+        Ok((HostFields::new(&mut state.http())?,))
+    })?;
+    types.func_wrap("[static]fields.from-list", move |mut store, (list,): (Vec<(String, Vec<u8>)>,)| {
+        let state = store.data_mut();
+        charge(state, FIELDS_OVERHEAD_BYTES + entries(&list))?;
+        let mut view = state.http();
+        let made = HostFields::from_list(&mut view, list);
+        answered(&mut view, made)
+    })?;
+    types.func_wrap(
+        "[method]fields.set",
+        move |mut store, (fields, name, values): (Resource<FieldMap>, String, Vec<Vec<u8>>)| {
+            let state = store.data_mut();
+            let added: usize =
+                values.iter().map(|value| name.len() + value.len() + FIELD_OVERHEAD_BYTES).sum();
+            charge(state, added)?;
+            let mut view = state.http();
+            let set = HostFields::set(&mut view, fields, name, values);
+            answered(&mut view, set)
+        },
+    )?;
+    types.func_wrap(
+        "[method]fields.append",
+        move |mut store, (fields, name, value): (Resource<FieldMap>, String, Vec<u8>)| {
+            let state = store.data_mut();
+            charge(state, name.len() + value.len() + FIELD_OVERHEAD_BYTES)?;
+            let mut view = state.http();
+            let appended = HostFields::append(&mut view, fields, name, value);
+            answered(&mut view, appended)
+        },
+    )?;
+    types.func_wrap("[method]fields.clone", move |mut store, (fields,): (Resource<FieldMap>,)| {
+        let state = store.data_mut();
+        let held: usize = state
+            .table
+            .get(&fields)?
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD_BYTES)
+            .sum();
+        charge(state, FIELDS_OVERHEAD_BYTES + held)?;
+        Ok((HostFields::clone(&mut state.http(), fields)?,))
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
 }

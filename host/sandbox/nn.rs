@@ -25,7 +25,7 @@ use crate::inference::scheduler::{Batching, ComputeError, DelayPolicy, ModelSche
 use crate::inference::served::ServedModel;
 use crate::inference::tensor::{ElementType, Tensor};
 use crate::request::RequestContext;
-use crate::sandbox::budget::HostBudget;
+use crate::sandbox::budget::{HostBudget, HostRefusal};
 
 mod generated {
     wasmtime::component::bindgen!({
@@ -155,8 +155,10 @@ impl graph::Host for NnView<'_> {
             Ok(one) => one,
             Err(_) => return self.fail(ErrorCode::InvalidArgument, "an ONNX model is one builder"),
         };
-        if let Err(over) = self.budget.charge(bytes.len(), "a model loaded from bytes") {
-            return self.fail(ErrorCode::TooLarge, over.to_string());
+        match self.budget.charge(bytes.len(), "a model loaded from bytes") {
+            Ok(()) => {}
+            Err(HostRefusal::Instance(over)) => return self.fail(ErrorCode::TooLarge, over.to_string()),
+            Err(node @ HostRefusal::Node(_)) => return Err(node.into_trap()),
         }
         let charged = bytes.len();
         let want_gpu = matches!(target, ExecutionTarget::Gpu);
@@ -236,8 +238,12 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         match model.compute(named, &context).await {
             Ok(outputs) => {
                 let bytes = outputs.iter().map(|(_, tensor)| held_bytes(tensor)).sum();
-                if let Err(over) = self.budget.charge(bytes, "a model's outputs") {
-                    return self.fail(ErrorCode::TooLarge, format!("model {:?}: {over}", model.name()));
+                match self.budget.charge(bytes, "a model's outputs") {
+                    Ok(()) => {}
+                    Err(HostRefusal::Instance(over)) => {
+                        return self.fail(ErrorCode::TooLarge, format!("model {:?}: {over}", model.name()));
+                    }
+                    Err(node @ HostRefusal::Node(_)) => return Err(node.into_trap()),
                 }
                 let mut handles = Vec::with_capacity(outputs.len());
                 for (name, tensor) in outputs {
@@ -289,7 +295,7 @@ impl tensor::HostTensor for NnView<'_> {
             shape: dimensions.into_iter().map(|d| d as usize).collect(),
             data: data.into(),
         };
-        self.budget.charge(held_bytes(&tensor), "a tensor")?;
+        self.budget.charge(held_bytes(&tensor), "a tensor").map_err(HostRefusal::into_trap)?;
         Ok(self.table.push(tensor)?)
     }
 

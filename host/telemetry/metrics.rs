@@ -39,8 +39,16 @@ struct Families {
     gpu_memory_used: IntGaugeVec,
     gpu_memory_total: IntGaugeVec,
     model_cache: IntCounterVec,
-    connections_open: IntGauge,
-    connections_timed_out: IntCounter,
+    connections_open: IntGaugeVec,
+    connections_closed: IntCounterVec,
+    memory_budget: IntGauge,
+    memory_in_use: IntGauge,
+    memory_peak: IntGauge,
+    memory_refusals: IntCounterVec,
+    tenant_requests: IntCounterVec,
+    tenant_refusals: IntCounterVec,
+    tenant_in_flight: IntGaugeVec,
+    unauthenticated: IntCounter,
 }
 
 /// Latency buckets from 50 µs to about 26 s.
@@ -214,15 +222,62 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             "Result cache lookups by model and result (hit, miss)",
             &["model", "result"],
         ),
-        connections_open: registered(
-            &registry,
-            IntGauge::new("edge_infer_http_connections_open", "Client connections open now"),
+        connections_open: gauge(
+            "edge_infer_http_connections_open",
+            "Client connections open now, by listener (public, admin, grpc)",
+            &["listener"],
         ),
-        connections_timed_out: registered(
+        connections_closed: counter(
+            "edge_infer_http_connections_closed_total",
+            "Connections the node closed or refused, by listener and reason (header_timeout, idle, send_timeout, keepalive_timeout, per_address)",
+            &["listener", "reason"],
+        ),
+        memory_budget: registered(
+            &registry,
+            IntGauge::new(
+                "edge_infer_memory_budget_bytes",
+                "The node's memory budget for requests (server.memory_budget_mib)",
+            ),
+        ),
+        memory_in_use: registered(
+            &registry,
+            IntGauge::new(
+                "edge_infer_memory_in_use_bytes",
+                "Bytes requests hold against the memory budget now",
+            ),
+        ),
+        memory_peak: registered(
+            &registry,
+            IntGauge::new(
+                "edge_infer_memory_peak_bytes",
+                "The most bytes requests held against the memory budget at once",
+            ),
+        ),
+        memory_refusals: counter(
+            "edge_infer_memory_refusals_total",
+            "Requests refused because the memory budget was full, by where (rest, grpc, guest)",
+            &["protocol"],
+        ),
+        tenant_requests: counter(
+            "edge_infer_tenant_requests_total",
+            "Requests admitted, by tenant",
+            &["tenant"],
+        ),
+        tenant_refusals: counter(
+            "edge_infer_tenant_refusals_total",
+            "Requests refused with 429 by their tenant's own limits, by tenant and reason (concurrency, rate)",
+            &["tenant", "reason"],
+        ),
+        tenant_in_flight: gauge(
+            "edge_infer_tenant_requests_in_flight",
+            "Requests in flight now, by tenant",
+            &["tenant"],
+        ),
+        unauthenticated: registered(
             &registry,
             IntCounter::new(
-                "edge_infer_http_connections_timed_out_total",
-                "Connections closed because a request head did not come within server.header_read_timeout_ms",
+                "edge_infer_unauthenticated_requests_total",
+                "Requests refused with 401: no credentials where they are required",
             ),
         ),
         registry,
@@ -236,19 +291,88 @@ pub fn render() -> String {
     String::from_utf8(text).expect("the text format is UTF-8")
 }
 
-/// The listener's series: connections open now, and those closed for want of a request head.
-pub struct ConnectionMetrics {
-    pub open: IntGauge,
-    pub timed_out: IntCounter,
+/// Why the node closed (or refused) a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionClosed {
+    /// No TLS handshake, or no request head, within the header read timeout.
+    HeaderTimeout,
+    /// Nothing in flight and no request started for the header read timeout.
+    Idle,
+    /// A response waited for the client to take it for the send timeout.
+    SendTimeout,
+    /// An HTTP/2 keepalive ping went unanswered.
+    KeepaliveTimeout,
+    /// Refused at accept: its address had as many connections as allowed.
+    PerAddress,
 }
 
-impl Default for ConnectionMetrics {
-    fn default() -> ConnectionMetrics {
-        ConnectionMetrics {
-            open: FAMILIES.connections_open.clone(),
-            timed_out: FAMILIES.connections_timed_out.clone(),
+impl ConnectionClosed {
+    fn label(self) -> &'static str {
+        match self {
+            ConnectionClosed::HeaderTimeout => "header_timeout",
+            ConnectionClosed::Idle => "idle",
+            ConnectionClosed::SendTimeout => "send_timeout",
+            ConnectionClosed::KeepaliveTimeout => "keepalive_timeout",
+            ConnectionClosed::PerAddress => "per_address",
         }
     }
+}
+
+/// One listener's series: connections open now, and those closed by the node, by reason.
+pub struct ConnectionMetrics {
+    listener: &'static str,
+    pub open: IntGauge,
+}
+
+impl ConnectionMetrics {
+    pub fn new(listener: &'static str) -> ConnectionMetrics {
+        ConnectionMetrics { listener, open: FAMILIES.connections_open.with_label_values(&[listener]) }
+    }
+
+    /// Counts a connection the node closed or refused.
+    pub fn closed(&self, reason: ConnectionClosed) {
+        FAMILIES.connections_closed.with_label_values(&[self.listener, reason.label()]).inc();
+    }
+}
+
+/// Sets the memory budget's gauges: its size, what is held now, the most ever held.
+pub fn memory_budget(limit: usize, in_use: usize, peak: usize) {
+    FAMILIES.memory_budget.set(limit as i64);
+    FAMILIES.memory_in_use.set(in_use as i64);
+    FAMILIES.memory_peak.set(peak as i64);
+}
+
+/// Counts a request refused because the memory budget was full, by where it was refused:
+/// `rest`, `grpc` or `guest`.
+pub fn memory_refused(place: &'static str) {
+    FAMILIES.memory_refusals.with_label_values(&[place]).inc();
+}
+
+/// One tenant's series, resolved once.
+pub struct TenantMetrics {
+    /// Requests let in.
+    pub requests: IntCounter,
+    /// Requests refused by its `max_concurrency`, and by its rate.
+    pub refused_concurrency: IntCounter,
+    pub refused_rate: IntCounter,
+    /// Requests in flight now (set when metrics are read).
+    pub in_flight: IntGauge,
+}
+
+impl TenantMetrics {
+    pub fn new(tenant: &str) -> TenantMetrics {
+        TenantMetrics {
+            requests: FAMILIES.tenant_requests.with_label_values(&[tenant]),
+            refused_concurrency: FAMILIES.tenant_refusals.with_label_values(&[tenant, "concurrency"]),
+            refused_rate: FAMILIES.tenant_refusals.with_label_values(&[tenant, "rate"]),
+            in_flight: FAMILIES.tenant_in_flight.with_label_values(&[tenant]),
+        }
+    }
+}
+
+/// Counts a request refused for want of credentials.
+pub fn unauthenticated() {
+    FAMILIES.unauthenticated.inc();
 }
 
 /// Records which backend runs `model`.
@@ -342,7 +466,8 @@ const REQUEST_OUTCOMES: [&str; 5] = ["success", "invalid", "rejected", "timeout"
 /// Which of [`REQUEST_OUTCOMES`] a status counts as.
 fn request_outcome(status: u16) -> usize {
     match status {
-        503 => 2,
+        // Refused for load (the node's, or the tenant's own limits): rejected.
+        429 | 503 => 2,
         504 => 3,
         400..=499 => 1,
         500..=599 => 4,

@@ -94,6 +94,15 @@ impl Server {
         Self::spawn(&["--config".as_ref(), path.as_os_str()], level, env, dir, Some(state_dir))
     }
 
+    /// Starts `binary` (another build of edge-infer, for comparisons) with `config`.
+    pub fn start_from(binary: &Path, config: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge-infer.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::spawn_binary(binary, &["--config".as_ref(), path.as_os_str()], "warn", &[], dir, None)
+            .unwrap_or_else(|stderr| panic!("{} did not start:\n{stderr}", binary.display()))
+    }
+
     /// Starts `binary` (another build of edge-infer, for comparisons) with the bundled examples.
     pub fn start_bundled_from(binary: &Path) -> Server {
         let dir = tempfile::tempdir().unwrap();
@@ -167,7 +176,8 @@ impl Server {
         match receiver.recv_timeout(START_TIMEOUT) {
             Ok((line, admin, grpc)) if line.contains("listening on ") && grpc.contains("gRPC on ") => {
                 let (base, admin) = (last_word(&line), last_word(&admin));
-                let grpc = last_word(&grpc).trim_start_matches("grpc://").to_string();
+                let grpc =
+                    last_word(&grpc).trim_start_matches("grpc://").trim_start_matches("grpcs://").to_string();
                 Ok(Server { child, stderr, logged, base, admin, grpc, state_dir, _config_dir: config_dir })
             }
             _ => {
@@ -194,6 +204,16 @@ impl Server {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Runs `work`; returns what it gave, and by how much the server's resident memory
+    /// peaked meanwhile above what it held when `work` began, in MiB (the kernel's peak is
+    /// reset first).
+    pub async fn memory_growth_mib<T>(&self, work: impl std::future::Future<Output = T>) -> (T, f64) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").unwrap();
+        let before_kib = self.memory_kib("VmRSS");
+        let output = work.await;
+        (output, self.memory_kib("VmHWM").saturating_sub(before_kib) as f64 / 1024.0)
     }
 
     /// The config file it was started with (rewrite it, then send SIGHUP).
@@ -626,5 +646,162 @@ pub async fn wait_for_metric(server: &Server, series: &str, value: f64) {
         }
         assert!(std::time::Instant::now() < deadline, "{series} never reached {value}:\n{text}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub mod raw {
+    //! Clients that speak the protocols by hand, to do what well-behaved clients never do.
+
+    use std::net::IpAddr;
+
+    use bytes::Bytes;
+    use tokio::net::{TcpSocket, TcpStream};
+
+    /// A connection to `address` from the local address `from` (any loopback address reaches a
+    /// node listening on 127.0.0.1, so one machine can be several clients), or from the
+    /// default one.
+    pub async fn connect(address: &str, from: Option<IpAddr>) -> std::io::Result<TcpStream> {
+        let Some(from) = from else { return TcpStream::connect(address).await };
+        let target: std::net::SocketAddr = address.parse().expect("an IP address and a port");
+        let socket = if from.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.bind((from, 0).into())?;
+        socket.connect(target).await
+    }
+
+    /// One gRPC message, framed: a flag byte and the big-endian length, then the message.
+    pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(message.len() + 5);
+        frame.push(0);
+        frame.extend((message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(message);
+        frame
+    }
+
+    /// The status [`grpc_call`] gives when the call got no answer: its connection broke.
+    pub const NO_ANSWER: i32 = -1;
+
+    /// Calls `method` of the inference service at `address` (`HOST:PORT`) with `body` (framed
+    /// messages) and `metadata`, over a fresh HTTP/2 connection; returns the `grpc-status`
+    /// and `grpc-message` of the answer (from its headers or its trailers), or [`NO_ANSWER`]
+    /// and the error if the connection broke first.
+    pub async fn grpc_call(
+        address: &str,
+        method: &str,
+        body: impl Into<Bytes>,
+        metadata: &[(&str, &str)],
+    ) -> (i32, String) {
+        grpc_call_from(None, address, method, body, metadata).await
+    }
+
+    /// [`grpc_call`] from the local address `from` (see [`connect`]).
+    pub async fn grpc_call_from(
+        from: Option<IpAddr>,
+        address: &str,
+        method: &str,
+        body: impl Into<Bytes>,
+        metadata: &[(&str, &str)],
+    ) -> (i32, String) {
+        let connected = match connect(address, from).await {
+            Ok(tcp) => h2::client::handshake(tcp).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let (client, connection) = match connected {
+            Ok(connected) => connected,
+            Err(error) => return (NO_ANSWER, error),
+        };
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let Ok(mut client) = client.ready().await else { return (NO_ANSWER, "the connection closed".into()) };
+        let mut request =
+            http::Request::post(format!("http://{address}/inference.GRPCInferenceService/{method}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers");
+        for (name, value) in metadata {
+            request = request.header(*name, *value);
+        }
+        let Ok((response, mut sending)) = client.send_request(request.body(()).unwrap(), false) else {
+            return (NO_ANSWER, "the connection closed".into());
+        };
+        // The server may refuse before it has read all of it: a failed send is expected then.
+        let _ = sending.send_data(body.into(), true);
+        let response = match response.await {
+            Ok(response) => response,
+            Err(error) => return (NO_ANSWER, error.to_string()),
+        };
+        let status_of = |headers: &http::HeaderMap| {
+            let status = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+            let message = headers.get("grpc-message").map_or(&b""[..], |m| m.as_bytes());
+            Some((status, percent_decoded(message)))
+        };
+        if let Some(answer) = status_of(response.headers()) {
+            return answer;
+        }
+        let mut body = response.into_body();
+        while let Some(data) = body.data().await {
+            let Ok(data) = data else { return (NO_ANSWER, "the answer was cut".into()) };
+            let _ = body.flow_control().release_capacity(data.len());
+        }
+        match body.trailers().await {
+            Ok(Some(trailers)) => status_of(&trailers).expect("the trailers carry grpc-status"),
+            _ => (NO_ANSWER, "no trailers".into()),
+        }
+    }
+
+    /// A `grpc-message` as text: gRPC percent-encodes it.
+    fn percent_decoded(text: &[u8]) -> String {
+        let mut bytes = Vec::with_capacity(text.len());
+        let mut rest = text;
+        while let Some((&first, tail)) = rest.split_first() {
+            let hex =
+                tail.get(..2).and_then(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok());
+            match (first, hex) {
+                (b'%', Some(byte)) => {
+                    bytes.push(byte);
+                    rest = &tail[2..];
+                }
+                _ => {
+                    bytes.push(first);
+                    rest = tail;
+                }
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// An HTTP/2 client that asks for `path` and then never opens its receive window: the
+    /// answer's head arrives, its body never can. Held open until dropped.
+    pub struct ZeroWindowClient {
+        _client: h2::client::SendRequest<Bytes>,
+        _response: http::Response<h2::RecvStream>,
+        closed: tokio::task::JoinHandle<()>,
+    }
+
+    impl ZeroWindowClient {
+        pub async fn open(address: &str, path: &str) -> ZeroWindowClient {
+            Self::try_open(None, address, path).await.expect("the server answers the head")
+        }
+
+        /// As [`Self::open`], from the local address `from` (see [`connect`]); `None` if the
+        /// server does not take the connection.
+        pub async fn try_open(from: Option<IpAddr>, address: &str, path: &str) -> Option<ZeroWindowClient> {
+            let tcp = connect(address, from).await.ok()?;
+            let (client, connection) =
+                h2::client::Builder::new().initial_window_size(0).handshake::<_, Bytes>(tcp).await.ok()?;
+            let closed = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let mut client = client.ready().await.ok()?;
+            let request = http::Request::get(format!("http://{address}{path}")).body(()).unwrap();
+            let (response, _) = client.send_request(request, true).ok()?;
+            let response = response.await.ok()?;
+            assert_eq!(response.status(), 200, "the head is not flow-controlled");
+            Some(ZeroWindowClient { _client: client, _response: response, closed })
+        }
+
+        /// Waits until the server has closed the connection.
+        pub async fn closed_by_server(self) {
+            self.closed.await.unwrap();
+        }
     }
 }

@@ -4,7 +4,8 @@ Triton's own Python client, tritonclient[http].
 It loads a second copy of the digits model, "digits-copy", with a Triton model
 configuration and the ONNX file (as `load_model(name, config=..., files=...)` sends them),
 checks its configuration, readiness and place in the repository index, infers with it and
-compares the labels with the served "digits" model, then unloads it. Mutating calls without
+compares the labels with the served "digits" model, then unloads it (it stays in the
+repository, unavailable), loads it again by name alone, and unloads it. Mutating calls without
 the admin token must be refused (401); a broken model file and unloading a model that a
 route uses must be refused with the reason. Prints "ok".
 
@@ -80,8 +81,17 @@ def main():
     assert client.is_model_ready(COPY)
     client.unload_model(COPY, headers=admin)
     assert not client.is_model_ready(COPY)
+    # Triton's unload: the model stays in the repository, unavailable, and a load by name
+    # brings it back as it was.
     index = client.get_model_repository_index()
-    assert all(entry["name"] != COPY for entry in index), index
+    assert {"name": COPY, "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"} in index, index
+    refused(lambda: client.load_model(COPY), 401, "admin token")
+    client.load_model(COPY, headers=admin)
+    assert client.is_model_ready(COPY)
+    assert client.get_model_config(COPY)["max_batch_size"] == 8
+    assert labels(client, COPY, images) == labels(client, "digits", images)
+    client.unload_model(COPY, headers=admin)
+    assert not client.is_model_ready(COPY)
     print("ok")
 
 

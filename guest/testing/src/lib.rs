@@ -7,6 +7,8 @@
 //! - `/test/hoard`: makes 1 MiB `wasi:nn` tensors and keeps them, until the host stops it;
 //! - `/test/many-dims`: makes a tensor with a million dimensions and no data;
 //! - `/test/handles`: makes `wasi:http` fields and keeps them, until the host stops it;
+//! - `/test/header-hoard`: makes `wasi:http` fields of 120 KB of headers each and keeps them,
+//!   until the host stops it;
 //! - `/test/recurse`: recurses until the stack overflows;
 //! - `/test/trap-mid-body`: sends the head and part of a chunked body, then traps;
 //! - `/test/stream-forever`: sends a chunk every 10 ms until its deadline stops it;
@@ -24,7 +26,9 @@
 //!   `wasi:nn` error with its fitting status (tests and benchmarks drive models with it);
 //! - `/test/log/N`: writes N numbered lines to stderr and answers `{"logged": N}`;
 //! - `/test/sleep/MS`: sleeps MS milliseconds (a host clock wait, not a busy loop), then
-//!   answers `{"slept_ms": MS}`.
+//!   answers `{"slept_ms": MS}`;
+//! - `/test/credentials`: answers the tenant and credential headers it was given
+//!   (`x-edge-tenant`, `x-api-key`, `authorization`), `null` for those it was not.
 //!
 //! `wasi:nn` outcomes are answered as `{"ok": bool, "code": "...", "message": "..."}`.
 
@@ -74,6 +78,7 @@ impl Handler for Testing {
             "/oom" => exhaust_memory(),
             "/hoard" => hoard_tensors(),
             "/handles" => hoard_handles(),
+            "/header-hoard" => hoard_headers(),
             "/many-dims" => {
                 let tensor = tensor::Tensor::new(&vec![1; 1 << 20], tensor::TensorType::U8, &[]);
                 Response::json(&json!({ "dimensions": tensor.dimensions().len() }))
@@ -87,6 +92,11 @@ impl Handler for Testing {
                 Response::json(&outcome(result.map(|_| ())))
             }
             "/nn/bad-input" => Response::json(&bad_inputs()),
+            "/credentials" => Response::json(&json!({
+                "tenant": request.header("x-edge-tenant"),
+                "api_key": request.header("x-api-key"),
+                "authorization": request.header("authorization"),
+            })),
             other => {
                 if let Some(name) = other.strip_prefix("/nn/load-by-name/") {
                     Response::json(&outcome(graph::load_by_name(name).map(|_| ())))
@@ -143,6 +153,18 @@ fn hoard_handles() -> ! {
     let mut kept = Vec::new();
     loop {
         kept.push(wasip2::http::types::Fields::new());
+    }
+}
+
+fn hoard_headers() -> ! {
+    let mut kept = Vec::new();
+    let value = vec![b'x'; 60_000];
+    loop {
+        let fields = wasip2::http::types::Fields::new();
+        // Each within wasi:http's limit for one `fields`; together, as much as it may hold.
+        let _ = fields.append("x-hoard-1", &value);
+        let _ = fields.append("x-hoard-2", &value);
+        kept.push(fields);
     }
 }
 

@@ -1,11 +1,14 @@
 //! The Open Inference Protocol over gRPC: `inference.GRPCInferenceService`, as Triton's and
-//! KServe's clients call it, on its own listener (`server.grpc_listen`).
+//! KServe's clients call it, on its own listener (`server.grpc_listen`), served through the
+//! same front door as HTTP (`http::server`). `front` checks each call before tonic reads it
+//! (tenancy, the admin token, message limits and the memory budget, with `wire` walking the
+//! messages as they arrive); this module is the service tonic then calls.
 //!
 //! Inference goes through the same model schedulers as REST and the guests (so requests of
 //! both protocols batch together), with the same deadlines, priorities, cache and metrics.
 //! The gRPC deadline (`grpc-timeout`) is the request's deadline (default 10 s, shortened by
-//! `x-edge-deadline-ms`); `x-edge-priority` and `x-request-id` work as in REST. A client
-//! that cancels drops its request, queued work included.
+//! `x-edge-deadline-ms`); `x-edge-priority` (up to the tenant's) and `x-request-id` work as
+//! in REST. A client that cancels drops its request, queued work included.
 //!
 //! Errors carry the status codes the protocol's clients expect: `INVALID_ARGUMENT` (bad
 //! tensors or settings), `NOT_FOUND`, `RESOURCE_EXHAUSTED` (a full queue),
@@ -17,20 +20,24 @@
 // it here would only unbox it again at each method.
 #![allow(clippy::result_large_err)]
 
+mod front;
+mod wire;
+
+pub use self::front::Front;
+
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::TcpListener;
+use http::HeaderMap;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
-use tracing::{info, warn};
+use tracing::info;
 
+use self::front::{CallState, CallTenant};
 use crate::http::oip::{self, PublishedConfig, PublishedTensor};
 use crate::http::repository;
 use crate::inference::scheduler::ComputeError;
@@ -39,6 +46,8 @@ use crate::inference::tensor::{ElementType, NamedTensor, Tensor};
 use crate::node::Node;
 use crate::node::control::DeployError;
 use crate::request::RequestContext;
+use crate::request::memory::Charge;
+use crate::request::tenant::Tenant;
 use crate::telemetry::metrics::{self, Protocol, RouteMetrics};
 
 /// The code generated from `proto/inference.proto`.
@@ -47,43 +56,26 @@ pub mod proto {
     tonic::include_proto!("inference");
 }
 
-use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use proto::grpc_inference_service_server::GrpcInferenceService;
 use proto::model_infer_request::InferInputTensor;
 use proto::model_infer_response::InferOutputTensor;
 use proto::model_metadata_response::TensorMetadata;
 use proto::model_repository_parameter::ParameterChoice;
 use proto::*;
 
-/// Largest message accepted or sent, as for REST infer bodies.
-const MAX_MESSAGE_BYTES: usize = oip::MAX_BODY_BYTES;
 /// Requests of one stream in flight at once; the stream waits beyond that.
 const STREAM_IN_FLIGHT: usize = 64;
-
-/// Serves the gRPC service of `node` on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
-    let service =
-        GrpcInferenceServiceServer::new(Service { node, metrics: Arc::new(RouteMetrics::new("grpc")) })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    // Small answers go out at once, not after the peer's delayed acknowledgement.
-    let connections = TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|stream| {
-            let _ = stream.set_nodelay(true);
-        })
-    });
-    let served = tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(connections, shutdown)
-        .await;
-    if let Err(e) = served {
-        warn!("the gRPC listener stopped: {e}");
-    }
-}
 
 /// The service: the node it serves, and the series of its requests.
 struct Service {
     node: Arc<Node>,
     metrics: Arc<RouteMetrics>,
+}
+
+/// The tenant and the call's state that the front put in a call's extensions.
+fn call_of<T>(request: &Request<T>) -> (Arc<Tenant>, Option<Arc<CallState>>) {
+    let tenant = request.extensions().get::<CallTenant>().map_or_else(Tenant::anonymous, |t| t.0.clone());
+    (tenant, request.extensions().get::<Arc<CallState>>().cloned())
 }
 
 type Answer<T> = Result<Response<T>, Status>;
@@ -147,23 +139,33 @@ impl GrpcInferenceService for Service {
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
         let arrival = Instant::now();
         let model_name = request.get_ref().model_name.clone();
-        let context = match context(request.metadata(), arrival) {
+        let (tenant, state) = call_of(&request);
+        if let Some(state) = &state {
+            state.note_counted();
+        }
+        let context = match context(request.metadata(), arrival, tenant) {
             Ok(context) => context,
             Err(status) => {
                 self.count(arrival, Some(&status));
                 return Err(status);
             }
         };
-        // Counted even if the call is dropped (the client cancelled, or tonic's own timer for
-        // the client's deadline went off first).
+        // Counted even if the call is dropped (the client cancelled, or the deadline went off
+        // first).
         let mut observation =
             Observation { service: self, model: &model_name, context: &context, arrival, done: false };
         let answer = match self.model(&model_name) {
-            Ok(model) => infer(&model, request.into_inner(), &context).await,
+            Ok(model) => infer(&self.node, &model, request.into_inner(), &context).await,
             Err(status) => Err(status),
         };
         observation.finish(answer.as_ref().err());
-        answer.map(Response::new)
+        // What the answer holds stays charged until it has been sent.
+        answer.map(|(response, charge)| {
+            if let Some(state) = state {
+                state.hold(charge);
+            }
+            Response::new(response)
+        })
     }
 
     type ModelStreamInferStream = ReceiverStream<Result<ModelStreamInferResponse, Status>>;
@@ -173,8 +175,9 @@ impl GrpcInferenceService for Service {
         request: Request<Streaming<ModelInferRequest>>,
     ) -> Answer<Self::ModelStreamInferStream> {
         let metadata = request.metadata().clone();
+        let (tenant, state) = call_of(&request);
         // The stream's headers are checked once; each request gets its own deadline.
-        context(&metadata, Instant::now())?;
+        context(&metadata, Instant::now(), tenant.clone())?;
         let mut incoming = request.into_inner();
         let (sender, receiver) = mpsc::channel(STREAM_IN_FLIGHT);
         let service = Service { node: self.node.clone(), metrics: self.metrics.clone() };
@@ -186,9 +189,13 @@ impl GrpcInferenceService for Service {
                     next = incoming.message(), if in_flight.len() < STREAM_IN_FLIGHT => match next {
                         Ok(Some(request)) => {
                             let (service, sender, metadata) = (service.clone(), sender.clone(), metadata.clone());
+                            let tenant = tenant.clone();
+                            // The message's charge, held until its answer is handed over.
+                            let received = state.as_ref().and_then(|state| state.take_message_charge());
                             in_flight.spawn(async move {
-                                let answer = service.infer_one(&metadata, request).await;
+                                let (answer, _answered) = service.infer_one(&metadata, tenant, request).await;
                                 let _ = sender.send(Ok(answer)).await;
+                                drop(received);
                             });
                         }
                         // The client finished sending: answer what is in flight.
@@ -231,15 +238,24 @@ impl GrpcInferenceService for Service {
                 state: "READY".into(),
                 reason: String::new(),
             })
+            .chain(self.node.control().unloaded_models().into_iter().map(|name| {
+                repository_index_response::ModelIndex {
+                    name,
+                    version: "1".into(),
+                    state: "UNAVAILABLE".into(),
+                    reason: "unloaded".into(),
+                }
+            }))
             .collect();
         Ok(Response::new(RepositoryIndexResponse { models }))
     }
 
+    // Repository calls reach here only with the admin token: the front checked it before it
+    // read their bodies.
     async fn repository_model_load(
         &self,
         request: Request<RepositoryModelLoadRequest>,
     ) -> Answer<RepositoryModelLoadResponse> {
-        self.authorize(request.metadata())?;
         let request = request.into_inner();
         let mut config = None;
         let mut files = Vec::new();
@@ -265,25 +281,27 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<RepositoryModelUnloadRequest>,
     ) -> Answer<RepositoryModelUnloadResponse> {
-        self.authorize(request.metadata())?;
-        self.node.unload_model(&request.get_ref().model_name).await.map_err(deploy_status)?;
+        self.node.unload_from_repository(&request.get_ref().model_name).await.map_err(deploy_status)?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 }
 
 impl Service {
     /// One request of a stream: its answer, or the error message in its place.
+    /// One request of a stream: its answer, or the error message in its place; and what the
+    /// answer holds against the memory budget.
     async fn infer_one(
         &self,
         metadata: &tonic::metadata::MetadataMap,
+        tenant: Arc<Tenant>,
         request: ModelInferRequest,
-    ) -> ModelStreamInferResponse {
+    ) -> (ModelStreamInferResponse, Option<Charge>) {
         let arrival = Instant::now();
         let (model_name, id) = (request.model_name.clone(), request.id.clone());
-        let answer = match context(metadata, arrival) {
+        let answer = match context(metadata, arrival, tenant) {
             Ok(context) => {
                 let answer = match self.model(&model_name) {
-                    Ok(model) => infer(&model, request, &context).await,
+                    Ok(model) => infer(&self.node, &model, request, &context).await,
                     Err(status) => Err(status),
                 };
                 self.observe(&model_name, &context, arrival, answer.as_ref().err());
@@ -295,42 +313,47 @@ impl Service {
             }
         };
         match answer {
-            Ok(response) => {
-                ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) }
-            }
+            Ok((response, charge)) => (
+                ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) },
+                Some(charge),
+            ),
             // Answers come as requests finish: the id says which one failed.
-            Err(status) => ModelStreamInferResponse {
-                error_message: status.message().to_string(),
-                infer_response: Some(ModelInferResponse {
-                    model_name,
-                    model_version: "1".into(),
-                    id,
-                    ..Default::default()
-                }),
-            },
+            Err(status) => (
+                ModelStreamInferResponse {
+                    error_message: status.message().to_string(),
+                    infer_response: Some(ModelInferResponse {
+                        model_name,
+                        model_version: "1".into(),
+                        id,
+                        ..Default::default()
+                    }),
+                },
+                None,
+            ),
         }
     }
+}
 
-    /// Lets a repository change through with the admin token, where this listener takes them.
-    fn authorize(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        let control = self.node.control();
-        if !control.repository_changes_on_grpc_listener() {
-            return Err(Status::permission_denied(
-                "this gRPC listener is not on the loopback interface and has no TLS: make repository changes on the admin listener",
-            ));
-        }
-        let token = metadata
-            .get("authorization")
-            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
-            .map(|token| token.trim_ascii());
-        match token {
-            Some(token) if control.is_admin_token(token) => Ok(()),
-            _ => {
-                Err(Status::unauthenticated("this call needs the admin token: authorization: Bearer <token>"))
-            }
-        }
+/// Lets a repository change through with the admin token in `headers`, where this listener
+/// takes them.
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Status> {
+    let control = node.control();
+    if !control.repository_changes_on_grpc_listener() {
+        return Err(Status::permission_denied(
+            "model repository changes on this listener need server.admin_token_file; use the admin listener",
+        ));
     }
+    let token = headers
+        .get("authorization")
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .map(|token| token.trim_ascii());
+    match token {
+        Some(token) if control.is_admin_token(token) => Ok(()),
+        _ => Err(Status::unauthenticated("this call needs the admin token: authorization: Bearer <token>")),
+    }
+}
 
+impl Service {
     /// Counts one infer request; returns the HTTP status it counts as.
     fn count(&self, arrival: Instant, failure: Option<&Status>) -> u16 {
         let status = failure.map_or(200, |status| http_equivalent(status.code()));
@@ -389,9 +412,14 @@ impl Drop for Observation<'_> {
 /// deadline; the request's deadline comes first, so it answers DEADLINE_EXCEEDED itself.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
 
-/// The request's context from its metadata: id, priority, and a deadline from `grpc-timeout`
-/// (default 10 s, less [`DEADLINE_MARGIN`]) shortened by `x-edge-deadline-ms`.
-fn context(metadata: &tonic::metadata::MetadataMap, arrival: Instant) -> Result<RequestContext, Status> {
+/// The request's context from its metadata: id, priority (at most `tenant`'s), and a
+/// deadline from `grpc-timeout` (default 10 s, less [`DEADLINE_MARGIN`]) shortened by
+/// `x-edge-deadline-ms`.
+fn context(
+    metadata: &tonic::metadata::MetadataMap,
+    arrival: Instant,
+    tenant: Arc<Tenant>,
+) -> Result<RequestContext, Status> {
     let headers = metadata.clone().into_headers();
     let timeout = match headers.get("grpc-timeout") {
         None => oip::DEFAULT_TIMEOUT,
@@ -402,7 +430,7 @@ fn context(metadata: &tonic::metadata::MetadataMap, arrival: Instant) -> Result<
             .ok_or_else(|| Status::invalid_argument("grpc-timeout is malformed"))?
             .saturating_sub(DEADLINE_MARGIN),
     };
-    RequestContext::from_headers(&headers, arrival, timeout)
+    RequestContext::from_headers(&headers, arrival, timeout, tenant)
         .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
@@ -424,12 +452,14 @@ fn grpc_timeout(text: &str) -> Option<Duration> {
     })
 }
 
-/// Runs one infer request on `model`.
+/// Runs one infer request on `model`; the answer, and its outputs charged to the node's
+/// memory budget (twice: tonic encodes them into a buffer of their own).
 async fn infer(
+    node: &Node,
     model: &ServedModel,
     request: ModelInferRequest,
     context: &RequestContext,
-) -> Result<ModelInferResponse, Status> {
+) -> Result<(ModelInferResponse, Charge), Status> {
     let requested: Vec<String> = request.outputs.iter().map(|output| output.name.clone()).collect();
     let inputs = input_tensors(request.inputs, request.raw_input_contents)?;
     let deadline = tokio::time::Instant::from_std(context.deadline);
@@ -438,6 +468,11 @@ async fn infer(
         Ok(Err(error)) => return Err(compute_status(error)),
         Err(_) => return Err(Status::deadline_exceeded("the request's deadline passed")),
     };
+    let output_bytes: usize = outputs.iter().map(|(_, tensor)| tensor.data.len()).sum();
+    let charge = node.memory().charge(2 * output_bytes).map_err(|exhausted| {
+        metrics::memory_refused("grpc");
+        Status::resource_exhausted(exhausted.to_string())
+    })?;
     let mut response = ModelInferResponse {
         model_name: model.name().to_string(),
         model_version: "1".into(),
@@ -459,7 +494,7 @@ async fn infer(
     if let Some(missing) = requested.iter().find(|name| !response.outputs.iter().any(|o| &o.name == *name)) {
         return Err(Status::invalid_argument(format!("the model has no output {missing:?}")));
     }
-    Ok(response)
+    Ok((response, charge))
 }
 
 /// The request's inputs: from `raw_input_contents` (one per input, in order) or from each
@@ -568,6 +603,7 @@ fn data_type(tensor: &PublishedTensor) -> i32 {
     data_type as i32
 }
 
+/// The status for a model the node does not serve.
 fn no_model(name: &str) -> Status {
     Status::not_found(format!("no model named {name:?}"))
 }

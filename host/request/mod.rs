@@ -1,7 +1,15 @@
-//! What the host knows about one request beyond its HTTP content: its id, deadline and
-//! priority, from the route's limits and the `x-request-id`, `x-edge-deadline-ms` and
-//! `x-edge-priority` headers. They travel with the request down to the model's queue, and
-//! [`RequestStats`] collects on the way what the access log reports.
+//! What the host knows about one request beyond its HTTP content: its id, deadline,
+//! priority and tenant, from the route's limits, the credentials it carried and the
+//! `x-request-id`, `x-edge-deadline-ms` and `x-edge-priority` headers. They travel with the
+//! request down to the model's queue, and [`RequestStats`] collects on the way what the
+//! access log reports.
+//!
+//! Beside the context: `tenant` (who a request is for), `fair` (the queues tenants share by
+//! weight) and `memory` (the node's byte budget every request's memory is charged to).
+
+pub mod fair;
+pub mod memory;
+pub mod tenant;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,13 +17,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 
+use self::tenant::Tenant;
+
 /// Header carrying the request's id, accepted from the client and echoed in the response.
 pub const ID_HEADER: &str = "x-request-id";
 /// Longest client-given request id accepted; longer ones are replaced.
 const MAX_ID_LENGTH: usize = 128;
 /// Header giving the request's deadline, in milliseconds from arrival.
 pub const DEADLINE_HEADER: &str = "x-edge-deadline-ms";
-/// Header giving the request's priority: `high`, `normal` or `low`.
+/// Header giving the request's priority: `high`, `normal` or `low` (at most the tenant's).
 pub const PRIORITY_HEADER: &str = "x-edge-priority";
 
 /// A request header the host reads that the client got wrong; answered 400.
@@ -32,7 +42,8 @@ pub enum HeaderError {
     Priority(String),
 }
 
-/// Queue order: higher priorities are served first; equal priorities in arrival order.
+/// Queue order within a tenant: higher priorities are served first; equal priorities in
+/// arrival order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
     High = 0,
@@ -46,12 +57,13 @@ impl Priority {
     pub const LEVELS: usize = 3;
 }
 
-/// A request's id, deadline, priority, and what it has used so far.
+/// A request's id, deadline, priority, tenant, and what it has used so far.
 #[derive(Clone, Debug)]
 pub struct RequestContext {
     pub id: Arc<str>,
     pub deadline: Instant,
     pub priority: Priority,
+    pub tenant: Arc<Tenant>,
     pub stats: Arc<Mutex<RequestStats>>,
 }
 
@@ -67,9 +79,17 @@ pub struct RequestStats {
 }
 
 impl RequestContext {
-    /// A context with a fresh id.
+    /// A context with a fresh id, for the anonymous tenant, at `priority` as given: for work
+    /// the host starts itself (requests from outside get theirs from [`Self::from_headers`]).
     pub fn new(deadline: Instant, priority: Priority) -> RequestContext {
-        RequestContext { id: new_id().into(), deadline, priority, stats: Default::default() }
+        let tenant = Tenant::anonymous();
+        RequestContext { id: new_id().into(), deadline, priority, tenant, stats: Default::default() }
+    }
+
+    /// A context with a fresh id, for `tenant`, at `priority` or the tenant's highest.
+    pub fn for_tenant(deadline: Instant, priority: Priority, tenant: Arc<Tenant>) -> RequestContext {
+        let priority = tenant.allowed_priority(priority);
+        RequestContext { id: new_id().into(), deadline, priority, tenant, stats: Default::default() }
     }
 
     /// Notes one compute call on `model`.
@@ -80,12 +100,14 @@ impl RequestContext {
         stats.model_compute += computed;
     }
 
-    /// Reads the deadline and priority headers. The deadline is the earlier of the header's
-    /// and `route_timeout` from `arrival`. A malformed header is an error naming it.
+    /// Reads the deadline and priority headers for a request of `tenant`. The deadline is
+    /// the earlier of the header's and `route_timeout` from `arrival`; the priority is at most
+    /// the tenant's. A malformed header is an error naming it.
     pub fn from_headers(
         headers: &HeaderMap,
         arrival: Instant,
         route_timeout: Duration,
+        tenant: Arc<Tenant>,
     ) -> Result<RequestContext, HeaderError> {
         let header = |name: &'static str| -> Result<Option<&str>, HeaderError> {
             headers.get(name).map(|value| value.to_str().map_err(|_| HeaderError::NotText(name))).transpose()
@@ -107,7 +129,7 @@ impl RequestContext {
         let given_id = header(ID_HEADER)?.filter(|id| {
             !id.is_empty() && id.len() <= MAX_ID_LENGTH && id.bytes().all(|b| b.is_ascii_graphic())
         });
-        let mut context = RequestContext::new(arrival + timeout, priority);
+        let mut context = RequestContext::for_tenant(arrival + timeout, priority, tenant);
         if let Some(id) = given_id {
             context.id = id.into();
         }
@@ -134,7 +156,8 @@ mod tests {
         for (name, value) in pairs {
             headers.insert(*name, value.parse().unwrap());
         }
-        RequestContext::from_headers(&headers, Instant::now(), Duration::from_secs(10))
+        let trusted = Tenant { index: 1, name: "ops".into(), weight: 1, max_priority: Priority::High };
+        RequestContext::from_headers(&headers, Instant::now(), Duration::from_secs(10), Arc::new(trusted))
     }
 
     #[test]
@@ -156,6 +179,15 @@ mod tests {
         let error = context(&[(PRIORITY_HEADER, "urgent")]).unwrap_err();
         assert!(error.to_string().contains("high, normal or low"), "{error}");
         assert!(Priority::High < Priority::Normal && Priority::Normal < Priority::Low);
+        let mut headers = HeaderMap::new();
+        headers.insert(PRIORITY_HEADER, "high".parse().unwrap());
+        let anonymous = RequestContext::from_headers(
+            &headers,
+            Instant::now(),
+            Duration::from_secs(1),
+            Tenant::anonymous(),
+        );
+        assert_eq!(anonymous.unwrap().priority, Priority::Normal, "high is a tenant's right");
     }
 
     #[test]
@@ -196,7 +228,7 @@ mod fuzz {
             }
             let arrival = Instant::now();
             let route_timeout = Duration::from_secs(10);
-            if let Ok(context) = RequestContext::from_headers(&headers, arrival, route_timeout) {
+            if let Ok(context) = RequestContext::from_headers(&headers, arrival, route_timeout, Tenant::anonymous()) {
                 prop_assert!(context.deadline <= arrival + route_timeout);
                 prop_assert!(context.id.len() <= MAX_ID_LENGTH.max(32));
                 prop_assert!(context.id.bytes().all(|b| b.is_ascii_graphic()));
