@@ -111,6 +111,40 @@ async fn a_client_that_stops_reading_frees_its_slot_at_the_send_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_that_keeps_reading_is_not_cut() {
+    // Timeouts of a second; the answer takes several to read, 128 KiB every 100 ms: each
+    // read lets the node write more, which is progress, including after the answer's body
+    // has been handed over whole.
+    let server = Server::start(&config(
+        "send_timeout_ms = 1000\nheader_read_timeout_ms = 1000",
+        "memory_mib = 128\ntimeout_ms = 60000",
+    ));
+    let mut reader = TcpStream::connect(address(&server)).await.unwrap();
+    reader
+        .write_all(b"GET /test/bytes/6000000 HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 128 << 10];
+    within(Duration::from_secs(60), "reading slowly", async {
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&received[..received.len().min(4096)]).to_string();
+    let head_end = text.find("\r\n\r\n").expect("an answer head") + 4;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(received.len() - head_end, 6_000_000, "the whole answer, though it took seconds");
+    let cut = r#"edge_infer_http_connections_closed_total{listener="public",reason="send_timeout"}"#;
+    assert_eq!(metric(&scrape(&server).await, cut), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_client_gone_silent_mid_request_is_closed_at_the_keepalive_timeout() {
     let server = Server::start(&config(
         "http2_keepalive_interval_ms = 300\nhttp2_keepalive_timeout_ms = 300\nheader_read_timeout_ms = 60000",

@@ -1,5 +1,5 @@
 //! Request bodies read whole against the node's memory budget, and answers that hold what
-//! their request was charged (and its tenant's place) until they have been sent.
+//! their request was charged (and its tenant's place) until they have been handed to the connection.
 //!
 //! A body's declared length is checked against its limit and charged before any of it is
 //! read; a body of no declared length is charged as it grows. A body larger than the whole
@@ -101,19 +101,26 @@ async fn read_within(
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyRefusal::Broken(e.to_string()))?;
         let Ok(data) = frame.into_data() else { continue };
-        if bytes.len() + data.len() > limit {
+        let needed = bytes.len() + data.len();
+        if needed > limit {
             return Err(BodyRefusal::TooLarge(limit));
         }
-        bytes.extend_from_slice(&data);
-        if bytes.capacity() > charge.bytes() {
-            charge.resize(bytes.capacity())?;
+        if needed > bytes.capacity() {
+            // Grown by doubling, within the limit, charged before it is allocated.
+            let grown = needed.max(2 * bytes.capacity()).min(limit);
+            charge.resize(grown.max(charge.bytes()))?;
+            bytes.reserve(grown - bytes.len());
+            if bytes.capacity() > charge.bytes() {
+                charge.resize(bytes.capacity())?;
+            }
         }
+        bytes.extend_from_slice(&data);
     }
     Ok((bytes.freeze(), charge))
 }
 
-/// `response`, its body holding `held` (charges, a tenant's place) until it has been sent or
-/// dropped.
+/// `response`, its body holding `held` (charges, a tenant's place) until it has been handed
+/// to the connection (its last 64 KiB piece) or dropped.
 pub fn hold(response: Response<Body>, held: impl Any + Send) -> Response<Body> {
     response.map(|body| Holding { body, _held: Box::new(held) }.boxed_unsync())
 }

@@ -3,7 +3,7 @@
 //! health, metrics, the front page (`index`), a guest route or the Open Inference Protocol
 //! (`oip`, with the model repository calls in `repository`) once `tenancy` has let its
 //! tenant in, `body` reads request bodies against the node's memory budget and keeps answers
-//! charged until sent, and `response` writes what the host answers itself (JSON errors
+//! charged until handed to the connection, and `response` writes what the host answers itself (JSON errors
 //! included). `admin` answers the admin listener: deploys, rollbacks, uploads; `grpc` serves
 //! the Open Inference Protocol over gRPC on its own listener.
 

@@ -141,7 +141,7 @@ async fn for_tenant<'a>(
             response::error(StatusCode::NOT_FOUND, format!("no route for {}", request.uri().path()))
         }
     };
-    // The tenant's place is held until the answer has been sent.
+    // The tenant's place is held until the answer has been handed to the connection.
     let response = hold(response, admitted.permit);
     Served { response, metrics, context: Some(context) }
 }
@@ -180,7 +180,7 @@ async fn serve_guest(
     };
 
     match route.guest.handle(request, context.clone(), permit).await {
-        // The body stays charged until the answer has been sent.
+        // The body stays charged until the answer has been handed to the connection.
         Ok(response) => hold(response, charge),
         Err(failure) => failure_response(route, failure, &context.id),
     }

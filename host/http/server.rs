@@ -6,12 +6,17 @@
 //!   one to close when full), and at most `max_connections_per_ip` from one client address
 //!   (an IPv6 client's /64); one more from that address is closed at once.
 //! - **Presence is not progress.** A client gets `header_read_timeout` to finish the TLS
-//!   handshake and to start each request; a connection with nothing in flight that starts no
-//!   request for that long is closed (HTTP/1.1 keep-alive and idle HTTP/2 alike). A response
-//!   that waits for the client to take it (a full TCP window, an HTTP/2 window held at zero)
-//!   for `send_timeout` has its connection closed, freeing its slot and whatever the response
-//!   held. HTTP/2 connections are pinged; one that does not answer within the keepalive
-//!   timeout is closed. Request bodies are bounded by each request's deadline.
+//!   handshake and to start each request; a connection with nothing in flight, nothing being
+//!   written and no request started for that long is closed (HTTP/1.1 keep-alive and idle
+//!   HTTP/2 alike). The connection's writes are watched: one that waits for room (the client
+//!   does not read: a full TCP window) for `send_timeout`, or a response that waits for the
+//!   client to open its HTTP/2 window while the connection writes nothing for that long, has
+//!   the connection closed, freeing its slot and whatever the response held. A slow client
+//!   that keeps reading is not cut. Responses hand the connection at most 64 KiB at a time,
+//!   so what they hold (memory charges, the tenant's place) is held until their last piece
+//!   is in the connection's hands. HTTP/2 connections are pinged; one that does not answer
+//!   within the keepalive timeout is closed. Request bodies are bounded by each request's
+//!   deadline.
 //! - **Requests are bounded.** Request heads are capped in size and HTTP/2 streams in number.
 //! - **Shutdown drains.** When `shutdown` completes, the listener closes, every connection is
 //!   told to finish its in-flight requests (HTTP/2: GOAWAY), and the server waits for them up
@@ -336,6 +341,7 @@ impl Connection {
                 Ok::<_, Infallible>(response.map(|body| started.track(body).boxed_unsync()))
             }
         });
+        let io = Watched { io, activity: activity.clone() };
         let connection = watcher.watch(http.serve_connection(TokioIo::new(io), service).into_owned());
         tokio::pin!(connection);
         let mut checks = tokio::time::interval(policy.check_interval());
@@ -365,6 +371,11 @@ struct Activity {
     in_flight: AtomicU64,
     /// When a request last started or ended, in ms since `epoch`.
     changed_ms: AtomicU64,
+    /// When the connection last wrote more than a control frame's worth to the client.
+    wrote_ms: AtomicU64,
+    /// Since when a write to the client has waited for room (the client is not reading), or
+    /// [`NOT_WAITING`].
+    write_blocked_since_ms: AtomicU64,
     /// One entry per response that has been in flight at once; an entry is reused once its
     /// response is done, so an HTTP/1.1 connection keeps one.
     responses: Mutex<Vec<Arc<Progress>>>,
@@ -390,6 +401,8 @@ impl Activity {
             started: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             changed_ms: AtomicU64::new(0),
+            wrote_ms: AtomicU64::new(0),
+            write_blocked_since_ms: AtomicU64::new(NOT_WAITING),
             responses: Mutex::new(Vec::new()),
         }
     }
@@ -430,21 +443,119 @@ impl Activity {
     fn overdue(&self, policy: &ListenerPolicy) -> Option<ConnectionClosed> {
         let now = self.now_ms();
         let since = |ms: u64| Duration::from_millis(now.saturating_sub(ms));
+        let wrote = self.wrote_ms.load(Ordering::Relaxed);
+        // Bytes the client does not take: whatever answer they belong to, finished or not.
+        let blocked = self.write_blocked_since_ms.load(Ordering::Relaxed);
+        if blocked != NOT_WAITING && since(blocked) >= policy.send_timeout {
+            return Some(ConnectionClosed::SendTimeout);
+        }
+        // Nothing in flight, nothing being written, nothing asked: idle.
+        let changed = self.changed_ms.load(Ordering::Relaxed).max(wrote);
         if self.in_flight.load(Ordering::Relaxed) == 0
-            && since(self.changed_ms.load(Ordering::Relaxed)) >= policy.header_read_timeout
+            && blocked == NOT_WAITING
+            && since(changed) >= policy.header_read_timeout
         {
             // One that never started a request is a client that never sent one.
             let never_asked = self.started.load(Ordering::Relaxed) == 0;
             return Some(if never_asked { ConnectionClosed::HeaderTimeout } else { ConnectionClosed::Idle });
         }
+        // A response waiting for the client (an HTTP/2 window held shut) while the
+        // connection writes nothing.
         let responses = self.responses.lock().unwrap_or_else(PoisonError::into_inner);
         let stalled = responses.iter().any(|entry| {
             let waiting = entry.waiting_since_ms.load(Ordering::Relaxed);
             entry.taken.load(Ordering::Acquire)
                 && waiting != NOT_WAITING
-                && since(waiting) >= policy.send_timeout
+                && since(waiting.max(wrote)) >= policy.send_timeout
         });
         stalled.then_some(ConnectionClosed::SendTimeout)
+    }
+
+    /// Notes how a write (or flush) to the client went: `None` if it waits for room, else the
+    /// bytes it wrote.
+    fn note_write(&self, written: Option<usize>) {
+        match written {
+            None => {
+                let now = self.now_ms();
+                let _ = self.write_blocked_since_ms.compare_exchange(
+                    NOT_WAITING,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            Some(bytes) => {
+                self.write_blocked_since_ms.store(NOT_WAITING, Ordering::Relaxed);
+                if bytes > CONTROL_FRAME_BYTES {
+                    self.wrote_ms.store(self.now_ms(), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Writes this small are not progress: HTTP/2 pings, window updates and settings (a client
+/// that answers pings but takes no data is still stalled).
+const CONTROL_FRAME_BYTES: usize = 32;
+
+/// A connection's IO, noting in its [`Activity`] when writes to the client go through and
+/// when they wait for room.
+struct Watched<I> {
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+/// What a write's outcome says to [`Activity::note_write`].
+fn written(poll: &Poll<std::io::Result<usize>>) -> Option<usize> {
+    match poll {
+        Poll::Pending => None,
+        Poll::Ready(result) => Some(*result.as_ref().unwrap_or(&0)),
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.activity.note_write(written(&poll));
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.activity.note_write(written(&poll));
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.io).poll_flush(cx);
+        self.activity.note_write(if poll.is_pending() { None } else { Some(0) });
+        poll
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -458,7 +569,7 @@ impl InFlight {
         // window at zero is never opened); one with nothing to send waits for nobody.
         let waiting = if http_body::Body::is_end_stream(&body) { NOT_WAITING } else { self.0.now_ms() };
         let progress = self.0.progress(waiting);
-        Tracked { body, progress, request: self }
+        Tracked { body, rest: None, progress, request: self }
     }
 }
 
@@ -474,9 +585,15 @@ impl Drop for InFlight {
 /// the next) or for its own source.
 struct Tracked {
     body: Body,
+    /// What is left of a data frame larger than [`MAX_FRAME_BYTES`], handed out in pieces.
+    rest: Option<bytes::Bytes>,
     progress: Arc<Progress>,
     request: InFlight,
 }
+
+/// The most a response hands the connection at once: what is still being sent when the
+/// answer's body (and what it holds: memory charges, the tenant's place) is let go.
+pub const MAX_FRAME_BYTES: usize = 64 << 10;
 
 impl http_body::Body for Tracked {
     type Data = bytes::Bytes;
@@ -486,22 +603,46 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let this = &mut *self;
+        let polled = match this.rest.take() {
+            Some(rest) => Poll::Ready(Some(Ok(http_body::Frame::data(rest)))),
+            None => Pin::new(&mut this.body).poll_frame(cx),
+        };
+        // Large frames go out in pieces, so the body is held until the last is handed over.
+        let polled = polled.map(|frame| {
+            frame.map(|frame| {
+                frame.map(|frame| match frame.into_data() {
+                    Ok(mut data) if data.len() > MAX_FRAME_BYTES => {
+                        this.rest = Some(data.split_off(MAX_FRAME_BYTES));
+                        http_body::Frame::data(data)
+                    }
+                    Ok(data) => http_body::Frame::data(data),
+                    Err(other) => other,
+                })
+            })
+        });
         let waiting = match &polled {
             // hyper has a frame to send: until it asks for the next, the client is taking it.
-            Poll::Ready(Some(Ok(_))) => self.request.0.now_ms(),
+            Poll::Ready(Some(Ok(_))) => this.request.0.now_ms(),
             Poll::Ready(_) | Poll::Pending => NOT_WAITING,
         };
-        self.progress.waiting_since_ms.store(waiting, Ordering::Relaxed);
+        this.progress.waiting_since_ms.store(waiting, Ordering::Relaxed);
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        let rest = self.rest.as_ref().map_or(0, |rest| rest.len() as u64);
+        let inner = self.body.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
 }
 
@@ -670,9 +811,25 @@ mod tests {
         assert_eq!(activity.overdue(&policy), Some(ConnectionClosed::SendTimeout));
         drop((done, stalled));
         assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
-        assert_eq!(
-            activity.overdue(&ListenerPolicy { send_timeout: Duration::from_secs(1), ..policy }),
-            None
-        );
+        let patient = ListenerPolicy { send_timeout: Duration::from_secs(1), ..policy };
+        assert_eq!(activity.overdue(&patient), None);
+        // The last bytes of an answer whose body is gone, waiting for room: still the client's.
+        activity.note_write(None);
+        assert_eq!(activity.overdue(&policy), Some(ConnectionClosed::SendTimeout));
+        activity.note_write(Some(4096));
+        assert_eq!(activity.overdue(&policy), None, "the client took them");
+    }
+
+    #[tokio::test]
+    async fn large_frames_are_handed_over_in_pieces() {
+        let activity = Arc::new(Activity::new());
+        let big = vec![7u8; 3 * MAX_FRAME_BYTES + 1];
+        let big = crate::http::response::text(http::StatusCode::OK, "text/plain", big);
+        let mut tracked = activity.begin().track(big.into_body());
+        let mut sizes = Vec::new();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut tracked).await {
+            sizes.push(frame.unwrap().into_data().unwrap().len());
+        }
+        assert_eq!(sizes, [MAX_FRAME_BYTES, MAX_FRAME_BYTES, MAX_FRAME_BYTES, 1]);
     }
 }

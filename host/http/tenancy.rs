@@ -80,8 +80,9 @@ pub fn admit(
 /// As [`admit`], saying which header's key named the tenant.
 pub fn admit_naming(node: &Node, headers: &HeaderMap, client: Option<&Client>) -> Result<Admitted, Refusal> {
     let tenants = node.tenants();
-    let presented = presented_key(headers);
-    let by_key = presented.as_ref().and_then(|(name, key)| Some((tenants.by_api_key(key)?, name.clone())));
+    // The first presented key that names a tenant (the other header may be the guest's own).
+    let by_key =
+        presented_keys(headers).into_iter().find_map(|(name, key)| Some((tenants.by_api_key(&key)?, name)));
     let certificate = client.and_then(|client| client.certificate_tenant.clone());
     let (tenant, key_header) = match (certificate, by_key) {
         // A certificate is the stronger credential: it names the tenant.
@@ -111,13 +112,17 @@ pub fn admit_naming(node: &Node, headers: &HeaderMap, client: Option<&Client>) -
     }
 }
 
-/// The API key a request presents, and the header it came in.
-fn presented_key(headers: &HeaderMap) -> Option<(HeaderName, Vec<u8>)> {
-    if let Some(key) = headers.get(API_KEY_HEADER) {
-        return Some((HeaderName::from_static(API_KEY_HEADER), key.as_bytes().trim_ascii().to_vec()));
-    }
-    let bearer = headers.get(header::AUTHORIZATION)?.as_bytes().strip_prefix(b"Bearer ")?;
-    Some((header::AUTHORIZATION, bearer.trim_ascii().to_vec()))
+/// The API keys a request presents (`x-api-key`, then a bearer token), with the header each
+/// came in.
+fn presented_keys(headers: &HeaderMap) -> Vec<(HeaderName, Vec<u8>)> {
+    let api_key = headers
+        .get(API_KEY_HEADER)
+        .map(|key| (HeaderName::from_static(API_KEY_HEADER), key.as_bytes().trim_ascii().to_vec()));
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .map(|token| (header::AUTHORIZATION, token.trim_ascii().to_vec()));
+    api_key.into_iter().chain(bearer).collect()
 }
 
 /// Shows a guest who its request is for: `x-edge-tenant` set to the tenant, and the key that

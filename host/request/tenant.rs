@@ -258,7 +258,9 @@ impl Bucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate.per_second))
+            // A rate so slow the wait overflows is a wait of "as long as it takes".
+            let wait = (1.0 - self.tokens) / self.rate.per_second;
+            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
         }
     }
 }

@@ -11,8 +11,8 @@
 //!   the method's limit before any of it is read (a `ModelInfer` is further held to what its
 //!   model's inputs can be, once the model is named), repeated fields are capped, and the
 //!   message and what decoding it will allocate are charged to the node's memory budget. The
-//!   charges are held until the call's answer has been sent (a stream's messages' by the
-//!   handler, as it answers each).
+//!   charges are held until the call's answer has been handed to the connection (a stream's
+//!   messages' by the handler, as it answers each; its answers' until tonic takes them).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -79,7 +79,8 @@ pub struct CallTenant(pub Arc<Tenant>);
 #[derive(Default)]
 pub struct CallState {
     /// One charge per message received, oldest first: a handler of a stream takes each as
-    /// it takes the message; the rest are held until the answer has been sent.
+    /// it takes the message; the rest are held until the answer has been handed to the
+    /// connection.
     charges: Mutex<VecDeque<Charge>>,
     /// Set by the handler once it has counted and logged the call.
     counted: AtomicBool,
@@ -91,7 +92,7 @@ impl CallState {
         self.charges.lock().unwrap_or_else(PoisonError::into_inner).pop_front()
     }
 
-    /// Holds `charge` until the call's answer has been sent.
+    /// Holds `charge` until the call's answer has been handed to the connection.
     pub fn hold(&self, charge: Charge) {
         self.charges.lock().unwrap_or_else(PoisonError::into_inner).push_back(charge);
     }
@@ -116,7 +117,8 @@ impl Front {
         let service = Service { node: node.clone(), metrics: metrics.clone() };
         // Message sizes are checked as messages arrive (see `Limits`); tonic's own check is the
         // largest any call may send.
-        let largest = node.limits().max_infer_request_bytes.max(SMALL_MESSAGE_BYTES);
+        let artifacts = usize::try_from(node.control().max_artifact_bytes()).unwrap_or(usize::MAX);
+        let largest = node.limits().max_infer_request_bytes.max(SMALL_MESSAGE_BYTES).max(artifacts);
         let service = proto::grpc_inference_service_server::GrpcInferenceServiceServer::new(service)
             .max_decoding_message_size(largest)
             .max_encoding_message_size(node.limits().max_infer_request_bytes);

@@ -33,7 +33,6 @@ use bytes::Bytes;
 use http::HeaderMap;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::info;
 
@@ -159,7 +158,7 @@ impl GrpcInferenceService for Service {
             Err(status) => Err(status),
         };
         observation.finish(answer.as_ref().err());
-        // What the answer holds stays charged until it has been sent.
+        // What the answer holds stays charged until it has been handed to the connection.
         answer.map(|(response, charge)| {
             if let Some(state) = state {
                 state.hold(charge);
@@ -168,7 +167,7 @@ impl GrpcInferenceService for Service {
         })
     }
 
-    type ModelStreamInferStream = ReceiverStream<Result<ModelStreamInferResponse, Status>>;
+    type ModelStreamInferStream = AnswerStream;
 
     async fn model_stream_infer(
         &self,
@@ -193,8 +192,9 @@ impl GrpcInferenceService for Service {
                             // The message's charge, held until its answer is handed over.
                             let received = state.as_ref().and_then(|state| state.take_message_charge());
                             in_flight.spawn(async move {
-                                let (answer, _answered) = service.infer_one(&metadata, tenant, request).await;
-                                let _ = sender.send(Ok(answer)).await;
+                                let (answer, answered) = service.infer_one(&metadata, tenant, request).await;
+                                // The answer's charge travels with it, until tonic takes it.
+                                let _ = sender.send((Ok(answer), answered)).await;
                                 drop(received);
                             });
                         }
@@ -204,7 +204,7 @@ impl GrpcInferenceService for Service {
                         // the stream with the reason.
                         Err(status) => {
                             while in_flight.join_next().await.is_some() {}
-                            let _ = sender.send(Err(status)).await;
+                            let _ = sender.send((Err(status), None)).await;
                             return;
                         }
                     },
@@ -218,7 +218,7 @@ impl GrpcInferenceService for Service {
                 () = sender.closed() => {}
             }
         });
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        Ok(Response::new(AnswerStream(receiver)))
     }
 
     async fn model_config(&self, request: Request<ModelConfigRequest>) -> Answer<ModelConfigResponse> {
@@ -331,6 +331,21 @@ impl Service {
                 None,
             ),
         }
+    }
+}
+
+/// A stream's answers as they finish, each with what it holds against the memory budget:
+/// given back as tonic takes the answer to encode it.
+pub struct AnswerStream(mpsc::Receiver<(Result<ModelStreamInferResponse, Status>, Option<Charge>)>);
+
+impl tokio_stream::Stream for AnswerStream {
+    type Item = Result<ModelStreamInferResponse, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|next| next.map(|(answer, _charge)| answer))
     }
 }
 

@@ -46,8 +46,9 @@ pub enum Kind {
     Data { overhead: usize },
     /// The name of the model the request is for.
     ModelName,
-    /// A scalar, repeated or not, packed or not: `size` bytes per element once decoded.
-    Scalars { size: usize },
+    /// A scalar, repeated or not, packed or not: `size` bytes per element once decoded;
+    /// `width` bytes per element on the wire when fixed (`float`, `double`), else a varint.
+    Scalars { size: usize, width: Option<usize> },
 }
 
 /// Told what a walk finds.
@@ -253,7 +254,7 @@ impl MessageWalk {
         self.token = match tag & 7 {
             wire @ (0 | 1 | 5) => {
                 if let Some(index) = rule
-                    && let Kind::Scalars { size } = schema.fields[index].kind
+                    && let Kind::Scalars { size, .. } = schema.fields[index].kind
                 {
                     count(&mut self.levels, index, 1)?;
                     observer.decoded(size)?;
@@ -300,7 +301,8 @@ impl MessageWalk {
                 observer.decoded(length + overhead)?;
                 Payload::Skip
             }
-            Some((_, Kind::ModelName)) => {
+            Some((index, Kind::ModelName)) => {
+                count(&mut self.levels, index, 1)?;
                 if length > MAX_MODEL_NAME {
                     return Err(Status::invalid_argument(format!(
                         "a model name is at most {MAX_MODEL_NAME} bytes"
@@ -308,7 +310,18 @@ impl MessageWalk {
                 }
                 Payload::Name(Vec::with_capacity(length))
             }
-            Some((index, Kind::Scalars { size })) => Payload::PackedVarints { rule: index, size: *size },
+            Some((index, Kind::Scalars { size, width: Some(width) })) => {
+                // Packed fixed-width elements: counted by their length.
+                if length % width != 0 {
+                    return Err(malformed("packed fixed-width elements of a length that does not divide"));
+                }
+                count(&mut self.levels, index, length / width)?;
+                observer.decoded(length / width * size)?;
+                Payload::Skip
+            }
+            Some((index, Kind::Scalars { size, width: None })) => {
+                Payload::PackedVarints { rule: index, size: *size }
+            }
         };
         if length == 0 {
             return self.end_payload(payload, observer);
@@ -384,8 +397,14 @@ pub const MAX_DIMENSIONS: usize = 16;
 /// Elements of typed contents sent as separate byte strings (`bytes_contents`).
 const MAX_BYTE_ELEMENTS: usize = 1024;
 
+/// A varint scalar.
 const fn scalar(number: u32, name: &'static str, size: usize, max: usize) -> Rule {
-    Rule { number, name, kind: Kind::Scalars { size }, max }
+    Rule { number, name, kind: Kind::Scalars { size, width: None }, max }
+}
+
+/// A fixed-width scalar (`float`: 4 bytes, `double`: 8).
+const fn fixed(number: u32, name: &'static str, width: usize, size: usize, max: usize) -> Rule {
+    Rule { number, name, kind: Kind::Scalars { size, width: Some(width) }, max }
 }
 
 const fn data(number: u32, name: &'static str, overhead: usize, max: usize) -> Rule {
@@ -400,7 +419,7 @@ static INFER_PARAMETER: Schema = Schema {
         scalar(1, "bool_param", 0, usize::MAX),
         scalar(2, "int64_param", 0, usize::MAX),
         data(3, "string_param", 0, usize::MAX),
-        scalar(4, "double_param", 0, usize::MAX),
+        fixed(4, "double_param", 8, 0, usize::MAX),
         scalar(5, "uint64_param", 0, usize::MAX),
     ],
 };
@@ -423,8 +442,8 @@ static CONTENTS: Schema = Schema {
         scalar(3, "int64_contents", 16 + 8, usize::MAX),
         scalar(4, "uint_contents", 8 + 1, usize::MAX),
         scalar(5, "uint64_contents", 16 + 8, usize::MAX),
-        scalar(6, "fp32_contents", 8 + 4, usize::MAX),
-        scalar(7, "fp64_contents", 16 + 8, usize::MAX),
+        fixed(6, "fp32_contents", 4, 4 + 4, usize::MAX),
+        fixed(7, "fp64_contents", 8, 8 + 8, usize::MAX),
         data(8, "bytes_contents", 2 * size_of::<Bytes>(), MAX_BYTE_ELEMENTS),
     ],
 };
@@ -632,6 +651,23 @@ mod tests {
         assert!(status.message().contains("inputs: at most 64"), "{}", status.message());
         assert_eq!(seen.messages, [bytes.len() - 5], "the length was told before any of the message");
         assert!(seen.decoded < 64 * 2 * size_of::<InferInputTensor>() + 1000);
+    }
+
+    #[test]
+    fn packed_floats_are_counted_by_their_length_whatever_their_bytes() {
+        let contents =
+            |value: f32| InferTensorContents { fp32_contents: vec![value; 1000], ..Default::default() };
+        let message = |value| ModelInferRequest {
+            inputs: vec![InferInputTensor { contents: Some(contents(value)), ..Default::default() }],
+            ..Default::default()
+        };
+        // A NaN whose bytes are all ff (no byte would end a varint) and 1.0 (00 00 80 3f) alike.
+        let nan = walk(&framed(&message(f32::from_bits(u32::MAX))), 7);
+        let one = walk(&framed(&message(1.0)), 7);
+        nan.0.unwrap();
+        one.0.unwrap();
+        assert_eq!(nan.1.decoded, one.1.decoded);
+        assert!(nan.1.decoded >= 1000 * 8, "{:?}", nan.1);
     }
 
     #[test]

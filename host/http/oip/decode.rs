@@ -146,9 +146,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for Parameters<'a> {
 }
 
 impl Parameters<'_> {
-    fn get<T: serde::de::DeserializeOwned>(&self, name: &str) -> Option<T> {
-        let (_, value) = self.0.iter().find(|(key, _)| key == name)?;
-        serde_json::from_str(value.get()).ok()
+    /// The parameter `name`, if given; one given that is not a `T` is a malformed request.
+    fn get<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, DecodeError> {
+        let Some((_, value)) = self.0.iter().find(|(key, _)| key == name) else { return Ok(None) };
+        serde_json::from_str(value.get())
+            .map(Some)
+            .map_err(|e| DecodeError::Malformed(format!("parameter {name:?}: {e}")))
     }
 }
 
@@ -178,16 +181,23 @@ pub fn decode(
         let tensor = input_tensor(input, &mut binary, signature, charge)?;
         inputs.push((input.name.clone(), tensor));
     }
+    if !binary.is_empty() {
+        return Err(DecodeError::Malformed(format!(
+            "{} bytes of binary data are left after the last input's",
+            binary.len()
+        )));
+    }
+    let outputs = request
+        .outputs
+        .0
+        .iter()
+        .map(|o| Ok((o.name.clone(), o.parameters.get("binary_data")?)))
+        .collect::<Result<_, DecodeError>>()?;
     Ok(Decoded {
         id: request.id,
         inputs,
-        outputs: request
-            .outputs
-            .0
-            .iter()
-            .map(|o| (o.name.clone(), o.parameters.get("binary_data")))
-            .collect(),
-        binary_output: request.parameters.get("binary_data_output").unwrap_or(false),
+        outputs,
+        binary_output: request.parameters.get("binary_data_output")?.unwrap_or(false),
     })
 }
 
@@ -214,9 +224,9 @@ fn input_tensor(
         return Err(DecodeError::Model(TensorError::TooLarge(shape)));
     };
     signature.check_declared(&input.name, element_type, &shape)?;
-    if let Some(size) = input.parameters.get::<u64>("binary_data_size") {
-        let size = usize::try_from(size).ok().filter(|&size| size <= binary.len());
-        let size = size.ok_or_else(|| bad(format!("binary data is shorter than {bytes} bytes")))?;
+    if let Some(declared) = input.parameters.get::<u64>("binary_data_size")? {
+        let size = usize::try_from(declared).ok().filter(|&size| size <= binary.len());
+        let size = size.ok_or_else(|| bad(format!("binary data is shorter than its {declared} bytes")))?;
         let data = binary.split_to(size);
         return Tensor::new(element_type, shape, data).map_err(|reason| bad(reason.to_string()));
     }

@@ -5,7 +5,7 @@
 //! Its size is bounded before it is written: the longest text each element can take is
 //! charged to the node's memory budget first, the JSON is written straight into one buffer
 //! (no JSON tree of the numbers), and the charge is then trimmed to what was written; it is
-//! held until the answer has been sent.
+//! held until the answer has been handed to the connection.
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode};
@@ -37,7 +37,10 @@ pub fn answer(
             Some((name, tensor, binary))
         })
         .collect();
+    // A string's escaped text takes at most six bytes a byte (`\u00XX`).
+    let strings = 6 * (model.len() + request.id.as_ref().map_or(0, String::len));
     let most: usize = HEADER_ROOM
+        + strings
         + chosen
             .iter()
             .map(|(name, tensor, binary)| {
@@ -47,7 +50,7 @@ pub fn answer(
                     }
                     _ => tensor.data.len(),
                 };
-                HEADER_ROOM + 2 * name.len() + 21 * tensor.shape.len() + data
+                HEADER_ROOM + 6 * name.len() + 21 * tensor.shape.len() + data
             })
             .sum::<usize>();
     charge.grow(most)?;

@@ -299,7 +299,7 @@ pub fn no_model(name: &str) -> Response<Body> {
 /// Runs an infer request on `model`: `body` is the whole request body, already charged to
 /// `charge`. It is decoded within bounds (off the async workers when large: see `decode`),
 /// computed before the request's deadline, and answered (`encode`); what it held stays
-/// charged until the answer has been sent.
+/// charged until the answer has been handed to the connection.
 pub async fn infer(
     model: &ServedModel,
     header_length: Option<HeaderValue>,
