@@ -43,6 +43,24 @@ max_queue = 1000
     )
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_streams_a_body_larger_than_its_memory() {
+    let config = format!(
+        "[[routes]]\npath = \"/test\"\ncomponent = \"{}\"\nmemory_mib = {MEMORY_MIB}\nmax_body_bytes = {}\n",
+        guest("testing").display(),
+        40 << 20
+    );
+    let server = tokio::task::spawn_blocking(move || Server::start(&config)).await.unwrap();
+    // 24 MB, more than the guest's 16 MiB of memory could hold whole.
+    let body: Vec<u8> = (0..24_000_000u32).map(|i| (i % 251) as u8).collect();
+    let response = client().post(server.url("/test/body-ends")).body(body.clone()).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["bytes"], body.len());
+    assert_eq!(answer["head"], serde_json::json!(body[..8]));
+    assert_eq!(answer["tail"], serde_json::json!(body[body.len() - 8..]));
+}
+
 async fn get(url: String) -> (u16, Value) {
     let response = client().get(url).send().await.unwrap();
     let status = response.status().as_u16();

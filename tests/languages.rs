@@ -8,7 +8,12 @@
 
 mod common;
 
-use common::{Server, client, digits_config, digits_test_split, guest, interpreted_guests, post_json};
+use std::process::Command;
+
+use common::{
+    Server, client, componentize_py, digits_config, digits_test_split, guest, interpreted_guests, post_json,
+    repo_file, run_tool,
+};
 use edge_infer::sandbox::imports::{GUEST_WORLD, imports};
 use serde_json::{Value, json};
 
@@ -103,4 +108,69 @@ fn under_strict_imports_a_component_importing_the_filesystem_is_refused_unless_g
     assert!(stderr.contains("/digits-js"), "{stderr}");
     assert!(stderr.contains("`wasi:filesystem/types@"), "the import is named: {stderr}");
     assert!(stderr.contains("grant"), "{stderr}");
+}
+
+/// The Python and JavaScript SDKs read a body as it arrives (Python in less memory than the
+/// body: StarlingMonkey keeps JavaScript's pieces, and a host handle for each, until its
+/// collector runs, so JavaScript's is not held to less), and make and read back tensors of
+/// types beyond f32 and i64 through the host's `wasi:nn`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdks_stream_bodies_and_cover_the_tensor_types() {
+    interpreted_guests(); // installs the pinned tools
+    let folder = tempfile::tempdir().unwrap();
+    let python = folder.path().join("app-py.wasm");
+    run_tool(
+        Command::new(componentize_py()).current_dir(repo_file("tests/sdk")).args([
+            "-d",
+            &repo_file("wit").display().to_string(),
+            "-w",
+            "edge-infer:guest/inference",
+            "componentize",
+            "-p",
+            ".",
+            "-p",
+            &repo_file("guest/sdk-py").display().to_string(),
+            "app",
+            "-o",
+            &python.display().to_string(),
+        ]),
+        "componentize-py",
+    );
+    let js = folder.path().join("app-js.wasm");
+    run_tool(
+        Command::new("node").current_dir(repo_file("tests/sdk")).args([
+            repo_file("guest/sdk-js/build.mjs").display().to_string().as_str(),
+            "app.js",
+            &js.display().to_string(),
+        ]),
+        "guest/sdk-js/build.mjs",
+    );
+    // 64 MB into Python instances of 48 MiB: read whole, it could not be held.
+    let config = format!(
+        "[[routes]]\npath = \"/py\"\ncomponent = \"{}\"\nmemory_mib = 48\nmax_body_bytes = {size}\n\n\
+         [[routes]]\npath = \"/js\"\ncomponent = \"{}\"\nmemory_mib = 48\nmax_body_bytes = {size}\n\n\
+         [server]\nmemory_budget_mib = 512\n",
+        python.display(),
+        js.display(),
+        size = 64 << 20,
+    );
+    let server = tokio::task::spawn_blocking(move || Server::start(&config)).await.unwrap();
+    for (route, size) in [("/py", 64_000_000u32), ("/js", 4_000_000)] {
+        let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let response = client().post(server.url(route)).body(body.clone()).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{route}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["bytes"], body.len(), "{route}: {answer}");
+        assert_eq!(answer["head"], json!(body[..8]), "{route}");
+        assert_eq!(answer["tail"], json!(body[body.len() - 8..]), "{route}");
+        let types = &answer["types"];
+        assert_eq!(types["i32"], json!([7, -9]), "{route}");
+        assert_eq!(types["u8"], json!([97, 98, 99]), "{route}");
+        assert_eq!(
+            types["f16"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect::<Vec<_>>(),
+            [0.5, 65504.0]
+        );
+        assert_eq!(types["bf16"][0].as_f64(), Some(-3.0), "{route}");
+        assert_eq!(types["f64"][0].as_f64(), Some(0.1), "{route}");
+    }
 }

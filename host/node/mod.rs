@@ -33,7 +33,7 @@ use crate::sandbox::InstanceLimits;
 use crate::sandbox::admission::Admission;
 use crate::sandbox::capabilities::Capabilities;
 use crate::sandbox::component::{GuestComponent, GuestSpec};
-use crate::sandbox::engine::{EngineLimits, new_engine};
+use crate::sandbox::engine::{EngineLimits, memory_keep_resident, new_engine};
 use crate::sandbox::imports::ImportPolicy;
 use crate::sandbox::nn::NnGrant;
 use crate::telemetry::metrics::{self, RouteMetrics, TenantMetrics};
@@ -226,6 +226,7 @@ async fn load_route(
         instances: u32::try_from(spec.max_concurrency.saturating_add(spec.ready_instances))
             .unwrap_or(u32::MAX),
         max_memory_bytes: spec.memory_mib as usize * MIB,
+        memory_keep_resident_bytes: memory_keep_resident(component.len(), spec.memory_mib as usize * MIB),
         compilation_cache,
     })?;
     let label = spec.component.to_string();

@@ -23,13 +23,14 @@
 //! ```
 //!
 //! - [`Request`]: method, path, headers and the whole body (read when first asked for),
-//!   with [`Request::json`];
+//!   with [`Request::json`], or the body as a stream ([`Request::body_reader`]);
 //! - [`Response`]: a status, a content type and a body; [`Response::json`] for JSON;
 //! - [`Error`]: a status and a message, answered as `{"error": "..."}` like every other
 //!   edge-infer error. A `wasi:nn` error converts with `?` into the status that fits it
 //!   ([`nn_error_status`]);
 //! - [`infer`] / [`Model`]: load a model the route grants and run it; [`Outputs`] finds an
-//!   output by name; [`TensorExt`] builds tensors from `f32`/`i64` slices and reads them back;
+//!   output by name; [`TensorExt`] builds tensors of every `wasi:nn` type from slices of
+//!   its [`Element`]s (`f32`, `f64`, [`F16`], [`Bf16`], `u8`, `i32`, `i64`) and reads them back;
 //! - [`nn`]: the raw `wasi:nn@0.2.0-rc-2024-10-28` bindings, generated from the WIT vendored
 //!   in this crate (`wit/nn.wit`), so the crate builds wherever it is.
 
@@ -141,17 +142,21 @@ impl Request {
         if let Some(body) = self.body.get() {
             return Ok(body);
         }
+        let mut bytes = Vec::new();
+        self.body_reader()?
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::bad_request(format!("reading the request body: {e}")))?;
+        Ok(self.body.get_or_init(|| bytes))
+    }
+
+    /// The body as a stream ([`std::io::Read`]), read as the handler asks for it: a body too
+    /// large for the guest's memory, or one it needs only parts of, need never be held whole.
+    /// The body can be taken once, by this or by [`Request::body`].
+    pub fn body_reader(&self) -> Result<BodyReader, Error> {
         let body =
             self.incoming.consume().map_err(|()| Error::bad_request("request body already consumed"))?;
-        let mut bytes = Vec::new();
-        {
-            let mut stream =
-                body.stream().map_err(|()| Error::bad_request("request body stream unavailable"))?;
-            stream
-                .read_to_end(&mut bytes)
-                .map_err(|e| Error::bad_request(format!("reading the request body: {e}")))?;
-        }
-        Ok(self.body.get_or_init(|| bytes))
+        let stream = body.stream().map_err(|()| Error::bad_request("request body stream unavailable"))?;
+        Ok(BodyReader { stream, _body: body })
     }
 
     /// The body parsed as JSON; malformed JSON is a 400 saying what is wrong.
@@ -162,6 +167,19 @@ impl Request {
     /// `Ok` if the method is `method`, else a 405 with `hint` as its message.
     pub fn expect_method(&self, method: &str, hint: &str) -> Result<(), Error> {
         if self.method == method { Ok(()) } else { Err(Error::new(405, hint)) }
+    }
+}
+
+/// A request body being read as a stream: see [`Request::body_reader`].
+pub struct BodyReader {
+    // Declared first so it is dropped before the body it belongs to.
+    stream: wasip2::io::streams::InputStream,
+    _body: wasip2::http::types::IncomingBody,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        Read::read(&mut self.stream, buffer)
     }
 }
 
@@ -366,39 +384,210 @@ impl Outputs {
     pub fn f32(&self, name: &str) -> Result<Vec<f32>, Error> {
         self.get(name)?.to_f32()
     }
+
+    /// The `i64` values of output `name`.
+    pub fn i64(&self, name: &str) -> Result<Vec<i64>, Error> {
+        self.get(name)?.to_i64()
+    }
+
+    /// The values of output `name` as `T`, any [`Element`] (`i32`, `u8`, `f64`, [`F16`], ...).
+    pub fn values<T: Element>(&self, name: &str) -> Result<Vec<T>, Error> {
+        self.get(name)?.to_values()
+    }
+}
+
+/// A Rust type a `wasi:nn` tensor can hold: `f32` (`FP32`), `f64` (`FP64`), [`F16`] (`FP16`),
+/// [`Bf16`] (`BF16`), `u8` (`U8`), `i32` (`I32`) and `i64` (`I64`), one for each tensor type.
+pub trait Element: Copy {
+    /// The tensor type of its values.
+    const TYPE: TensorType;
+    /// Bytes per value.
+    const SIZE: usize;
+    /// Appends the value's little-endian bytes.
+    fn put(self, bytes: &mut Vec<u8>);
+    /// The value of `SIZE` little-endian bytes.
+    fn take(bytes: &[u8]) -> Self;
+}
+
+macro_rules! element {
+    ($rust:ty, $type:ident) => {
+        impl Element for $rust {
+            const TYPE: TensorType = TensorType::$type;
+            const SIZE: usize = std::mem::size_of::<$rust>();
+            fn put(self, bytes: &mut Vec<u8>) {
+                bytes.extend_from_slice(&self.to_le_bytes());
+            }
+            fn take(bytes: &[u8]) -> Self {
+                <$rust>::from_le_bytes(bytes.try_into().expect("SIZE bytes"))
+            }
+        }
+    };
+}
+element!(f32, Fp32);
+element!(f64, Fp64);
+element!(u8, U8);
+element!(i32, I32);
+element!(i64, I64);
+element!(F16, Fp16);
+element!(Bf16, Bf16);
+
+/// An IEEE 754 half-precision value (`FP16`), as its bits; converts from and to `f32`
+/// (rounding to the nearest, ties to even).
+///
+/// ```
+/// use edge_infer_guest::F16;
+/// assert_eq!(F16::from(1.0).0, 0x3c00);
+/// assert_eq!(F16::from(-2.0).0, 0xc000);
+/// assert_eq!(F16::from(65504.0).0, 0x7bff); // the largest half
+/// assert_eq!(F16::from(65520.0).0, 0x7c00); // halfway to the next: rounds to infinity
+/// assert_eq!(F16::from(5.960_464_5e-8).0, 0x0001); // the least subnormal
+/// assert_eq!(F16::from(1.0 + 1.0 / 2048.0).0, 0x3c00); // a tie rounds to even
+/// assert!(f32::from(F16::from(f32::NAN)).is_nan());
+/// // Every finite half survives the round trip through f32.
+/// for bits in (0..0x7c00u16).chain(0x8000..0xfc00) {
+///     assert_eq!(F16::from(f32::from(F16(bits))).0, bits);
+/// }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct F16(pub u16);
+
+/// A bfloat16 value (`BF16`: the top half of an `f32`), as its bits; converts from and to
+/// `f32` (rounding to the nearest, ties to even).
+///
+/// ```
+/// use edge_infer_guest::Bf16;
+/// assert_eq!(Bf16::from(1.0).0, 0x3f80);
+/// assert_eq!(f32::from(Bf16(0xc040)), -3.0);
+/// assert_eq!(Bf16::from(f32::from_bits(0x3f80_8000)).0, 0x3f80); // a tie rounds to even
+/// assert_eq!(Bf16::from(f32::from_bits(0x3f81_8000)).0, 0x3f82);
+/// assert!(f32::from(Bf16::from(f32::NAN)).is_nan());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Bf16(pub u16);
+
+impl F16 {
+    fn to_le_bytes(self) -> [u8; 2] {
+        self.0.to_le_bytes()
+    }
+    fn from_le_bytes(bytes: [u8; 2]) -> F16 {
+        F16(u16::from_le_bytes(bytes))
+    }
+}
+
+impl Bf16 {
+    fn to_le_bytes(self) -> [u8; 2] {
+        self.0.to_le_bytes()
+    }
+    fn from_le_bytes(bytes: [u8; 2]) -> Bf16 {
+        Bf16(u16::from_le_bytes(bytes))
+    }
+}
+
+impl From<f32> for F16 {
+    fn from(value: f32) -> F16 {
+        let bits = value.to_bits();
+        let sign = ((bits >> 16) & 0x8000) as u16;
+        let exponent = ((bits >> 23) & 0xff) as i32;
+        let mantissa = bits & 0x7f_ffff;
+        if exponent == 0xff {
+            // Infinity stays infinity; a NaN stays a (quiet) NaN.
+            let nan = if mantissa != 0 { 0x200 | (mantissa >> 13) as u16 } else { 0 };
+            return F16(sign | 0x7c00 | nan);
+        }
+        let half_exponent = exponent - 127 + 15;
+        if half_exponent >= 0x1f {
+            return F16(sign | 0x7c00);
+        }
+        if half_exponent <= 0 {
+            // A subnormal half, or zero: the value in units of 2^-24, rounded.
+            if half_exponent < -10 {
+                return F16(sign);
+            }
+            let full = mantissa | 0x80_0000;
+            let shift = (14 - half_exponent) as u32;
+            let rounded = (full + (1 << (shift - 1)) - 1 + ((full >> shift) & 1)) >> shift;
+            return F16(sign | rounded as u16);
+        }
+        let kept = mantissa >> 13;
+        let rest = mantissa & 0x1fff;
+        let mut half = u32::from(sign) | ((half_exponent as u32) << 10) | kept;
+        // Rounding up may carry into the exponent: the next power of two, or infinity.
+        if rest > 0x1000 || (rest == 0x1000 && kept & 1 == 1) {
+            half += 1;
+        }
+        F16(half as u16)
+    }
+}
+
+impl From<F16> for f32 {
+    fn from(value: F16) -> f32 {
+        let sign = u32::from(value.0 & 0x8000) << 16;
+        let exponent = u32::from((value.0 >> 10) & 0x1f);
+        let mantissa = u32::from(value.0 & 0x3ff);
+        match exponent {
+            0 => {
+                let magnitude = mantissa as f32 / (1u32 << 24) as f32;
+                if sign == 0 { magnitude } else { -magnitude }
+            }
+            0x1f => f32::from_bits(sign | 0x7f80_0000 | (mantissa << 13)),
+            _ => f32::from_bits(sign | ((exponent + 112) << 23) | (mantissa << 13)),
+        }
+    }
+}
+
+impl From<f32> for Bf16 {
+    fn from(value: f32) -> Bf16 {
+        let bits = value.to_bits();
+        if value.is_nan() {
+            return Bf16((bits >> 16) as u16 | 0x40);
+        }
+        let rounding = 0x7fff + ((bits >> 16) & 1);
+        Bf16((bits.wrapping_add(rounding) >> 16) as u16)
+    }
+}
+
+impl From<Bf16> for f32 {
+    fn from(value: Bf16) -> f32 {
+        f32::from_bits(u32::from(value.0) << 16)
+    }
 }
 
 /// Tensors from and to Rust slices: row-major, little-endian, as `wasi:nn` exchanges them.
 pub trait TensorExt: Sized {
+    /// A tensor of shape `dims` holding `values`, of the tensor type of `T` (any [`Element`]).
+    fn from_values<T: Element>(dims: &[u32], values: &[T]) -> Self;
+    /// The values of a tensor of `T`'s tensor type; another type is a 500.
+    fn to_values<T: Element>(&self) -> Result<Vec<T>, Error>;
     /// A `fp32` tensor of shape `dims` holding `values`.
-    fn from_f32(dims: &[u32], values: &[f32]) -> Self;
+    fn from_f32(dims: &[u32], values: &[f32]) -> Self {
+        Self::from_values(dims, values)
+    }
     /// An `i64` tensor of shape `dims` holding `values`.
-    fn from_i64(dims: &[u32], values: &[i64]) -> Self;
+    fn from_i64(dims: &[u32], values: &[i64]) -> Self {
+        Self::from_values(dims, values)
+    }
     /// The values of a `fp32` tensor; another type is a 500.
-    fn to_f32(&self) -> Result<Vec<f32>, Error>;
+    fn to_f32(&self) -> Result<Vec<f32>, Error> {
+        self.to_values()
+    }
     /// The values of an `i64` tensor; another type is a 500.
-    fn to_i64(&self) -> Result<Vec<i64>, Error>;
+    fn to_i64(&self) -> Result<Vec<i64>, Error> {
+        self.to_values()
+    }
 }
 
 impl TensorExt for Tensor {
-    fn from_f32(dims: &[u32], values: &[f32]) -> Tensor {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor::new(dims, TensorType::Fp32, &bytes)
+    fn from_values<T: Element>(dims: &[u32], values: &[T]) -> Tensor {
+        let mut bytes = Vec::with_capacity(values.len() * T::SIZE);
+        for value in values {
+            value.put(&mut bytes);
+        }
+        Tensor::new(dims, T::TYPE, &bytes)
     }
 
-    fn from_i64(dims: &[u32], values: &[i64]) -> Tensor {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor::new(dims, TensorType::I64, &bytes)
-    }
-
-    fn to_f32(&self) -> Result<Vec<f32>, Error> {
-        expect_type(self, TensorType::Fp32)?;
-        Ok(self.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-    }
-
-    fn to_i64(&self) -> Result<Vec<i64>, Error> {
-        expect_type(self, TensorType::I64)?;
-        Ok(self.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect())
+    fn to_values<T: Element>(&self) -> Result<Vec<T>, Error> {
+        expect_type(self, T::TYPE)?;
+        Ok(self.data().chunks_exact(T::SIZE).map(T::take).collect())
     }
 }
 

@@ -27,6 +27,8 @@
 //! - `/test/log/N`: writes N numbered lines to stderr and answers `{"logged": N}`;
 //! - `/test/sleep/MS`: sleeps MS milliseconds (a host clock wait, not a busy loop), then
 //!   answers `{"slept_ms": MS}`;
+//! - `/test/body-ends`: reads the request body as a stream, holding 4 KiB at a time, and
+//!   answers `{"bytes": N, "head": [first 8 bytes], "tail": [last 8 bytes]}`;
 //! - `/test/credentials`: answers the tenant and credential headers it was given
 //!   (`x-edge-tenant`, `x-api-key`, `authorization`), `null` for those it was not.
 //!
@@ -92,6 +94,7 @@ impl Handler for Testing {
                 Response::json(&outcome(result.map(|_| ())))
             }
             "/nn/bad-input" => Response::json(&bad_inputs()),
+            "/body-ends" => body_ends(&request),
             "/credentials" => Response::json(&json!({
                 "tenant": request.header("x-edge-tenant"),
                 "api_key": request.header("x-api-key"),
@@ -124,6 +127,26 @@ impl Handler for Testing {
             }
         }
     }
+}
+
+/// The length and the first and last 8 bytes of the body, read 4 KiB at a time.
+fn body_ends(request: &Request) -> Result<Response, Error> {
+    let mut reader = request.body_reader()?;
+    let mut buffer = [0u8; 4096];
+    let (mut head, mut tail, mut total) = (Vec::<u8>::new(), Vec::<u8>::new(), 0usize);
+    loop {
+        let read =
+            std::io::Read::read(&mut reader, &mut buffer).map_err(|e| Error::bad_request(e.to_string()))?;
+        if read == 0 {
+            break;
+        }
+        total += read;
+        let piece = &buffer[..read];
+        head.extend(piece.iter().take(8 - head.len()));
+        tail.extend_from_slice(&piece[piece.len().saturating_sub(8)..]);
+        tail.drain(..tail.len().saturating_sub(8));
+    }
+    Response::json(&json!({ "bytes": total, "head": head, "tail": tail }))
 }
 
 fn spin() -> ! {
