@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{
-    Server, client, componentize_py, digits_config, digits_test_split, guest, interpreted_guests, post_json,
-    repo_file, run_tool,
+    Server, build_python_guest, client, digits_config, digits_test_split, guest, interpreted_guests,
+    post_json, repo_file, run_tool,
 };
 use serde_json::{Value, json};
 
@@ -97,23 +97,7 @@ async fn the_guides_guests_build_outside_the_repo_and_serve() {
     // (the same pinned componentize-py, and guest/sdk-js's node_modules).
     interpreted_guests();
     let python = folder.path().join("python");
-    run_tool(
-        Command::new(componentize_py()).current_dir(&python).args([
-            "-d",
-            &repo_file("wit").display().to_string(),
-            "-w",
-            "edge-infer:guest/inference",
-            "componentize",
-            "-p",
-            ".",
-            "-p",
-            &repo_file("guest/sdk-py").display().to_string(),
-            "app",
-            "-o",
-            "app.wasm",
-        ]),
-        "componentize-py",
-    );
+    build_python_guest(&python, &python.join("app.wasm"));
     let js = folder.path().join("js");
     run_tool(
         Command::new("node").current_dir(&js).args([

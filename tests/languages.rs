@@ -11,8 +11,8 @@ mod common;
 use std::process::Command;
 
 use common::{
-    Server, client, componentize_py, digits_config, digits_test_split, guest, interpreted_guests, post_json,
-    repo_file, run_tool,
+    Server, build_python_guest, client, digits_config, digits_test_split, guest, interpreted_guests,
+    post_json, repo_file, run_tool,
 };
 use edge_infer::sandbox::imports::{GUEST_WORLD, imports};
 use serde_json::{Value, json};
@@ -119,23 +119,7 @@ async fn the_sdks_stream_bodies_and_cover_the_tensor_types() {
     interpreted_guests(); // installs the pinned tools
     let folder = tempfile::tempdir().unwrap();
     let python = folder.path().join("app-py.wasm");
-    run_tool(
-        Command::new(componentize_py()).current_dir(repo_file("tests/sdk")).args([
-            "-d",
-            &repo_file("wit").display().to_string(),
-            "-w",
-            "edge-infer:guest/inference",
-            "componentize",
-            "-p",
-            ".",
-            "-p",
-            &repo_file("guest/sdk-py").display().to_string(),
-            "app",
-            "-o",
-            &python.display().to_string(),
-        ]),
-        "componentize-py",
-    );
+    build_python_guest(&repo_file("tests/sdk"), &python);
     let js = folder.path().join("app-js.wasm");
     run_tool(
         Command::new("node").current_dir(repo_file("tests/sdk")).args([

@@ -309,6 +309,28 @@ pub fn componentize_py() -> PathBuf {
     Path::new(&std::env::var("HOME").unwrap()).join(".cache/edge-infer-guest-tools/bin/componentize-py")
 }
 
+/// Builds the Python guest `app.py` in `folder` into `out` as the guide does: the pinned
+/// componentize-py, the repo's WIT and its Python SDK (call [`interpreted_guests`] first).
+pub fn build_python_guest(folder: &Path, out: &Path) {
+    run_tool(
+        Command::new(componentize_py()).current_dir(folder).args([
+            "-d",
+            &repo_file("wit").display().to_string(),
+            "-w",
+            "edge-infer:guest/inference",
+            "componentize",
+            "-p",
+            ".",
+            "-p",
+            &repo_file("guest/sdk-py").display().to_string(),
+            "app",
+            "-o",
+            &out.display().to_string(),
+        ]),
+        "componentize-py",
+    );
+}
+
 /// Runs a build tool, failing the test with its output if it fails.
 pub fn run_tool(command: &mut Command, what: &str) {
     let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
