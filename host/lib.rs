@@ -24,4 +24,7 @@ pub mod node;
 pub mod oci;
 pub mod request;
 pub mod sandbox;
+pub mod serving;
 pub mod telemetry;
+
+pub use serving::{serve, start};

@@ -21,7 +21,7 @@ fn json_reports(args: &[&str]) -> Vec<Value> {
 
 #[test]
 fn a_request_count_stops_each_step_exactly() {
-    let server = Server::start_bundled();
+    let server = Server::in_process_bundled();
     let url = server.url("/digits");
     let args = [
         "--example",
@@ -51,7 +51,7 @@ fn a_request_count_stops_each_step_exactly() {
 
 #[test]
 fn an_even_open_loop_rate_sends_rate_times_duration_requests() {
-    let server = Server::start_bundled();
+    let server = Server::in_process_bundled();
     let url = server.url("/hello");
     let csv = bench(&[&url, "--rate", "100", "--duration", "2", "--warm-up", "0.2", "--format", "csv"]);
     let mut lines = csv.lines();
@@ -65,7 +65,7 @@ fn an_even_open_loop_rate_sends_rate_times_duration_requests() {
 
 #[test]
 fn examples_http2_and_any_endpoint_work() {
-    let server = Server::start_bundled();
+    let server = Server::in_process_bundled();
     for (path, extra) in
         [("/vad", &["--example", "vad"][..]), ("/hello", &["--http2"][..]), ("/v2/health/live", &[][..])]
     {
@@ -93,7 +93,7 @@ fn examples_http2_and_any_endpoint_work() {
 
 #[test]
 fn a_grpc_load_calls_model_infer_and_counts_grpc_failures() {
-    let server = Server::start_bundled();
+    let server = Server::in_process_bundled();
     let url = format!("grpc://{}/digits", server.grpc);
     let common = ["--concurrency", "2", "--requests", "40", "--warm-up", "0", "--duration", "60"];
     let reports = json_reports(&[&[url.as_str(), "--example", "digits"], &common[..]].concat());

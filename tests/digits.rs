@@ -16,7 +16,7 @@ fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
 
 #[tokio::test]
 async fn classifies_the_held_out_split_one_image_per_request() {
-    let server = Server::start(&test_config());
+    let server = Server::in_process(&test_config());
     let client = client();
     let (images, labels) = digits_test_split();
     let mut predicted = Vec::with_capacity(images.len());
@@ -29,7 +29,7 @@ async fn classifies_the_held_out_split_one_image_per_request() {
 
 #[tokio::test]
 async fn batched_bodies_give_the_same_answers_as_single_ones() {
-    let server = Server::start(&test_config());
+    let server = Server::in_process(&test_config());
     let client = client();
     let (images, labels) = digits_test_split();
     let mut predicted = Vec::new();
@@ -57,7 +57,7 @@ async fn batched_bodies_give_the_same_answers_as_single_ones() {
 
 #[tokio::test]
 async fn the_same_request_works_over_http2() {
-    let server = Server::start(&test_config());
+    let server = Server::in_process(&test_config());
     let (images, labels) = digits_test_split();
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let response = h2.post(server.url("/digits")).json(&json!({ "pixels": images[0] })).send().await.unwrap();
@@ -71,6 +71,8 @@ async fn the_same_request_works_over_http2() {
 
 #[tokio::test]
 async fn serves_the_bundled_examples_without_a_config() {
+    // A process of its own: the bundled examples load ONNX Runtime from models/, and a
+    // process loads ONNX Runtime once, as the first of its nodes configures it.
     let server = Server::start_bundled();
     let client = client();
     let (images, labels) = digits_test_split();

@@ -125,7 +125,7 @@ async fn the_guides_guests_build_outside_the_repo_and_serve() {
         })
         .collect::<String>()
     );
-    let server = tokio::task::spawn_blocking(move || Server::start(&config)).await.unwrap();
+    let server = tokio::task::spawn_blocking(move || Server::in_process(&config)).await.unwrap();
     let (images, _) = digits_test_split();
     for image in images.iter().take(20) {
         let (_, bundled) = post_json(&client(), &server.url("/digits"), &json!({ "pixels": image })).await;

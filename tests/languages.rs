@@ -42,7 +42,7 @@ memory_mib = 256
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_javascript_guests_give_the_rust_guests_labels() {
-    let server = tokio::task::spawn_blocking(|| Server::start(&config(""))).await.unwrap();
+    let server = tokio::task::spawn_blocking(|| Server::in_process(&config(""))).await.unwrap();
     let (images, _) = digits_test_split();
     let label_all = |route: &'static str| {
         let (url, images) = (server.url(route), images.clone());
@@ -100,9 +100,9 @@ fn the_rust_guests_import_exactly_the_guest_world() {
 
 #[test]
 fn under_strict_imports_a_component_importing_the_filesystem_is_refused_unless_granted() {
-    let granted = Server::try_start(&config("strict_imports = true\ngrant = [\"wasi:filesystem\"]"));
+    let granted = Server::try_in_process(&config("strict_imports = true\ngrant = [\"wasi:filesystem\"]"));
     assert!(granted.is_ok(), "granted, it loads: {:?}", granted.err());
-    let stderr = Server::try_start(&config("strict_imports = true"))
+    let stderr = Server::try_in_process(&config("strict_imports = true"))
         .err()
         .expect("the JavaScript guest imports wasi:filesystem");
     assert!(stderr.contains("/digits-js"), "{stderr}");
@@ -138,7 +138,7 @@ async fn the_sdks_stream_bodies_and_cover_the_tensor_types() {
         js.display(),
         size = 64 << 20,
     );
-    let server = tokio::task::spawn_blocking(move || Server::start(&config)).await.unwrap();
+    let server = tokio::task::spawn_blocking(move || Server::in_process(&config)).await.unwrap();
     for (route, size) in [("/py", 64_000_000u32), ("/js", 4_000_000)] {
         let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         let response = client().post(server.url(route)).body(body.clone()).send().await.unwrap();

@@ -14,7 +14,7 @@ async fn get_json(server: &Server, path: &str) -> Value {
 
 #[tokio::test]
 async fn a_route_loads_only_the_models_it_is_granted() {
-    let server = Server::start(&test_config());
+    let server = Server::in_process(&test_config());
     let granted = get_json(&server, "/test/nn/load-by-name/digits").await;
     assert_eq!(granted["ok"], true, "{granted}");
     // Loaded on this node, but not granted to /test.
@@ -26,7 +26,7 @@ async fn a_route_loads_only_the_models_it_is_granted() {
 
 #[tokio::test]
 async fn loading_raw_model_bytes_is_refused_by_default() {
-    let server = Server::start(&test_config());
+    let server = Server::in_process(&test_config());
     let outcome = get_json(&server, "/test/nn/load-raw").await;
     assert_eq!(outcome["code"], "security", "{outcome}");
     assert!(outcome["message"].as_str().unwrap().contains("allow_model_load"));
@@ -34,7 +34,7 @@ async fn loading_raw_model_bytes_is_refused_by_default() {
 
 #[tokio::test]
 async fn bad_tensors_are_invalid_argument_errors() {
-    let server = Server::start(&test_config());
+    let server = Server::in_process(&test_config());
     let outcomes = get_json(&server, "/test/nn/bad-input").await;
     let expectations = [
         ("wrong_shape", "shape [-1, 64]"),

@@ -18,7 +18,7 @@ async fn get_json(server: &Server, path: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn health_and_metadata() {
-    let server = Server::start(&test_config());
+    let server = Server::in_process(&test_config());
     assert_eq!(get_json(&server, "/v2/health/live").await, (200, json!({ "live": true })));
     assert_eq!(get_json(&server, "/v2/health/ready").await, (200, json!({ "ready": true })));
     let (status, body) = get_json(&server, "/v2").await;
@@ -37,7 +37,7 @@ async fn health_and_metadata() {
 
 #[tokio::test]
 async fn json_infer_gives_the_same_labels_as_the_guest() {
-    let server = Server::start(&test_config());
+    let server = Server::in_process(&test_config());
     let (images, _) = digits_test_split();
     let batch = &images[..8];
     let request = json!({
@@ -58,7 +58,7 @@ async fn json_infer_gives_the_same_labels_as_the_guest() {
 
 #[tokio::test]
 async fn bad_infer_requests_get_clear_errors() {
-    let server = Server::start(&test_config());
+    let server = Server::in_process(&test_config());
     let url = server.url("/v2/models/digits/infer");
     let input = |shape: Value, data: Value| json!({ "inputs": [{ "name": "pixels", "shape": shape, "datatype": "FP32", "data": data }] });
     let cases = [
@@ -85,7 +85,7 @@ async fn bad_infer_requests_get_clear_errors() {
 
 #[tokio::test]
 async fn request_ids_are_echoed_or_made() {
-    let server = Server::start(&test_config());
+    let server = Server::in_process(&test_config());
     let given = client().get(server.url("/hello")).header("x-request-id", "trace-7").send().await.unwrap();
     assert_eq!(given.headers()["x-request-id"], "trace-7");
     let made = client().get(server.url("/hello")).send().await.unwrap();
@@ -96,7 +96,7 @@ async fn request_ids_are_echoed_or_made() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tritonclient_gets_the_same_labels_as_the_digits_route() {
     let python = tokio::task::spawn_blocking(compat_python).await.unwrap();
-    let server = Server::start(&test_config());
+    let server = Server::in_process(&test_config());
     let address = server.base.trim_start_matches("http://").to_string();
     let split = repo_file("models/digits/test_split.json");
     let script = repo_file("tests/compat/tritonclient_digits.py");

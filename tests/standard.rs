@@ -57,7 +57,7 @@ async fn components_from_other_toolchains_serve_and_cannot_reach_out() {
         .iter()
         .map(|(path, component)| route(path, component, ""))
         .collect::<String>();
-    let server = tokio::task::spawn_blocking(move || Server::start(&config)).await.unwrap();
+    let server = tokio::task::spawn_blocking(move || Server::in_process(&config)).await.unwrap();
     for path in ["/rust", "/python", "/javascript"] {
         let answer = get(&server, path).await;
         let outbound = answer["outbound"].as_str().unwrap();
@@ -76,7 +76,7 @@ async fn components_from_other_toolchains_serve_and_cannot_reach_out() {
 
 #[test]
 fn under_strict_imports_a_component_importing_the_filesystem_is_refused() {
-    let stderr = Server::try_start(&route("/rust", &guest("plain"), "strict_imports = true"))
+    let stderr = Server::try_in_process(&route("/rust", &guest("plain"), "strict_imports = true"))
         .err()
         .expect("std::fs imports wasi:filesystem, outside the guest world");
     assert!(stderr.contains("`wasi:filesystem/"), "the import is named: {stderr}");
@@ -86,8 +86,9 @@ fn under_strict_imports_a_component_importing_the_filesystem_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_opens_outbound_http_to_listed_hosts_and_folders_to_read() {
     // Another node, for the guest to call over real HTTP.
-    let target =
-        tokio::task::spawn_blocking(|| Server::start(&route("/hello", &guest("hello"), ""))).await.unwrap();
+    let target = tokio::task::spawn_blocking(|| Server::in_process(&route("/hello", &guest("hello"), "")))
+        .await
+        .unwrap();
     let authority = target.base.trim_start_matches("http://").to_string();
     let folder = tempfile::tempdir().unwrap();
     std::fs::write(folder.path().join("note.txt"), "twelve bytes").unwrap();
@@ -96,7 +97,7 @@ async fn a_route_opens_outbound_http_to_listed_hosts_and_folders_to_read() {
         folder.path().display()
     );
     let config = route("/open", &guest("plain"), &opened) + &route("/closed", &guest("plain"), "");
-    let server = tokio::task::spawn_blocking(move || Server::start(&config)).await.unwrap();
+    let server = tokio::task::spawn_blocking(move || Server::in_process(&config)).await.unwrap();
     let ask = |path: &'static str, outbound: String, file: &'static str| {
         let url = server.url(path);
         async move {

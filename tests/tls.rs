@@ -48,7 +48,7 @@ fn curl(url: &str, cert: &Path, version: &str) -> (String, String) {
 fn serves_https_over_http2_and_http1_by_alpn() {
     let folder = tempfile::tempdir().unwrap();
     self_signed(folder.path());
-    let server = Server::start(&config(folder.path(), "key.pem"));
+    let server = Server::in_process(&config(folder.path(), "key.pem"));
     assert!(server.base.starts_with("https://"), "{}", server.base);
     let cert = folder.path().join("cert.pem");
     let url = server.url("/hello");
@@ -66,6 +66,7 @@ fn a_bad_key_stops_start_up_naming_the_file() {
     let folder = tempfile::tempdir().unwrap();
     self_signed(folder.path());
     std::fs::write(folder.path().join("bad.pem"), "not a key").unwrap();
-    let stderr = Server::try_start(&config(folder.path(), "bad.pem")).err().expect("a bad key must fail");
+    let stderr =
+        Server::try_in_process(&config(folder.path(), "bad.pem")).err().expect("a bad key must fail");
     assert!(stderr.contains("TLS private key") && stderr.contains("bad.pem"), "{stderr}");
 }

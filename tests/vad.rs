@@ -24,7 +24,7 @@ fn assert_close(answer: &Value, expected: &Value) {
 
 #[tokio::test]
 async fn finds_speech_in_pcm_like_onnxruntime_does() {
-    let server = Server::start_bundled();
+    let server = Server::in_process_bundled();
     let pcm = std::fs::read(repo_file("models/vad/speech_16k.raw")).unwrap();
     let response = client().post(server.url("/vad")).body(pcm).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -35,7 +35,7 @@ async fn finds_speech_in_pcm_like_onnxruntime_does() {
 
 #[tokio::test]
 async fn silence_as_json_samples_is_not_speech() {
-    let server = Server::start_bundled();
+    let server = Server::in_process_bundled();
     let (status, answer) =
         post_json(&client(), &server.url("/vad"), &json!({ "samples": vec![0.0; 16000] })).await;
     assert_eq!(status, 200, "{answer}");
@@ -45,7 +45,7 @@ async fn silence_as_json_samples_is_not_speech() {
 
 #[tokio::test]
 async fn bad_audio_gets_400() {
-    let server = Server::start_bundled();
+    let server = Server::in_process_bundled();
     for (body, expected) in
         [(vec![0u8; 100], "at least 512 samples"), (vec![0u8; 1025], "even number of bytes")]
     {

@@ -18,15 +18,10 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use edge_infer::http::server::{self, ListenerPolicy, Service};
-use edge_infer::http::tls;
+use edge_infer::node::Node;
 use edge_infer::node::config::Config;
-use edge_infer::node::control::{self, ControlSettings};
 use edge_infer::node::state::StateDir;
-use edge_infer::node::{Node, NodeLimits};
-use edge_infer::oci::Registries;
-use edge_infer::request::memory::MemoryBudget;
-use edge_infer::request::tenant::TenantDirectory;
+use edge_infer::serving::{self, Listeners};
 use edge_infer_bench::{self as bench, BenchArgs};
 
 use self::log_writer::LogWriter;
@@ -91,7 +86,7 @@ pub fn main() -> ExitCode {
     let log = init_logging(cli.log_format, background_log);
     let outcome = match cli.command {
         Command::Serve { listen, config, admin_listen, grpc_listen, state_dir } => {
-            serve(Addresses { listen, admin_listen, grpc_listen, state_dir }, config, started, log.as_ref())
+            serve(ServeFlags { listen, admin_listen, grpc_listen, state_dir }, config, started, log.as_ref())
         }
         Command::Push(args) => push::run(args),
         Command::Deploy(args) => deploy::run(*args),
@@ -139,12 +134,8 @@ fn init_logging(format: LogFormat, background: bool) -> Option<LogWriter> {
     writer
 }
 
-/// Open files kept for what is not a connection (models, the state folder, the log, pipes),
-/// beside the listeners' `max_connections`.
-const RESERVED_DESCRIPTORS: u64 = 1024;
-
 /// Where `serve` listens and keeps its state, from the command line.
-struct Addresses {
+struct ServeFlags {
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
     grpc_listen: Option<SocketAddr>,
@@ -158,23 +149,21 @@ fn read_config(file: Option<&Path>) -> anyhow::Result<Config> {
     }
 }
 
+/// `edge-infer serve`: the library's [`serving::start`] on the addresses and state folder
+/// the flags or the config name, with signals (SIGINT and SIGTERM drain, SIGHUP applies the
+/// config file again) and the three lines printed once ready.
 fn serve(
-    addresses: Addresses,
+    flags: ServeFlags,
     config_file: Option<PathBuf>,
     started: Instant,
     log: Option<&LogWriter>,
 ) -> anyhow::Result<()> {
     let config = read_config(config_file.as_deref())?;
     let server = &config.server;
-    let listen = addresses.listen.unwrap_or(server.listen);
-    let admin_listen = addresses.admin_listen.unwrap_or(server.admin_listen);
-    let grpc_listen = addresses.grpc_listen.unwrap_or(server.grpc_listen);
-    if !admin_listen.ip().is_loopback() && server.admin_token_file.is_none() {
-        anyhow::bail!(
-            "the admin API would listen on {admin_listen}, beyond this machine, without a token: set server.admin_token_file"
-        );
-    }
-    let state = match addresses.state_dir.as_ref().or(server.state_dir.as_ref()) {
+    let listen = flags.listen.unwrap_or(server.listen);
+    let admin_listen = flags.admin_listen.unwrap_or(server.admin_listen);
+    let grpc_listen = flags.grpc_listen.unwrap_or(server.grpc_listen);
+    let state = match flags.state_dir.as_ref().or(server.state_dir.as_ref()) {
         Some(folder) => StateDir::open(folder)?,
         None => {
             warn!(
@@ -183,110 +172,39 @@ fn serve(
             StateDir::temporary()?
         }
     };
-    let (admin_token, token_file) = control::admin_token(server.admin_token_file.as_deref(), &state)?;
-    if let Some(file) = token_file {
-        info!(file = %file.display(), "admin token made");
-    }
-    let registries =
-        Registries::load(server.registry_credentials.as_deref(), server.insecure_registries.clone())?;
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     tokio.block_on(async {
-        // Listen first, so health probes are answered (live, not ready) while loading.
-        let listener = TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
-        let address = listener.local_addr()?;
-        let admin_listener = TcpListener::bind(admin_listen)
-            .await
-            .with_context(|| format!("listening on {admin_listen} for the admin API (--admin-listen)"))?;
-        let admin_address = admin_listener.local_addr()?;
-        let grpc_listener = TcpListener::bind(grpc_listen)
-            .await
-            .with_context(|| format!("listening on {grpc_listen} for gRPC (--grpc-listen)"))?;
-        let grpc_address = grpc_listener.local_addr()?;
-        let mut public_policy = ListenerPolicy::for_listener(server, Service::Public);
-        let mut admin_policy = ListenerPolicy::for_listener(server, Service::Admin);
-        let mut grpc_policy = ListenerPolicy::for_listener(server, Service::Grpc);
-        server::fit_to_descriptor_limit(
-            &mut [&mut public_policy, &mut admin_policy, &mut grpc_policy],
-            RESERVED_DESCRIPTORS,
-        );
-        let tls = match (&server.tls_cert, &server.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key, server.tls_client_ca.as_deref())?),
-            _ => None,
+        let bind = |address: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(address).await.with_context(|| format!("listening on {address}{what}"))
         };
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let settings = ControlSettings {
-            compilation_cache: server.compilation_cache,
-            admin_token,
-            max_artifact_bytes: server.max_artifact_bytes,
-            repository_changes_on_main_listener: listen.ip().is_loopback()
-                || server.admin_token_file.is_some(),
-            repository_changes_on_grpc_listener: grpc_listen.ip().is_loopback()
-                || server.admin_token_file.is_some(),
-            registries,
-            public_listener: (scheme, address.port()),
+        let listeners = Listeners {
+            public: bind(listen, "").await?,
+            admin: bind(admin_listen, " for the admin API (--admin-listen)").await?,
+            grpc: bind(grpc_listen, " for gRPC (--grpc-listen)").await?,
         };
-        let limits = NodeLimits {
-            memory: MemoryBudget::new(usize::try_from(server.memory_budget_mib << 20).unwrap_or(usize::MAX)),
-            tenants: TenantDirectory::new(config.tenant_policies(), server.require_credentials),
-            max_infer_request_bytes: server.max_infer_request_bytes,
-        };
-        let node = Arc::new(Node::new(state, settings, limits));
-        let (stop, stopping) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            let _ = stop.send(true);
-        });
-        let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = stopping.wait_for(|stop| *stop).await;
-        };
-        let public = tokio::spawn(server::serve(
-            Service::Public,
-            listener,
-            node.clone(),
-            stopped(stopping.clone()),
-            public_policy,
-            tls.clone(),
-        ));
-        let admin = tokio::spawn(server::serve(
-            Service::Admin,
-            admin_listener,
-            node.clone(),
-            stopped(stopping.clone()),
-            admin_policy,
-            tls.clone(),
-        ));
-        let grpc = tokio::spawn(server::serve(
-            Service::Grpc,
-            grpc_listener,
-            node.clone(),
-            stopped(stopping),
-            grpc_policy,
-            tls,
-        ));
         // Taken before loading, so a SIGHUP while loading waits instead of ending the process.
         #[cfg(unix)]
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("handling SIGHUP")?;
-        node.start(&config).await?;
+        let serving = serving::start(&config, listeners, state, shutdown_signal()).await?;
         #[cfg(unix)]
-        tokio::spawn(apply_config_on_hangup(node, config_file, hangups));
-        info!(%address, %admin_address, ready_ms = started.elapsed().as_millis() as u64, "ready");
+        tokio::spawn(apply_config_on_hangup(serving.node().clone(), config_file, hangups));
+        let serving::Addresses { public, admin, grpc, tls } = serving.addresses();
+        info!(address = %public, admin_address = %admin, ready_ms = started.elapsed().as_millis() as u64, "ready");
         // What start-up logged is out before the node says it is ready.
         if let Some(log) = log {
             log.flush();
         }
         // The lines on stdout, once ready: scripts and tests read the addresses from them.
-        println!("edge-infer listening on {scheme}://{address}");
-        println!("edge-infer admin API on {scheme}://{admin_address}");
-        let grpc_scheme = if scheme == "https" { "grpcs" } else { "grpc" };
-        println!("edge-infer gRPC on {grpc_scheme}://{grpc_address}");
+        let (scheme, grpc_scheme) = if tls { ("https", "grpcs") } else { ("http", "grpc") };
+        println!("edge-infer listening on {scheme}://{public}");
+        println!("edge-infer admin API on {scheme}://{admin}");
+        println!("edge-infer gRPC on {grpc_scheme}://{grpc}");
         std::io::stdout().flush()?;
-        public.await?;
-        admin.await?;
-        grpc.await?;
+        serving.finished().await?;
         Ok(())
     })
 }

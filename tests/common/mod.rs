@@ -1,5 +1,7 @@
-//! Shared by the integration tests: start the real `edge-infer` binary on an ephemeral port
-//! with a config written for the test, talk to it over real HTTP, and stop it.
+//! Shared by the integration tests: start a real node on ephemeral ports with a config written
+//! for the test (the `edge-infer` binary as a child process, or the library's node inside the
+//! test's process where no process boundary is under test), talk to it over real HTTP, and
+//! stop it.
 
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
@@ -11,15 +13,17 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod in_process;
 pub mod ocr;
 pub mod registry;
 
 /// How long a server may take to load its models and components.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A running `edge-infer serve`, killed when dropped.
+/// A running node, stopped when dropped: `edge-infer serve` in a child process (killed), or a
+/// node in this process ([`Server::in_process`]).
 pub struct Server {
-    child: Child,
+    host: Host,
     /// Everything the server wrote to stderr so far (drained by a thread, so the server
     /// never blocks on a full pipe).
     stderr: Arc<Mutex<Vec<u8>>>,
@@ -36,7 +40,68 @@ pub struct Server {
     _config_dir: tempfile::TempDir,
 }
 
+/// Where a [`Server`] runs.
+enum Host {
+    Process(Child),
+    InProcess(in_process::InProcessNode),
+}
+
 impl Server {
+    /// Starts a node with `config` (TOML) inside this process through the library, and waits
+    /// until it is ready. Its log, metrics and memory are the test process's: tests of those
+    /// use [`Server::start`].
+    pub fn in_process(config: &str) -> Server {
+        Self::try_in_process(config)
+            .unwrap_or_else(|error| panic!("the in-process node did not start: {error}"))
+    }
+
+    /// Starts a node with `config` inside this process; on failure returns the library's
+    /// error, as [`Server::try_start`] returns what the process wrote.
+    pub fn try_in_process(config: &str) -> Result<Server, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let (node, addresses) = in_process::start(config, dir.path(), &state_dir, START_TIMEOUT)?;
+        Ok(Self::of_node(node, addresses, dir, state_dir))
+    }
+
+    /// Starts the bundled examples inside this process, as [`Server::in_process`] does.
+    pub fn in_process_bundled() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let (node, addresses) = in_process::start_bundled(&state_dir, START_TIMEOUT)
+            .unwrap_or_else(|error| panic!("the in-process node did not start: {error}"));
+        Self::of_node(node, addresses, dir, state_dir)
+    }
+
+    fn of_node(
+        node: in_process::InProcessNode,
+        addresses: edge_infer::serving::Addresses,
+        config_dir: tempfile::TempDir,
+        state_dir: PathBuf,
+    ) -> Server {
+        let scheme = if addresses.tls { "https" } else { "http" };
+        Server {
+            host: Host::InProcess(node),
+            stderr: Arc::default(),
+            logged: Arc::default(),
+            base: format!("{scheme}://{}", addresses.public),
+            admin: format!("{scheme}://{}", addresses.admin),
+            grpc: addresses.grpc.to_string(),
+            state_dir,
+            _config_dir: config_dir,
+        }
+    }
+
+    /// The server's process id.
+    fn pid(&self) -> u32 {
+        match &self.host {
+            Host::Process(child) => child.id(),
+            Host::InProcess(_) => {
+                panic!("an in-process node shares the test's process: start it with Server::start")
+            }
+        }
+    }
+
     /// Starts the server with `config` (TOML) and waits until it listens.
     pub fn start(config: &str) -> Server {
         Self::try_start(config).unwrap_or_else(|stderr| panic!("the server did not start:\n{stderr}"))
@@ -178,7 +243,8 @@ impl Server {
                 let (base, admin) = (last_word(&line), last_word(&admin));
                 let grpc =
                     last_word(&grpc).trim_start_matches("grpc://").trim_start_matches("grpcs://").to_string();
-                Ok(Server { child, stderr, logged, base, admin, grpc, state_dir, _config_dir: config_dir })
+                let host = Host::Process(child);
+                Ok(Server { host, stderr, logged, base, admin, grpc, state_dir, _config_dir: config_dir })
             }
             _ => {
                 let _ = child.kill();
@@ -190,8 +256,9 @@ impl Server {
         }
     }
 
-    /// What the server has logged so far.
+    /// What the server has logged so far (a process's stderr).
     pub fn logs(&self) -> String {
+        self.pid();
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
@@ -201,7 +268,7 @@ impl Server {
 
     /// Kibibytes of one `/proc/PID/status` line of the server, e.g. `VmRSS` or `VmHWM` (peak).
     pub fn memory_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
@@ -210,7 +277,7 @@ impl Server {
     /// peaked meanwhile above what it held when `work` began, in MiB (the kernel's peak is
     /// reset first).
     pub async fn memory_growth_mib<T>(&self, work: impl std::future::Future<Output = T>) -> (T, f64) {
-        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").unwrap();
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").unwrap();
         let before_kib = self.memory_kib("VmRSS");
         let output = work.await;
         (output, self.memory_kib("VmHWM").saturating_sub(before_kib) as f64 / 1024.0)
@@ -233,24 +300,23 @@ impl Server {
 
     /// Sends `signal` (a name for kill(1): TERM, HUP, KILL).
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let status =
+            Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap();
         assert!(status.success());
     }
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();
         assert!(status.success());
     }
 
     /// Waits for the process to exit.
     pub fn wait(mut self, timeout: Duration) -> ExitStatus {
         let deadline = std::time::Instant::now() + timeout;
+        let Host::Process(child) = &mut self.host else { panic!("an in-process node is not a process") };
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
             assert!(std::time::Instant::now() < deadline, "the server did not exit in {timeout:?}");
@@ -261,8 +327,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Host::Process(child) = &mut self.host {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -648,6 +716,7 @@ pub async fn wait_for_log(server: &Server, needle: &str) {
 /// Waits until the server has logged lines containing `needle` at least `times` times in all,
 /// for at most 60 s, woken each time it logs.
 pub async fn wait_for_logged_times(server: &Server, needle: &str, times: usize) {
+    server.pid();
     let (stderr, logged, needle) = (server.stderr.clone(), server.logged.clone(), needle.to_string());
     let found = tokio::task::spawn_blocking(move || {
         let short = |log: &mut Vec<u8>| String::from_utf8_lossy(log).matches(needle.as_str()).count() < times;
