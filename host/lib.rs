@@ -5,9 +5,9 @@
 //!
 //! 1. [`http`]: the listener, dispatch by path, the Open Inference Protocol, JSON errors;
 //! 2. [`node`]: what the node serves, assembled at start-up from its configuration: routes
-//!    and models;
-//!    - [`oci`]: components and models as OCI artifacts, pushed to and pulled from
-//!      registries;
+//!    and models; how that changes (deploys, rollbacks, the config file re-read); what
+//!    survives a restart; and components and models as OCI artifacts, pushed to and pulled
+//!    from registries ([`node::oci`]);
 //! 3. [`sandbox`]: per-route admission, a fresh guest instance per request on the engine's
 //!    pool, strict imports, the guest's `wasi:nn` host and its log;
 //! 4. [`inference`]: each model's queue, batcher and executors, calibration, result cache,
@@ -21,7 +21,6 @@
 pub mod http;
 pub mod inference;
 pub mod node;
-pub mod oci;
 pub mod request;
 pub mod sandbox;
 pub mod serving;

@@ -263,7 +263,7 @@ fn prepare(args: &DeployArgs) -> anyhow::Result<Rollout> {
         }
         Ok(())
     };
-    if !route.read_only_dirs.is_empty() {
+    if !route.settings.read_only_dirs.is_empty() {
         bail!(
             "route {:?}: `read_only_dirs` are folders on a node: set them in its config file",
             route.name()

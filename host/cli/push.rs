@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use edge_infer::oci::{OciReference, Registries};
+use edge_infer::node::oci::{OciReference, Registries};
 
 #[derive(Args)]
 pub struct PushArgs {

@@ -36,8 +36,8 @@ use crate::http::response::{self, Body};
 use crate::node::Node;
 use crate::node::config::{ModelConfig, RouteConfig, Source};
 use crate::node::control::DeployError;
+use crate::node::oci::OciError;
 use crate::node::state::StateError;
-use crate::oci::OciError;
 use crate::request::memory::Charge;
 
 /// Largest route settings accepted, beside an inline component.
@@ -203,8 +203,8 @@ async fn put_route(node: &Node, name: &str, body: &[u8]) -> Response<Body> {
     };
     // Folders on the node are its config file's business: a deploy may only restate those
     // the route has (as a roll-back does).
-    if !route.read_only_dirs.is_empty()
-        && !node.control().read_only_dirs_of(name).contains(&route.read_only_dirs)
+    if !route.settings.read_only_dirs.is_empty()
+        && !node.control().read_only_dirs_of(name).contains(&route.settings.read_only_dirs)
     {
         return bad("`read_only_dirs` name folders on the node: set them in the node's config file".into());
     }

@@ -8,20 +8,19 @@
 //! version they started on, and a replaced version is dropped when its last request ends.
 //!
 //! `config` reads and checks the configuration; `models` loads models behind their
-//! schedulers.
+//! schedulers; `digest` names artifacts by their bytes; `oci` pushes and pulls them as OCI
+//! artifacts.
 
 pub mod config;
 pub mod control;
+pub mod digest;
 pub mod models;
+pub mod oci;
 pub mod state;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-
-use anyhow::Context;
-use tracing::{info, warn};
 
 use crate::node::config::path_matches;
 use crate::node::control::{ControlPlane, ControlSettings};
@@ -29,17 +28,9 @@ use crate::node::models::Models;
 use crate::node::state::{RouteSpec, StateDir};
 use crate::request::memory::MemoryBudget;
 use crate::request::tenant::TenantDirectory;
-use crate::sandbox::InstanceLimits;
 use crate::sandbox::admission::Admission;
-use crate::sandbox::capabilities::Capabilities;
-use crate::sandbox::component::{GuestComponent, GuestSpec};
-use crate::sandbox::engine::{EngineLimits, memory_keep_resident, new_engine};
-use crate::sandbox::imports::ImportPolicy;
-use crate::sandbox::nn::NnGrant;
+use crate::sandbox::component::GuestComponent;
 use crate::telemetry::metrics::{self, RouteMetrics, TenantMetrics};
-
-/// Bytes in a MiB, for the `memory_mib` settings.
-const MIB: usize = 1 << 20;
 
 /// A guest route, ready to serve: one version of it.
 pub struct Route {
@@ -197,72 +188,4 @@ impl Runtime {
             .max_by_key(|route| route.path.len())
             .map(Arc::as_ref)
     }
-}
-
-/// Builds one version of the route `name` from its settings, its component's bytes and
-/// the models it may use: its own engine (a pool sized to its cap and the instances made
-/// ahead), the component compiled, its imports checked, and its first instance made. It shares `admission`
-/// (its previous version's) when given.
-async fn load_route(
-    name: &str,
-    spec: &RouteSpec,
-    component: &[u8],
-    models: &Models,
-    admission: Option<Arc<Admission>>,
-    compilation_cache: bool,
-    memory: &Arc<MemoryBudget>,
-) -> anyhow::Result<Route> {
-    let granted = spec
-        .models
-        .iter()
-        .map(|model| {
-            let loaded = models.get(model).with_context(|| format!("model {model:?} is not loaded"))?;
-            Ok((model.clone(), loaded.clone()))
-        })
-        .collect::<anyhow::Result<HashMap<_, _>>>()?;
-    let grant = Arc::new(NnGrant { models: granted, allow_model_load: spec.allow_model_load });
-    let metrics = RouteMetrics::new(&spec.path);
-    let engine = new_engine(EngineLimits {
-        instances: u32::try_from(spec.max_concurrency.saturating_add(spec.ready_instances))
-            .unwrap_or(u32::MAX),
-        max_memory_bytes: spec.memory_mib as usize * MIB,
-        memory_keep_resident_bytes: memory_keep_resident(component.len(), spec.memory_mib as usize * MIB),
-        compilation_cache,
-    })?;
-    let label = spec.component.to_string();
-    let guest_spec = GuestSpec {
-        component,
-        label: &label,
-        route_path: &spec.path,
-        imports: match spec.strict_imports {
-            true => ImportPolicy::Strict { grants: &spec.grant },
-            false => ImportPolicy::AnyWasi,
-        },
-        capabilities: Capabilities::new(&spec.outbound_http, spec.read_only_dirs.clone()),
-        limits: InstanceLimits {
-            memory_bytes: spec.memory_mib as usize * MIB,
-            host_memory_bytes: spec.host_memory_mib.unwrap_or(spec.memory_mib) as usize * MIB,
-            max_host_resources: spec.max_host_resources,
-            max_response_bytes: spec.max_response_bytes,
-        },
-        ready_instances: spec.ready_instances,
-        timeout: Duration::from_millis(spec.timeout_ms),
-        memory: memory.clone(),
-    };
-    if !spec.strict_imports && !spec.grant.is_empty() {
-        warn!(route = %spec.path, "`grant` has no effect without `strict_imports = true`: every WASI package links, its capabilities closed");
-    }
-    let guest = GuestComponent::load(&engine, guest_spec, grant, &metrics).await?;
-    info!(route = %name, path = %spec.path, component = %label, "route ready");
-    Ok(Route {
-        name: name.to_string(),
-        path: spec.path.clone(),
-        admission: admission
-            .unwrap_or_else(|| Arc::new(Admission::new(spec.max_concurrency, spec.max_queue))),
-        guest,
-        spec: spec.clone(),
-        timeout: Duration::from_millis(spec.timeout_ms),
-        max_body_bytes: spec.max_body_bytes,
-        metrics,
-    })
 }

@@ -44,10 +44,10 @@ impl Models {
     /// Loads the model `name` from `bytes` as `spec` says, and starts its executors (for a
     /// split model, each stage's).
     pub fn load(name: &str, spec: &ModelSpec, bytes: Vec<u8>) -> anyhow::Result<LoadedModel> {
-        let bytes = hints::declare(bytes, &spec.declarations())
+        let bytes = hints::declare(bytes, &spec.settings.declarations())
             .with_context(|| format!("declaring the tensors of model {name:?} ({})", spec.file))?;
-        let served = match &spec.split {
-            None => ServedModel::Single(Arc::new(start(name, spec, spec.backend, None, bytes)?)),
+        let served = match &spec.settings.split {
+            None => ServedModel::Single(Arc::new(start(name, spec, spec.settings.backend, None, bytes)?)),
             Some(split) => load_split(name, spec, split, bytes)?,
         };
         Ok(LoadedModel { served, spec: spec.clone() })
@@ -176,7 +176,7 @@ fn load_split(
     {
         let stage_name = format!("{name}/stage{}", index + 1);
         info!(model = %name, stage = %stage_name, first_node = %first_node, last_node = %last_node, "model split");
-        let kind = split.backends.get(index).map_or(spec.backend, |backend| backend.0);
+        let kind = split.backends.get(index).map_or(spec.settings.backend, |backend| backend.0);
         let stage = Stage { executors: split.executors.get(index).copied(), first: index == 0 };
         let scheduler = start(&stage_name, spec, kind, Some(stage), model)?;
         // The tensors that cross a cut keep their names in the model: no map is needed.
@@ -193,6 +193,7 @@ const GPU_MAX_BATCH: usize = 128;
 /// The scheduling knobs of a model's config. On a GPU one executor feeds the device with
 /// large batches (that is what makes it fast); on the CPU, one executor per core.
 pub fn scheduler_config<F>(config: &ModelConfig<F>, on_gpu: bool) -> SchedulerConfig {
+    let config = &config.settings;
     SchedulerConfig {
         executors: config.executors.unwrap_or_else(|| if on_gpu { 1 } else { default_executors() }),
         queue_capacity: config.queue_capacity,
