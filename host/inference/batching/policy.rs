@@ -64,7 +64,7 @@ pub fn batch_limit(
     Ok(calibration::batch_limit(name, signature, max_batch_size, session.as_mut()))
 }
 
-/// How the batcher waits for a batch to fill.
+/// How a forming batch waits for more requests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DelayPolicy {
     /// Wait only as long as waiting has recently brought more requests (up to the maximum).
@@ -172,7 +172,7 @@ impl Fill {
     }
 }
 
-/// A queued request as the batcher sees it.
+/// A queued request as the policy sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct Candidate {
     /// Its fairness round: how many batches' worth of turns come before its own (0 for the
