@@ -10,7 +10,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use edge_infer::inference::backend::{Backend, BackendKind, load_file};
+use edge_infer::inference::backend::{Backend, BackendKind};
+use edge_infer::inference::choice::load_file;
 use edge_infer::inference::tensor::{Dim, ElementType, Tensor};
 
 /// The models measured (MiniLM needs `models/minilm/fetch.py` first).

@@ -95,8 +95,7 @@ fn http_load(server: &Server, model: &Model) -> Load {
 /// server would start it.
 fn start_scheduler(model: &Model, batching: Batching) -> Arc<ModelScheduler> {
     let kind = edge_infer::inference::backend::BackendKind::Tract;
-    let backend =
-        edge_infer::inference::backend::load_file(model.name, kind, &repo_file(model.file)).unwrap();
+    let backend = edge_infer::inference::choice::load_file(model.name, kind, &repo_file(model.file)).unwrap();
     let config: edge_infer::node::config::ModelConfig =
         toml::from_str(&format!("file = \"{}\"", model.file)).unwrap();
     let config = SchedulerConfig { batching, ..edge_infer::node::models::scheduler_config(&config, false) };

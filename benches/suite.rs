@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Server, compat_python, metric, repo_file, scrape};
-use edge_infer::inference::backend::{Backend, BackendKind, load_file};
+use edge_infer::inference::backend::{Backend, BackendKind};
+use edge_infer::inference::choice::load_file;
 use edge_infer::inference::tensor::{ElementType, Tensor};
 use edge_infer_bench::loadgen::{self, Load, Report};
 use http_body_util::Full;

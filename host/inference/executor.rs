@@ -1,5 +1,5 @@
 //! Executor threads: each takes batches from its model's queue and runs them on a session
-//! of its own, pads and parts them ([`crate::inference::batcher`]), answers every job, and
+//! of its own, pads and parts them ([`crate::inference::batching::assembly`]), answers every job, and
 //! contains failures: a panic renews the session, and a failed batch of several is rerun one
 //! job at a time.
 
@@ -10,11 +10,21 @@ use std::time::Instant;
 use tracing::{error, warn};
 
 use crate::inference::backend::{Backend, Session};
-use crate::inference::batcher;
-use crate::inference::queue::{Job, JobError, Ran, Shared};
-use crate::inference::scheduler::RunFailure;
-use crate::inference::tensor::Tensor;
-use crate::telemetry::metrics::ModelOutcome;
+use crate::inference::batching::assembly;
+use crate::inference::batching::forming::BatchQueue;
+use crate::inference::job::{Job, JobError, Ran, RunFailure};
+use crate::inference::tensor::{Signature, Tensor};
+use crate::telemetry::metrics::{ModelMetrics, ModelOutcome};
+
+/// What a model's executors and its callers share.
+pub(super) struct Shared {
+    pub(super) name: String,
+    pub(super) signature: Signature,
+    pub(super) queue: BatchQueue,
+    /// One element's bytes per input, for padding.
+    pub(super) pad_values: Vec<Vec<u8>>,
+    pub(super) metrics: ModelMetrics,
+}
 
 /// One executor thread: a session of its own, batches from the model's shared queue.
 pub(super) struct Executor {
@@ -25,7 +35,7 @@ pub(super) struct Executor {
 
 impl Executor {
     pub(super) fn run(mut self) {
-        while let Some(batch) = self.shared.next_batch() {
+        while let Some(batch) = self.shared.queue.next_batch() {
             self.execute(batch);
         }
     }
@@ -37,7 +47,7 @@ impl Executor {
         let metrics = &shared.metrics;
         // Callers may have gone, or deadlines passed, while the batch was forming.
         let now = Instant::now();
-        batch.retain_mut(|job| !shared.settle_if_dead(job, now));
+        batch.retain_mut(|job| !job.settle_if_dead(now, metrics));
         if batch.is_empty() {
             return;
         }
@@ -47,7 +57,7 @@ impl Executor {
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| self.run_once(&mut batch)));
         let took = started.elapsed();
-        shared.note_run(took);
+        shared.queue.note_run(took);
         let total: usize = batch.iter().map(|job| job.items).sum();
         metrics.compute_duration.observe(took.as_secs_f64());
         metrics.executions.inc();
@@ -95,13 +105,13 @@ impl Executor {
         }
         let longest = batch.iter().map(|job| job.length).max().unwrap_or(1);
         let requests: Vec<&[Tensor]> = batch.iter().map(|job| job.inputs.as_slice()).collect();
-        let (inputs, counts) = batcher::assemble(&shared.signature, &requests, longest, &shared.pad_values);
+        let (inputs, counts) = assembly::assemble(&shared.signature, &requests, longest, &shared.pad_values);
         metrics.real_elements.inc_by(counts.real as u64);
         metrics.padding_elements.inc_by(counts.padding as u64);
         let outputs = self.session.run(inputs)?;
         let items: Vec<usize> = batch.iter().map(|job| job.items).collect();
         let lengths: Vec<usize> = batch.iter().map(|job| job.length).collect();
-        Ok(batcher::disassemble(&shared.signature, outputs, &items, &lengths, longest))
+        Ok(assembly::disassemble(&shared.signature, outputs, &items, &lengths, longest))
     }
 
     fn fail(&self, batch: Vec<Job>, failure: RunFailure) {

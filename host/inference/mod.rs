@@ -1,19 +1,22 @@
 //! Inference, below the sandbox: what callers compute through (`served`: a model, or a
-//! `pipeline` of models, such as an ensemble or a model cut into stages by `split`), a
-//! model's `scheduler` (admission into its `queue`, its `executor` threads, the result
-//! `cache`), the `batcher` that forms and pads batches, the `calibration` that decides
-//! whether batching pays, the `hints` that declare inputs a model file leaves open, the `backend`s that run models (tract, ONNX Runtime), and the
-//! `tensor`s they all exchange.
+//! pipeline of models, such as an ensemble or a model cut into stages by `split`), a
+//! model's `scheduler` (admission into its `queue` of `job`s, its `executor` threads, the
+//! result `cache`), `batching` (the policy, batches formed from the queue, padded and parted,
+//! and the calibration that decides whether batching pays), the `hints` that declare inputs a
+//! model file leaves open, the `backend`s that run models (tract, ONNX Runtime), the
+//! `choice` of one for a model, and the `tensor`s they all exchange.
 
 pub mod backend;
-pub mod batcher;
+pub mod batching;
 pub mod cache;
-pub mod calibration;
+pub mod choice;
 mod executor;
 pub mod hints;
-pub mod pipeline;
+mod job;
 mod queue;
 pub mod scheduler;
 pub mod served;
 pub mod split;
 pub mod tensor;
+
+pub use self::served::pipeline;

@@ -13,44 +13,35 @@
 //! - with batching, the executor joins compatible jobs (same shapes but for the batch axis
 //!   and, for models with a sequence axis, the length) up to `max_batch_size` items and
 //!   within `max_padding_ratio`, waiting for more as long as the queue delay allows, runs
-//!   them once and splits the outputs back to each caller ([`crate::inference::batcher`] says how).
+//!   them once and splits the outputs back to each caller ([`crate::inference::batching`]
+//!   says how).
 //!
 //! Batching is not always a gain (tract runs some models slower per item in batches), so the
 //! `auto` policy measures the model at start-up, alone and in a batch, and batches only if
-//! that is clearly cheaper per item ([`crate::inference::calibration`]).
+//! that is clearly cheaper per item ([`crate::inference::batching::calibration`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::sync::oneshot;
 
 use crate::inference::backend::Backend;
-use crate::inference::batcher::{self, QueueDelay};
+use crate::inference::batching::assembly::pad_values;
+use crate::inference::batching::forming::BatchQueue;
+use crate::inference::batching::policy::{self, QueueDelay};
 use crate::inference::cache::{self, ResultCache};
-use crate::inference::calibration;
-use crate::inference::executor::Executor;
-use crate::inference::queue::{Job, JobError, Queue, Shared};
+use crate::inference::executor::{Executor, Shared};
+use crate::inference::job::{Job, JobError};
+use crate::inference::queue::JobQueue;
 use crate::inference::tensor::{NamedTensor, Signature, Tensor, TensorError, TensorSpec};
 use crate::request::RequestContext;
 use crate::telemetry::metrics::{ModelMetrics, ModelOutcome};
 
-pub use crate::inference::batcher::DelayPolicy;
-
-/// Batching policy of a model.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Batching {
-    /// Measure at start-up and batch only where it is cheaper per item.
-    #[default]
-    Auto,
-    /// Always batch (when the model has a batch axis).
-    On,
-    /// Never batch.
-    Off,
-}
+pub use crate::inference::batching::policy::{Batching, DelayPolicy};
+pub use crate::inference::job::RunFailure;
 
 /// How a model is scheduled: the knobs of `[models.NAME]` in the config.
 #[derive(Clone, Debug)]
@@ -64,7 +55,7 @@ pub struct SchedulerConfig {
     /// Whether that wait adapts to the load or is always the maximum.
     pub queue_delay: DelayPolicy,
     /// Most padding in a batch of requests of different lengths, as a share of its elements;
-    /// `None`: [`batcher::DEFAULT_MAX_PADDING_RATIO`] for models with a mask input (which
+    /// `None`: [`policy::DEFAULT_MAX_PADDING_RATIO`] for models with a mask input (which
     /// mask padded positions), 0 (equal lengths only) for others.
     pub max_padding_ratio: Option<f64>,
     /// Pad values by input name; inputs not named pad with 0.
@@ -100,21 +91,6 @@ pub enum ComputeError {
     Failed { model: String, reason: RunFailure },
 }
 
-/// Why a run of a model gave no outputs.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RunFailure {
-    /// The backend returned an error (its whole chain, as text: one failed run may answer
-    /// several requests).
-    #[error("{0}")]
-    Backend(String),
-    /// The backend panicked; the executor renewed its session.
-    #[error("the backend panicked")]
-    Panicked,
-    /// The executors stopped before the request ran.
-    #[error("its executors stopped before the request ran")]
-    Stopped,
-}
-
 /// A model's queue, cache and executors. Dropping it closes the queue; the executors finish
 /// the jobs already queued and exit.
 pub struct ModelScheduler {
@@ -145,24 +121,24 @@ impl ModelScheduler {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pad_values =
             pad_values(&signature, &config.pad_values).with_context(|| format!("model {name:?}"))?;
-        let max_batch_items = batch_limit(name, &signature, config, backend.as_ref())?;
+        let max_batch_items =
+            policy::batch_limit(name, &signature, config.batching, config.max_batch_size, backend.as_ref())?;
         let max_padding_ratio = config.max_padding_ratio.unwrap_or_else(|| {
             let masked = signature.inputs.iter().any(TensorSpec::is_mask);
-            if masked { batcher::DEFAULT_MAX_PADDING_RATIO } else { 0.0 }
+            if masked { policy::DEFAULT_MAX_PADDING_RATIO } else { 0.0 }
         });
         let delay = QueueDelay::new(config.queue_delay, config.max_queue_delay);
-        let shared = Arc::new(Shared {
-            name: name.to_string(),
-            signature,
-            queue: Mutex::new(Queue { jobs: Default::default(), forming: false, delay, closed: false }),
-            changed: Condvar::new(),
-            capacity: config.queue_capacity,
+        let metrics = ModelMetrics::new(name);
+        let jobs = JobQueue::new(config.queue_capacity, metrics.clone());
+        let queue = BatchQueue::new(
+            jobs,
+            delay,
+            signature.clone(),
             max_batch_items,
             max_padding_ratio,
-            pad_values,
-            recent_run_nanos: AtomicU64::new(0),
-            metrics: ModelMetrics::new(name),
-        });
+            metrics.clone(),
+        );
+        let shared = Arc::new(Shared { name: name.to_string(), signature, queue, pad_values, metrics });
         shared.metrics.max_batch_size.set(max_batch_items as i64);
         shared.metrics.queue_delay.set(delay.allowed(Duration::ZERO).as_secs_f64());
         for (index, session) in sessions.into_iter().enumerate() {
@@ -200,7 +176,7 @@ impl ModelScheduler {
 
     /// Most items the batcher puts in one run (1: no batching).
     pub fn max_batch_items(&self) -> usize {
-        self.shared.max_batch_items
+        self.shared.queue.max_batch_items
     }
 
     /// Executor threads, each with its own session.
@@ -220,7 +196,7 @@ impl ModelScheduler {
 
     /// Most padding in a batch of requests of different lengths (0: equal lengths only).
     pub fn max_padding_ratio(&self) -> f64 {
-        if self.shared.signature.pads() { self.shared.max_padding_ratio } else { 0.0 }
+        if self.shared.signature.pads() { self.shared.queue.max_padding_ratio } else { 0.0 }
     }
 
     /// Runs the model on `inputs` and returns its named outputs; the time spent queued and
@@ -252,7 +228,7 @@ impl ModelScheduler {
         let length = self.signature().sequence_length(&inputs);
         let enqueued = Instant::now();
         let job = Job { inputs, items, length, context: context.clone(), enqueued, reply };
-        if !self.shared.push(job) {
+        if !self.shared.queue.push(job) {
             if let (Some((cache, config)), Some(key)) = (&self.cache, &cache_key)
                 && config.serve_stale_on_overload
                 && let Some(outputs) = cache.get_stale(key)
@@ -295,48 +271,8 @@ impl ModelScheduler {
 
 impl Drop for ModelScheduler {
     fn drop(&mut self) {
-        self.shared.queue.lock().unwrap().closed = true;
-        self.shared.changed.notify_all();
+        self.shared.queue.close();
     }
-}
-
-/// Decides the batch limit: 1 (no batching) or `max_batch_size`, measured for `auto` on a
-/// session of its own (so that a model that panics on the measurement leaves no executor's
-/// state behind).
-fn batch_limit(
-    name: &str,
-    signature: &Signature,
-    config: &SchedulerConfig,
-    backend: &dyn Backend,
-) -> anyhow::Result<usize> {
-    if !signature.batchable() || config.max_batch_size <= 1 || config.batching == Batching::Off {
-        return Ok(1);
-    }
-    if config.batching == Batching::On {
-        return Ok(config.max_batch_size);
-    }
-    let mut session = backend.new_session().context("starting a session to measure batching")?;
-    Ok(calibration::batch_limit(name, signature, config.max_batch_size, session.as_mut()))
-}
-
-/// Each input's pad value as one element's bytes: the configured value, else 0.
-fn pad_values(signature: &Signature, configured: &BTreeMap<String, f64>) -> anyhow::Result<Vec<Vec<u8>>> {
-    if let Some(name) =
-        configured.keys().find(|name| !signature.inputs.iter().any(|spec| &spec.name == *name))
-    {
-        let inputs: Vec<&str> = signature.inputs.iter().map(|spec| spec.name.as_str()).collect();
-        bail!("pad_values names {name:?}, which is not an input; the inputs are {inputs:?}");
-    }
-    signature
-        .inputs
-        .iter()
-        .map(|spec| {
-            let value = configured.get(&spec.name).copied().unwrap_or(0.0);
-            spec.element_type
-                .encode(value)
-                .map_err(|reason| anyhow::anyhow!("pad value of input {:?}: {reason}", spec.name))
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -558,7 +494,7 @@ mod tests {
     async fn a_lone_caller_never_waits_and_load_opens_the_queue_delay() {
         let max_delay = Duration::from_millis(2);
         let harness = Harness::start("test-delay", max_delay);
-        let delay = || harness.scheduler.shared.queue.lock().unwrap().delay.allowed(Duration::MAX);
+        let delay = || harness.scheduler.shared.queue.state.lock().unwrap().delay.allowed(Duration::MAX);
         for i in 0..20 {
             harness.scheduler.compute(request(3, i), &context()).await.unwrap();
         }
@@ -571,16 +507,5 @@ mod tests {
         }
         assert!(delay() > Duration::ZERO, "a batch found queued requests: the delay opens");
         assert!(delay() <= max_delay);
-    }
-
-    #[test]
-    fn pad_values_must_name_inputs_and_fit_their_type() {
-        let signature = Doubler::new().signature;
-        let values = pad_values(&signature, &BTreeMap::from([("ids".to_string(), -1.0)])).unwrap();
-        assert_eq!(values, vec![(-1i64).to_le_bytes().to_vec()]);
-        let unknown = pad_values(&signature, &BTreeMap::from([("mask".to_string(), 0.0)])).unwrap_err();
-        assert!(format!("{unknown:#}").contains("\"mask\", which is not an input"), "{unknown:#}");
-        let fraction = pad_values(&signature, &BTreeMap::from([("ids".to_string(), 0.5)])).unwrap_err();
-        assert!(format!("{fraction:#}").contains("INT64 cannot hold 0.5"), "{fraction:#}");
     }
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tracing::info;
 
-use crate::inference::backend::{self, BackendKind};
+use crate::inference::backend::BackendKind;
+use crate::inference::choice;
 use crate::inference::hints;
 use crate::inference::pipeline::{Pipeline, PipelineKind, StepSpec};
 use crate::inference::scheduler::{CacheConfig, ModelScheduler, SchedulerConfig};
@@ -126,8 +127,8 @@ fn start(
     bytes: Vec<u8>,
 ) -> anyhow::Result<ModelScheduler> {
     let started = Instant::now();
-    let backend = backend::load(name, kind, bytes)
-        .with_context(|| format!("loading model {name:?} ({})", spec.file))?;
+    let backend =
+        choice::load(name, kind, bytes).with_context(|| format!("loading model {name:?} ({})", spec.file))?;
     let mut scheduling = scheduler_config(spec, backend.on_gpu());
     if let Some(stage) = stage {
         if let Some(executors) = stage.executors {

@@ -2,8 +2,8 @@
 //! client certificate), or the anonymous tenant for requests that carried none.
 //!
 //! A tenant's identity travels with the request down to the model queues, which share their
-//! work between tenants by weight ([`crate::request::fair`]); the priorities a tenant may ask
-//! for are its right, set by the operator, not a header anyone may send. The
+//! work between tenants by weight (the fair queues beside this module); the priorities a
+//! tenant may ask for are its right, set by the operator, not a header anyone may send. The
 //! [`TenantDirectory`] finds a request's tenant and holds each tenant to its limits: requests
 //! in flight at once, and a sustained rate with a burst above it (a token bucket).
 //!

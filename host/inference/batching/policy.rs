@@ -1,10 +1,10 @@
-//! How a batch is formed: which queued requests join it, how long to wait for more, and how
-//! requests of different lengths are padded into one run and cut apart again.
+//! The batching policy: whether a model batches and up to how many items, which queued
+//! requests join a batch, and how long a batch waits for more.
 //!
-//! - **Padding.** A model whose inputs share a sequence axis (tokens, samples) batches
-//!   requests of different lengths: each input is padded to the batch's longest with the
-//!   input's pad value, and every output that carries the sequence axis is cut back to each
-//!   request's own length.
+//! - **The batch limit.** `batching = "off"`, a model without a batch axis or a
+//!   `max_batch_size` of 1 run one request at a time; `"on"` batches up to `max_batch_size`
+//!   items; `"auto"` measures the model at start-up and batches only if that is clearly
+//!   cheaper per item ([`crate::inference::batching::calibration`]).
 //! - **Buckets by length.** The batch is headed by the request whose turn comes first in the
 //!   queue's fair order, so no length waits forever. Other requests join by fairness round
 //!   (the turns within one batch of the head's first), then closest length, then turn order,
@@ -21,14 +21,50 @@
 
 use std::time::Duration;
 
-use crate::inference::tensor::{self, Signature, Tensor};
+use anyhow::Context;
+
+use crate::inference::backend::Backend;
+use crate::inference::batching::calibration;
+use crate::inference::tensor::Signature;
 
 /// Most padding in a batch, as a share of its input elements, for models that take a mask.
 /// Measured on MiniLM on the CPU: 0.1 made batches too small, 0.4 spent a third of each batch
 /// on padding.
 pub const DEFAULT_MAX_PADDING_RATIO: f64 = 0.2;
 
-/// How the batcher waits for a batch to fill.
+/// Batching policy of a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Batching {
+    /// Measure at start-up and batch only where it is cheaper per item.
+    #[default]
+    Auto,
+    /// Always batch (when the model has a batch axis).
+    On,
+    /// Never batch.
+    Off,
+}
+
+/// Decides the batch limit: 1 (no batching) or `max_batch_size`, measured for `auto` on a
+/// session of its own (so that a model that panics on the measurement leaves no executor's
+/// state behind).
+pub fn batch_limit(
+    name: &str,
+    signature: &Signature,
+    batching: Batching,
+    max_batch_size: usize,
+    backend: &dyn Backend,
+) -> anyhow::Result<usize> {
+    if !signature.batchable() || max_batch_size <= 1 || batching == Batching::Off {
+        return Ok(1);
+    }
+    if batching == Batching::On {
+        return Ok(max_batch_size);
+    }
+    let mut session = backend.new_session().context("starting a session to measure batching")?;
+    Ok(calibration::batch_limit(name, signature, max_batch_size, session.as_mut()))
+}
+
+/// How a forming batch waits for more requests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DelayPolicy {
     /// Wait only as long as waiting has recently brought more requests (up to the maximum).
@@ -136,7 +172,7 @@ impl Fill {
     }
 }
 
-/// A queued request as the batcher sees it.
+/// A queued request as the policy sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct Candidate {
     /// Its fairness round: how many batches' worth of turns come before its own (0 for the
@@ -174,87 +210,9 @@ pub fn choose(
     chosen
 }
 
-/// Joins requests' inputs into one batch: each input padded along the sequence axis to
-/// `longest` with `pad_values` (one element's bytes per input), then concatenated along the
-/// batch axis. Returns the batch and its element counts (real, padding).
-pub fn assemble(
-    signature: &Signature,
-    requests: &[&[Tensor]],
-    longest: usize,
-    pad_values: &[Vec<u8>],
-) -> (Vec<Tensor>, ElementCounts) {
-    let mut counts = ElementCounts::default();
-    let inputs = signature
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| {
-            let padded: Vec<std::borrow::Cow<Tensor>> = requests
-                .iter()
-                .map(|inputs| {
-                    let tensor = &inputs[i];
-                    counts.real += element_count(tensor);
-                    match spec.sequence_axis {
-                        Some(axis) if tensor.shape[axis] < longest => {
-                            std::borrow::Cow::Owned(tensor::pad(tensor, axis, longest, &pad_values[i]))
-                        }
-                        _ => std::borrow::Cow::Borrowed(tensor),
-                    }
-                })
-                .collect();
-            let batch_axis = spec.batch_axis.expect("batched models have batch axes");
-            let parts: Vec<&Tensor> = padded.iter().map(|t| t.as_ref()).collect();
-            let joined = tensor::concat(&parts, batch_axis);
-            counts.padding += element_count(&joined);
-            joined
-        })
-        .collect();
-    counts.padding -= counts.real;
-    (inputs, counts)
-}
-
-/// Parts a batch's outputs back into each request's: split along the batch axis by `items`,
-/// and outputs that carry the sequence axis at the batch's `longest` cut to each request's
-/// length (an output whose sequence size differs from the inputs' is left whole).
-pub fn disassemble(
-    signature: &Signature,
-    outputs: Vec<Tensor>,
-    items: &[usize],
-    lengths: &[usize],
-    longest: usize,
-) -> Vec<Vec<Tensor>> {
-    let mut per_request: Vec<Vec<Tensor>> = items.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
-    for (output, spec) in outputs.into_iter().zip(&signature.outputs) {
-        let batch_axis = spec.batch_axis.expect("batched models have batch axes");
-        let pieces = tensor::split(&output, batch_axis, items);
-        for ((request, piece), &length) in per_request.iter_mut().zip(pieces).zip(lengths) {
-            let piece = match spec.sequence_axis {
-                Some(axis) if length < longest && piece.shape[axis] == longest => {
-                    tensor::truncate(&piece, axis, length)
-                }
-                _ => piece,
-            };
-            request.push(piece);
-        }
-    }
-    per_request
-}
-
-/// Elements of a batch's inputs: from the requests, and added as padding.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ElementCounts {
-    pub real: usize,
-    pub padding: usize,
-}
-
-fn element_count(tensor: &Tensor) -> usize {
-    tensor.shape.iter().product()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inference::tensor::{Dim, ElementType, TensorSpec};
 
     #[test]
     fn the_adaptive_delay_stays_at_zero_without_load_and_grows_with_it() {
@@ -323,49 +281,5 @@ mod tests {
         let mut fill = Fill::new(1, 7);
         let chosen = choose(&mut fill, 7, candidates, 4, 1.0);
         assert_eq!(chosen, vec![5, 0, 1], "round 0 first however long, then turn order");
-    }
-
-    fn sequence_signature() -> Signature {
-        let spec = |name: &str, element_type, shape| TensorSpec {
-            name: name.into(),
-            element_type,
-            shape,
-            batch_axis: Some(0),
-            sequence_axis: Some(1),
-        };
-        Signature {
-            inputs: vec![spec("ids", ElementType::U8, vec![Dim::Any, Dim::Any])],
-            outputs: vec![
-                spec("hidden", ElementType::U8, vec![Dim::Any, Dim::Any, Dim::Fixed(2)]),
-                TensorSpec {
-                    sequence_axis: None,
-                    ..spec("pooled", ElementType::U8, vec![Dim::Any, Dim::Fixed(2)])
-                },
-            ],
-        }
-    }
-
-    fn bytes(shape: Vec<usize>, data: Vec<u8>) -> Tensor {
-        Tensor::new(ElementType::U8, shape, data).unwrap()
-    }
-
-    #[test]
-    fn padded_batches_come_apart_into_each_requests_own_outputs() {
-        let signature = sequence_signature();
-        let short = vec![bytes(vec![1, 1], vec![1])];
-        let long = vec![bytes(vec![2, 3], vec![2, 3, 4, 5, 6, 7])];
-        let (inputs, counts) = assemble(&signature, &[&short, &long], 3, &[vec![0]]);
-        assert_eq!(inputs[0].shape, vec![3, 3]);
-        assert_eq!(inputs[0].data, vec![1, 0, 0, 2, 3, 4, 5, 6, 7]);
-        assert_eq!(counts, ElementCounts { real: 7, padding: 2 });
-
-        // A "model" whose hidden state echoes each token twice and pools the first token.
-        let hidden = bytes(vec![3, 3, 2], inputs[0].data.iter().flat_map(|&v| [v, v]).collect());
-        let pooled = bytes(vec![3, 2], vec![1, 1, 2, 2, 5, 5]);
-        let parts = disassemble(&signature, vec![hidden, pooled], &[1, 2], &[1, 3], 3);
-        assert_eq!(parts[0], vec![bytes(vec![1, 1, 2], vec![1, 1]), bytes(vec![1, 2], vec![1, 1])]);
-        assert_eq!(parts[1][0].shape, vec![2, 3, 2]);
-        assert_eq!(parts[1][0].data, vec![2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]);
-        assert_eq!(parts[1][1], bytes(vec![2, 2], vec![2, 2, 5, 5]));
     }
 }

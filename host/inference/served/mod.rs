@@ -1,10 +1,12 @@
 //! What callers (guests through `wasi:nn`, the Open Inference Protocol over REST and gRPC)
 //! compute through: one model behind its scheduler, or a pipeline of them (an ensemble, or a
-//! model split into stages). Both take and give named tensors the same way.
+//! model split into stages: `pipeline`). Both take and give named tensors the same way.
+
+pub mod pipeline;
 
 use std::sync::Arc;
 
-use crate::inference::pipeline::{Pipeline, PipelineKind};
+use self::pipeline::{Pipeline, PipelineKind};
 use crate::inference::scheduler::{ComputeError, ModelScheduler};
 use crate::inference::tensor::{NamedTensor, Signature};
 use crate::request::RequestContext;

@@ -7,6 +7,9 @@
 //! sequence axis is measured at several representative lengths, and other free dimensions
 //! get a representative size. A model that still fails on such inputs (or panics: tract
 //! panics on some bad inputs) is not batched, and the log line says why.
+//!
+//! The same inputs time an engine on one request alone ([`alone`]), for `backend = "auto"`'s
+//! choice of engine.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};

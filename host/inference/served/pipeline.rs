@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
+use super::ServedModel;
 use crate::inference::scheduler::{ComputeError, RunFailure};
-use crate::inference::served::ServedModel;
 use crate::inference::tensor::{NamedTensor, Signature, Tensor, TensorSpec};
 use crate::request::RequestContext;
 
