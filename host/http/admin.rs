@@ -23,21 +23,21 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use crate::http::body::{self, BodyRefusal};
+use crate::http::body;
+use crate::http::credentials;
 use crate::http::oip::Endpoint;
+use crate::http::protocol::{Failure, FailureKind};
 use crate::http::repository::{self, Action};
 use crate::http::response::{self, Body};
 use crate::node::Node;
 use crate::node::config::{ModelConfig, RouteConfig, Source};
-use crate::node::control::DeployError;
-use crate::node::oci::OciError;
-use crate::node::state::StateError;
+use crate::node::control::{DeployError, Outcome};
 use crate::request::memory::Charge;
 
 /// Largest route settings accepted, beside an inline component.
@@ -53,9 +53,9 @@ fn inline_limit(node: &Node) -> usize {
 pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let response = match refusal(&node, request.headers()) {
-        Some(refusal) => refusal,
-        None => route(&node, request).await,
+    let response = match credentials::require_admin_token(&node, request.headers()) {
+        Err(refusal) => response::failure(refusal),
+        Ok(()) => route(&node, request).await,
     };
     info!(%method, %path, status = response.status().as_u16(), "admin");
     response
@@ -91,7 +91,10 @@ async fn route(node: &Node, request: Request<Incoming>) -> Response<Body> {
             Some(Endpoint::RepositoryUnload(model)) => {
                 change_repository(node, Action::Unload, model, request).await
             }
-            _ => response::error(StatusCode::NOT_FOUND, format!("no admin call {method} {path}")),
+            _ => response::failure(Failure::new(
+                FailureKind::NotFound,
+                format!("no admin call {method} {path}"),
+            )),
         },
     }
 }
@@ -104,13 +107,13 @@ pub async fn change_repository(
     request: Request<Incoming>,
 ) -> Response<Body> {
     if request.method() != Method::POST {
-        return response::error(StatusCode::METHOD_NOT_ALLOWED, "repository calls take POST");
+        return response::failure(Failure::new(FailureKind::MethodNotAllowed, "repository calls take POST"));
     }
-    if let Some(refusal) = refusal(node, request.headers()) {
-        return refusal;
+    if let Err(refusal) = credentials::require_admin_token(node, request.headers()) {
+        return response::failure(refusal);
     }
     match read(node, request, inline_limit(node)).await {
-        Ok((body, _charge)) => repository::respond(node, action, model, body).await,
+        Ok((body, _charge)) => answer("model", model, repository::change(node, action, model, &body).await),
         Err(refusal) => refusal,
     }
 }
@@ -126,26 +129,7 @@ async fn read(
     let (parts, body) = request.into_parts();
     body::read_charged(&parts.headers, body, limit, None, node.memory(), "admin")
         .await
-        .map_err(BodyRefusal::response)
-}
-
-/// The 401 to answer a call without the admin token; none for a call that carries it.
-fn refusal(node: &Node, headers: &HeaderMap) -> Option<Response<Body>> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
-        .map(|token| token.trim_ascii());
-    match presented {
-        Some(token) if node.control().is_admin_token(token) => None,
-        _ => {
-            let mut refusal = response::error(
-                StatusCode::UNAUTHORIZED,
-                "this call needs the admin token: Authorization: Bearer <token>",
-            );
-            refusal.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Some(refusal)
-        }
-    }
+        .map_err(|refusal| response::failure(refusal.into()))
 }
 
 /// Streams the body into the state folder as an artifact.
@@ -166,7 +150,7 @@ async fn upload(node: &Node, mut body: Incoming) -> Response<Body> {
     };
     match stored.await {
         Ok(digest) => response::json(StatusCode::CREATED, &json!({ "digest": digest })),
-        Err(error) => deploy_error(error),
+        Err(error) => change_failed(error),
     }
 }
 
@@ -174,7 +158,7 @@ async fn upload(node: &Node, mut body: Incoming) -> Response<Body> {
 /// or one in a registry (`oci://…`), or `component_base64` carries it inline;
 /// `model_settings` maps names to the settings of models deployed in the same change.
 async fn put_route(node: &Node, name: &str, body: &[u8]) -> Response<Body> {
-    let bad = |message: String| response::error(StatusCode::BAD_REQUEST, message);
+    let bad = |message: String| response::failure(Failure::new(FailureKind::BadRequest, message));
     let mut settings: Value = match serde_json::from_slice(body) {
         Ok(Value::Object(settings)) => Value::Object(settings),
         Ok(_) => return bad("the route's settings must be a JSON object".into()),
@@ -188,7 +172,7 @@ async fn put_route(node: &Node, name: &str, body: &[u8]) -> Response<Body> {
         };
         match node.control().state().store(&bytes) {
             Ok(digest) => settings["component"] = json!(digest),
-            Err(error) => return deploy_error(error.into()),
+            Err(error) => return change_failed(error.into()),
         }
     }
     let models = settings.as_object_mut().and_then(|s| s.remove("model_settings")).unwrap_or(json!({}));
@@ -222,7 +206,7 @@ async fn put_model(node: &Node, name: &str, body: &[u8]) -> Response<Body> {
         .and_then(|settings| settings_from::<ModelConfig>(settings, ""));
     let settings = match parsed {
         Ok(settings) => settings,
-        Err(message) => return response::error(StatusCode::BAD_REQUEST, message),
+        Err(message) => return response::failure(Failure::new(FailureKind::BadRequest, message)),
     };
     if let Some(refusal) = refuse_node_paths([&settings.file]) {
         return refusal;
@@ -240,13 +224,13 @@ fn settings_from<T: serde::de::DeserializeOwned>(settings: Value, prefix: &str) 
 /// or from a registry; the node's own files are the config file's business.
 fn refuse_node_paths<'a>(files: impl IntoIterator<Item = &'a Source>) -> Option<Response<Body>> {
     files.into_iter().find_map(|source| match source {
-        Source::File(path) => Some(response::error(
-            StatusCode::BAD_REQUEST,
+        Source::File(path) => Some(response::failure(Failure::new(
+            FailureKind::BadRequest,
             format!(
                 "{} is not a digest or an oci:// reference: upload files first (PUT /admin/artifacts)",
                 path.display()
             ),
-        )),
+        ))),
         _ => None,
     })
 }
@@ -261,20 +245,16 @@ fn describe_node(node: &Node) -> Response<Body> {
 }
 
 /// The answer to a change of the route or the model (`kind`) `name`.
-fn answer(
-    kind: &str,
-    name: &str,
-    outcome: Result<crate::node::control::Outcome, DeployError>,
-) -> Response<Body> {
+fn answer(kind: &str, name: &str, outcome: Result<Outcome, DeployError>) -> Response<Body> {
     match outcome {
         Ok(outcome) => response::json(StatusCode::OK, &json!({ kind: name, "outcome": outcome })),
-        Err(error) => deploy_error(error),
+        Err(error) => change_failed(error),
     }
 }
 
 fn list_routes(node: &Node, name: Option<&str>) -> Response<Body> {
     let Some(runtime) = node.runtime() else {
-        return response::overloaded("the node is still loading");
+        return response::failure(Failure::new(FailureKind::Unavailable, "the node is still loading"));
     };
     let statuses = node.control().route_statuses(&runtime);
     match name {
@@ -282,7 +262,9 @@ fn list_routes(node: &Node, name: Option<&str>) -> Response<Body> {
         Some(name) => {
             match statuses.into_iter().find(|status| status.name == name && status.state == "serving") {
                 Some(status) => response::json(StatusCode::OK, &json!(status)),
-                None => response::error(StatusCode::NOT_FOUND, format!("no route named {name:?}")),
+                None => {
+                    response::failure(Failure::new(FailureKind::NotFound, format!("no route named {name:?}")))
+                }
             }
         }
     }
@@ -290,7 +272,7 @@ fn list_routes(node: &Node, name: Option<&str>) -> Response<Body> {
 
 fn list_models(node: &Node) -> Response<Body> {
     let Some(runtime) = node.runtime() else {
-        return response::overloaded("the node is still loading");
+        return response::failure(Failure::new(FailureKind::Unavailable, "the node is still loading"));
     };
     let models: Vec<Value> = runtime
         .models()
@@ -304,30 +286,11 @@ fn list_models(node: &Node) -> Response<Body> {
     response::json(StatusCode::OK, &json!({ "models": models }))
 }
 
-/// The answer for a change that was not made.
-pub fn deploy_error(error: DeployError) -> Response<Body> {
-    let status = match &error {
-        DeployError::NotFound(_) => StatusCode::NOT_FOUND,
-        DeployError::Conflict(_) => StatusCode::CONFLICT,
-        DeployError::Invalid(_) => StatusCode::BAD_REQUEST,
-        DeployError::Rejected(_) | DeployError::State(StateError::UnknownArtifact(_)) => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
-        DeployError::State(StateError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
-        DeployError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        DeployError::Pull(OciError::BadReference(_)) => StatusCode::BAD_REQUEST,
-        // The registry failed, refused the node, or sent bytes that are not what it named.
-        DeployError::Pull(
-            OciError::Registry { .. } | OciError::Unauthorized { .. } | OciError::DigestMismatch { .. },
-        ) => StatusCode::BAD_GATEWAY,
-        // Not there, not the kind asked for, too large, unreadable credentials: the version
-        // cannot load.
-        DeployError::Pull(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        DeployError::Loading => return response::overloaded(error.to_string()),
-    };
-    let message = error.to_string();
-    if status.is_server_error() {
-        warn!("change failed: {message}");
+/// The answer for a change that was not made; one the node is to blame for is logged.
+fn change_failed(error: DeployError) -> Response<Body> {
+    let failure = Failure::from(error);
+    if failure.is_the_nodes() {
+        warn!("change failed: {}", failure.message);
     }
-    response::error(status, message)
+    response::failure(failure)
 }

@@ -1,28 +1,25 @@
-//! Request bodies read whole against the node's memory budget, and answers that hold what
-//! their request was charged (and its tenant's place) until they have been handed to the connection.
+//! Request bodies read whole against the node's memory budget: every reader of a whole body
+//! (guest routes, REST inference, the admin and repository APIs) goes through
+//! [`read_charged`].
 //!
 //! A body's declared length is checked against its limit and charged before any of it is
 //! read; a body of no declared length is charged as it grows. A body larger than the whole
 //! budget is a 413, one that does not fit now a 503 with `Retry-After`; either way the
 //! connection goes on serving others.
 
-use std::any::Any;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Response, StatusCode, header};
-use http_body::Frame;
+use http::{HeaderMap, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::http::response::{self, Body};
 use crate::request::memory::{Charge, MemoryBudget, MemoryExhausted};
 use crate::telemetry::metrics;
 
-/// Why a body was not read.
+/// Why a body was not read (REST answers 413, 503 + `Retry-After` or 413 for a body the
+/// budget can never hold, 504, 400: see `protocol::failure`).
 #[derive(Debug, thiserror::Error)]
 pub enum BodyRefusal {
     #[error("request body over {0} bytes")]
@@ -33,30 +30,6 @@ pub enum BodyRefusal {
     Late,
     #[error("reading the request body: {0}")]
     Broken(String),
-}
-
-impl BodyRefusal {
-    /// The answer: 413, 503 + `Retry-After` (413 for a body the budget can never hold), 504
-    /// or 400.
-    pub fn response(self) -> Response<Body> {
-        let message = self.to_string();
-        match self {
-            BodyRefusal::TooLarge(_) => response::error(StatusCode::PAYLOAD_TOO_LARGE, message),
-            BodyRefusal::Memory(exhausted) => memory_response(&exhausted),
-            BodyRefusal::Late => response::error(StatusCode::GATEWAY_TIMEOUT, message),
-            BodyRefusal::Broken(_) => response::error(StatusCode::BAD_REQUEST, message),
-        }
-    }
-}
-
-/// The answer to a request the memory budget cannot take: 413 if it never could, else 503 +
-/// `Retry-After`.
-pub fn memory_response(exhausted: &MemoryExhausted) -> Response<Body> {
-    if exhausted.never_fits() {
-        response::error(StatusCode::PAYLOAD_TOO_LARGE, format!("{exhausted}: the request can never fit"))
-    } else {
-        response::overloaded(exhausted.to_string())
-    }
 }
 
 /// Reads a whole body of at most `limit` bytes (before `deadline`, if given), charging it to
@@ -117,36 +90,4 @@ async fn read_within(
         bytes.extend_from_slice(&data);
     }
     Ok((bytes.freeze(), charge))
-}
-
-/// `response`, its body holding `held` (charges, a tenant's place) until it has been handed
-/// to the connection (its last 64 KiB piece) or dropped.
-pub fn hold(response: Response<Body>, held: impl Any + Send) -> Response<Body> {
-    response.map(|body| Holding { body, _held: Box::new(held) }.boxed_unsync())
-}
-
-/// A body and what it holds.
-struct Holding {
-    body: Body,
-    _held: Box<dyn Any + Send>,
-}
-
-impl http_body::Body for Holding {
-    type Data = Bytes;
-    type Error = <Body as http_body::Body>::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
 }

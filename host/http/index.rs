@@ -8,7 +8,7 @@ use http::{HeaderMap, StatusCode};
 use hyper::Response;
 use serde_json::{Value, json};
 
-use crate::http::oip::{PublishedConfig, describe_model};
+use crate::http::protocol::models::{PublishedConfig, describe_model};
 use crate::http::response::{self, Body};
 use crate::inference::served::ServedModel;
 use crate::node::Runtime;

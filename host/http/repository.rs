@@ -15,14 +15,10 @@
 //! Unknown settings are refused with the field's name.
 
 use base64::Engine as _;
-use bytes::Bytes;
-use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use crate::http::admin;
-use crate::http::response::{self, Body};
 use crate::node::Node;
-use crate::node::control::DeployError;
+use crate::node::control::{DeployError, Outcome};
 use crate::node::state::ModelSpec;
 
 /// What a repository call asks for.
@@ -31,18 +27,11 @@ pub enum Action {
     Unload,
 }
 
-/// Answers a load or unload of `model` with the request's JSON `body`.
-pub async fn respond(node: &Node, action: Action, model: &str, body: Bytes) -> http::Response<Body> {
-    let outcome = match action {
-        Action::Load => match load_request(node, model, &body) {
-            Ok(spec) => node.load_model(model, spec).await,
-            Err(malformed) => Err(malformed),
-        },
+/// Makes the load or unload of `model` that a request with the JSON `body` asks for.
+pub async fn change(node: &Node, action: Action, model: &str, body: &[u8]) -> Result<Outcome, DeployError> {
+    match action {
+        Action::Load => node.load_model(model, load_request(node, model, body)?).await,
         Action::Unload => node.unload_from_repository(model).await,
-    };
-    match outcome {
-        Ok(outcome) => response::json(StatusCode::OK, &json!({ "model": model, "outcome": outcome })),
-        Err(error) => admin::deploy_error(error),
     }
 }
 

@@ -19,17 +19,18 @@ use serde_json::json;
 use tracing::{error, info};
 
 use crate::http::admin;
-use crate::http::body::{self, hold};
+use crate::http::body;
+use crate::http::client::Client;
+use crate::http::credentials;
 use crate::http::index;
 use crate::http::oip::{self, Endpoint};
+use crate::http::protocol::{self, Failure, FailureKind, models};
 use crate::http::repository::Action;
-use crate::http::response::{self, Body};
-use crate::http::server::Client;
+use crate::http::response::{self, Body, hold};
 use crate::http::tenancy::{self, Admitted};
 use crate::node::config::{HEALTH_PATH, METRICS_PATH};
 use crate::node::{Node, Route, Runtime};
 use crate::request::{ID_HEADER, RequestContext};
-use crate::sandbox::admission::Rejection;
 use crate::sandbox::component::GuestFailure;
 use crate::telemetry::metrics::{self, Protocol, RouteMetrics};
 
@@ -63,7 +64,10 @@ pub async fn dispatch(node: Arc<Node>, request: Request<Incoming>) -> Response<B
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             Served::plain(response::json(status, &json!({ "ready": ready })))
         }
-        None => Served::plain(response::overloaded("the node is still loading its models and components")),
+        None => Served::plain(response::failure(Failure::new(
+            FailureKind::Unavailable,
+            "the node is still loading its models and components",
+        ))),
         Some(runtime) if path == METRICS_PATH => {
             node.refresh_gauges(runtime);
             Served::plain(response::text(StatusCode::OK, "text/plain; version=0.0.4", metrics::render()))
@@ -120,14 +124,16 @@ async fn for_tenant<'a>(
     let admitted = match tenancy::admit_naming(node, request.headers(), request.extensions().get::<Client>())
     {
         Ok(admitted) => admitted,
-        Err(refusal) => return Served { response: refusal.response(), metrics, context: None },
+        Err(refusal) => {
+            return Served { response: response::failure(refusal.into()), metrics, context: None };
+        }
     };
-    let timeout = route.map_or(oip::DEFAULT_TIMEOUT, |route| route.timeout);
+    let timeout = route.map_or(protocol::DEFAULT_TIMEOUT, |route| route.timeout);
     let context =
         match RequestContext::from_headers(request.headers(), arrival, timeout, admitted.tenant.clone()) {
             Ok(context) => context,
             Err(error) => {
-                let response = response::error(StatusCode::BAD_REQUEST, error.to_string());
+                let response = response::failure(Failure::new(FailureKind::BadRequest, error.to_string()));
                 return Served { response, metrics, context: None };
             }
         };
@@ -137,9 +143,10 @@ async fn for_tenant<'a>(
         (None, None) if request.uri().path() == "/" && request.method() == Method::GET => {
             index::respond(runtime, node.is_ready(), request.headers())
         }
-        (None, None) => {
-            response::error(StatusCode::NOT_FOUND, format!("no route for {}", request.uri().path()))
-        }
+        (None, None) => response::failure(Failure::new(
+            FailureKind::NotFound,
+            format!("no route for {}", request.uri().path()),
+        )),
     };
     // The tenant's place is held until the answer has been handed to the connection.
     let response = hold(response, admitted.permit);
@@ -165,24 +172,22 @@ async fn serve_guest(
     );
     let (body, charge) = match read.await {
         Ok(read) => read,
-        Err(refusal) => return refusal.response(),
+        Err(refusal) => return response::failure(refusal.into()),
     };
     let request = Request::from_parts(parts, Full::new(body));
 
     let permit = match route.admission.admit(context).await {
         Ok(permit) => permit,
-        Err(Rejection::QueueFull) => {
-            return response::overloaded(format!("route {} is at capacity; retry shortly", route.path));
-        }
-        Err(Rejection::DeadlineExpired) => {
-            return deadline_exceeded("the deadline passed while waiting for an instance");
-        }
+        Err(rejection) => return response::failure(Failure::admission(rejection, &route.path)),
     };
 
     match route.guest.handle(request, context.clone(), permit).await {
         // The body stays charged until the answer has been handed to the connection.
         Ok(response) => hold(response, charge),
-        Err(failure) => failure_response(route, failure, &context.id),
+        Err(failure) => {
+            note_guest_failure(route, &failure, &context.id);
+            response::failure(failure.into())
+        }
     }
 }
 
@@ -221,9 +226,9 @@ async fn infer(
     context: &RequestContext,
 ) -> Response<Body> {
     if request.method() != Method::POST {
-        return response::error(StatusCode::METHOD_NOT_ALLOWED, "infer takes POST");
+        return response::failure(Failure::new(FailureKind::MethodNotAllowed, "infer takes POST"));
     }
-    let Some(model) = model else { return oip::no_model(name) };
+    let Some(model) = model else { return response::failure(models::no_model(name)) };
     let (parts, body) = request.into_parts();
     let limit = node.limits().max_infer_request_bytes;
     match body::read_charged(&parts.headers, body, limit, Some(context.deadline), node.memory(), "rest").await
@@ -232,7 +237,7 @@ async fn infer(
             let header_length = parts.headers.get(oip::HEADER_LENGTH).cloned();
             oip::infer(model, header_length, body, context, charge).await
         }
-        Err(refusal) => refusal.response(),
+        Err(refusal) => response::failure(refusal.into()),
     }
 }
 
@@ -242,11 +247,9 @@ async fn change_repository(
     endpoint: Endpoint<'_>,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    if !node.control().repository_changes_on_main_listener() {
-        return response::error(
-            StatusCode::FORBIDDEN,
-            "model repository changes on this listener need server.admin_token_file; use the admin listener",
-        );
+    let taken_here = node.control().repository_changes_on_main_listener();
+    if let Err(refusal) = credentials::allow_repository_changes(taken_here) {
+        return response::failure(refusal);
     }
     match endpoint {
         Endpoint::RepositoryLoad(model) => admin::change_repository(node, Action::Load, model, request).await,
@@ -257,16 +260,12 @@ async fn change_repository(
     }
 }
 
-fn failure_response(route: &Route, failure: GuestFailure, request_id: &str) -> Response<Body> {
-    let message = failure.to_string();
+/// Counts and logs a guest's failure: a refusal for want of memory, a trap, and every failure
+/// the node is to blame for (the log has the whole chain and the wasm backtrace; the answer
+/// names the reason).
+fn note_guest_failure(route: &Route, failure: &GuestFailure, request_id: &str) {
     match failure {
-        GuestFailure::DeadlineExceeded => deadline_exceeded(message),
-        GuestFailure::NoInstance(_) | GuestFailure::ModelOverloaded(_) => response::overloaded(message),
-        GuestFailure::MemoryExhausted(exhausted) => {
-            metrics::memory_refused("guest");
-            body::memory_response(&exhausted)
-        }
-        GuestFailure::BadRequest(_) => response::error(StatusCode::BAD_REQUEST, message),
+        GuestFailure::MemoryExhausted(_) => metrics::memory_refused("guest"),
         GuestFailure::Trapped(_)
         | GuestFailure::TaskFailed(_)
         | GuestFailure::NoResponse
@@ -274,17 +273,15 @@ fn failure_response(route: &Route, failure: GuestFailure, request_id: &str) -> R
             if matches!(failure, GuestFailure::Trapped(_) | GuestFailure::TaskFailed(_)) {
                 route.metrics.traps.inc();
             }
-            // The answer names the reason; the log has the whole chain and the wasm backtrace.
-            let details = match &failure {
+            let details = match failure {
                 GuestFailure::Trapped(trap) => format!("{trap:?}"),
                 other => other.to_string(),
             };
-            error!(route = %route.path, %request_id, %details, "{message}");
-            response::error(StatusCode::INTERNAL_SERVER_ERROR, message)
+            error!(route = %route.path, %request_id, %details, "{failure}");
         }
+        GuestFailure::DeadlineExceeded
+        | GuestFailure::NoInstance(_)
+        | GuestFailure::ModelOverloaded(_)
+        | GuestFailure::BadRequest(_) => {}
     }
-}
-
-fn deadline_exceeded(message: impl Into<String>) -> Response<Body> {
-    response::error(StatusCode::GATEWAY_TIMEOUT, message)
 }

@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-use crate::http::response::{self, Body};
-use crate::http::server::Client;
+use crate::http::client::Client;
+use crate::http::credentials::bearer_token;
 use crate::node::Node;
 use crate::request::tenant::{Tenant, TenantPermit, TenantRefusal};
 use crate::telemetry::metrics;
@@ -22,41 +22,13 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 /// The header a guest finds its request's tenant in.
 pub const TENANT_HEADER: &str = "x-edge-tenant";
 
-/// Why a request was not let in.
+/// Why a request was not let in (401, or 429 with when to retry: see `protocol::failure`).
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     #[error("this node serves requests with credentials only: send x-api-key or authorization: Bearer")]
     Unauthenticated,
     #[error(transparent)]
     Tenant(#[from] TenantRefusal),
-}
-
-impl Refusal {
-    /// The answer: 401, or 429 with `Retry-After`.
-    pub fn response(&self) -> Response<Body> {
-        match self {
-            Refusal::Unauthenticated => {
-                let mut answer = response::error(StatusCode::UNAUTHORIZED, self.to_string());
-                answer.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                answer
-            }
-            Refusal::Tenant(_) => {
-                let mut answer = response::error(StatusCode::TOO_MANY_REQUESTS, self.to_string());
-                if let Some(seconds) = self.retry_after_seconds() {
-                    answer.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-                }
-                answer
-            }
-        }
-    }
-
-    /// Whole seconds to wait before retrying (at least 1), for a tenant's limit.
-    pub fn retry_after_seconds(&self) -> Option<u64> {
-        match self {
-            Refusal::Unauthenticated => None,
-            Refusal::Tenant(refusal) => Some(refusal.retry_after().as_secs_f64().ceil().max(1.0) as u64),
-        }
-    }
 }
 
 /// A request let in: its tenant, its place under the tenant's limits, and the header that
@@ -118,10 +90,7 @@ fn presented_keys(headers: &HeaderMap) -> Vec<(HeaderName, Vec<u8>)> {
     let api_key = headers
         .get(API_KEY_HEADER)
         .map(|key| (HeaderName::from_static(API_KEY_HEADER), key.as_bytes().trim_ascii().to_vec()));
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
-        .map(|token| (header::AUTHORIZATION, token.trim_ascii().to_vec()));
+    let bearer = bearer_token(headers).map(|token| (header::AUTHORIZATION, token.to_vec()));
     api_key.into_iter().chain(bearer).collect()
 }
 

@@ -21,21 +21,25 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::HeaderMap;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tonic::codegen::Service as _;
 use tonic::{Code, Status};
 
-use super::wire::{self, Observer, Walker};
-use super::{Service, http_equivalent, proto};
-use crate::http::body::hold;
-use crate::http::response::Body;
-use crate::http::tenancy::{self, Refusal};
+use super::schemas;
+use super::status::{code_of, http_equivalent, refused, status_of};
+use super::wire::{Observer, Walker};
+use super::{Service, proto};
+use crate::http::credentials;
+use crate::http::protocol::Failure;
+use crate::http::protocol::models::no_model;
+use crate::http::response::{Body, hold};
+use crate::http::tenancy;
 use crate::inference::served::ServedModel;
 use crate::node::Node;
-use crate::request::memory::Charge;
+use crate::request::memory::{Charge, MemoryExhausted};
 use crate::request::tenant::Tenant;
 use crate::telemetry::metrics::{self, Protocol, RouteMetrics};
 
@@ -130,25 +134,19 @@ impl Front {
         let call = Call::of(request.uri().path());
         let (mut parts, body) = request.into_parts();
         let tenant = match call {
-            Call::Repository => match super::authorize(&self.node, &parts.headers) {
+            Call::Repository => match authorize(&self.node, &parts.headers) {
                 Ok(()) => None,
-                Err(status) => return refused(status),
+                Err(failure) => return refused(failure),
             },
             Call::Health => None,
             _ => match tenancy::admit(&self.node, &parts.headers, parts.extensions.get()) {
                 Ok(admitted) => Some(admitted),
                 Err(refusal) => {
-                    let status = refusal_status(&refusal);
+                    let failure = Failure::from(refusal);
                     if matches!(call, Call::Infer | Call::StreamInfer) {
-                        self.count(&status);
+                        self.count(code_of(failure.kind));
                     }
-                    let mut answer = refused(status);
-                    if let Some(retry_after) = refusal.retry_after_seconds() {
-                        answer
-                            .headers_mut()
-                            .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
-                    }
-                    return answer;
+                    return refused(failure);
                 }
             },
         };
@@ -168,9 +166,9 @@ impl Front {
             state: state.clone(),
         };
         let schema = match call {
-            Call::Infer | Call::StreamInfer => &wire::MODEL_INFER_REQUEST,
-            Call::Repository => &wire::REPOSITORY_REQUEST,
-            Call::Health | Call::Other => &wire::OTHER_REQUEST,
+            Call::Infer | Call::StreamInfer => &schemas::MODEL_INFER_REQUEST,
+            Call::Repository => &schemas::REPOSITORY_REQUEST,
+            Call::Health | Call::Other => &schemas::OTHER_REQUEST,
         };
         let body = Guarded { body, walker: Walker::new(schema), observer, failed: false };
         let mut service = self.service.clone();
@@ -185,7 +183,7 @@ impl Front {
                 .get("grpc-status")
                 .and_then(|value| value.to_str().ok()?.parse::<i32>().ok())
                 .map_or(Code::Unknown, Code::from_i32);
-            self.count(&Status::new(code, ""));
+            self.count(code);
         }
         let response = response.map(|body| {
             body.map_err(|status| {
@@ -208,25 +206,19 @@ impl Front {
         }
     }
 
-    /// Counts an infer call refused before its handler ran.
-    fn count(&self, status: &Status) {
-        let status = http_equivalent(status.code());
+    /// Counts an infer call refused before its handler ran with `code`.
+    fn count(&self, code: Code) {
+        let status = http_equivalent(code);
         self.metrics.request(status);
         metrics::inference_request(Protocol::Grpc, status);
     }
 }
 
-/// A trailers-only answer carrying `status`.
-fn refused(status: Status) -> hyper::Response<Body> {
-    status.into_http()
-}
-
-/// The gRPC status of a tenancy refusal.
-fn refusal_status(refusal: &Refusal) -> Status {
-    match refusal {
-        Refusal::Unauthenticated => Status::unauthenticated(refusal.to_string()),
-        Refusal::Tenant(_) => Status::resource_exhausted(refusal.to_string()),
-    }
+/// Lets a repository change through with the admin token in `headers`, where this listener
+/// takes them.
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Failure> {
+    credentials::allow_repository_changes(node.control().repository_changes_on_grpc_listener())?;
+    credentials::require_admin_token(node, headers)
 }
 
 /// The most bytes a `ModelInfer` for `model` may be: what its inputs can hold with
@@ -249,9 +241,9 @@ struct CallObserver {
 }
 
 impl CallObserver {
-    fn memory_refused(&self, error: impl std::fmt::Display) -> Status {
+    fn memory_refused(&self, exhausted: MemoryExhausted) -> Status {
         metrics::memory_refused("grpc");
-        Status::resource_exhausted(error.to_string())
+        status_of(exhausted)
     }
 }
 
@@ -277,7 +269,7 @@ impl Observer for CallObserver {
         }
         let Some(runtime) = self.node.runtime() else { return Ok(()) };
         let Some(model) = runtime.models().get(name) else {
-            return Err(super::no_model(name));
+            return Err(status_of(no_model(name)));
         };
         if let Some(limit) = model_limit(model)
             && self.length > limit

@@ -20,30 +20,30 @@
 // it here would only unbox it again at each method.
 #![allow(clippy::result_large_err)]
 
+mod convert;
 mod front;
+mod schemas;
+mod status;
 mod wire;
 
 pub use self::front::Front;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::HeaderMap;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::info;
 
+use self::convert::{input_tensors, model_config};
 use self::front::{CallState, CallTenant};
-use crate::http::oip::{self, PublishedConfig, PublishedTensor};
+use self::status::{http_equivalent, status_of};
+use crate::http::protocol::models::{self, no_model, tensor_metadata};
+use crate::http::protocol::{self, Failure, FailureKind};
 use crate::http::repository;
-use crate::inference::scheduler::ComputeError;
 use crate::inference::served::ServedModel;
-use crate::inference::tensor::{ElementType, NamedTensor, Tensor};
 use crate::node::Node;
-use crate::node::control::DeployError;
 use crate::request::RequestContext;
 use crate::request::memory::Charge;
 use crate::request::tenant::Tenant;
@@ -56,7 +56,6 @@ pub mod proto {
 }
 
 use proto::grpc_inference_service_server::GrpcInferenceService;
-use proto::model_infer_request::InferInputTensor;
 use proto::model_infer_response::InferOutputTensor;
 use proto::model_metadata_response::TensorMetadata;
 use proto::model_repository_parameter::ParameterChoice;
@@ -82,11 +81,12 @@ type Answer<T> = Result<Response<T>, Status>;
 impl Service {
     /// The models of the runtime serving now, or UNAVAILABLE while loading.
     fn runtime(&self) -> Result<Arc<crate::node::Runtime>, Status> {
-        self.node.runtime().ok_or_else(|| Status::unavailable("the node is still loading its models"))
+        let loading = || Failure::new(FailureKind::Unavailable, "the node is still loading its models");
+        self.node.runtime().ok_or_else(|| loading().into())
     }
 
     fn model(&self, name: &str) -> Result<ServedModel, Status> {
-        self.runtime()?.models().get(name).cloned().ok_or_else(|| no_model(name))
+        self.runtime()?.models().get(name).cloned().ok_or_else(|| no_model(name).into())
     }
 }
 
@@ -117,12 +117,12 @@ impl GrpcInferenceService for Service {
         let model = self.model(&request.get_ref().name)?;
         let signature = model.signature();
         let describe = |specs: &[crate::inference::tensor::TensorSpec]| -> Vec<TensorMetadata> {
-            specs
-                .iter()
-                .map(|spec| TensorMetadata {
-                    name: spec.name.clone(),
-                    datatype: spec.element_type.to_string(),
-                    shape: spec.shape_for_display(),
+            tensor_metadata(specs)
+                .into_iter()
+                .map(|tensor| TensorMetadata {
+                    name: tensor.name,
+                    datatype: tensor.element_type.to_string(),
+                    shape: tensor.dims,
                 })
                 .collect()
         };
@@ -228,24 +228,14 @@ impl GrpcInferenceService for Service {
 
     async fn repository_index(&self, _: Request<RepositoryIndexRequest>) -> Answer<RepositoryIndexResponse> {
         let runtime = self.runtime()?;
-        let models = runtime
-            .models()
-            .all()
-            .iter()
-            .map(|model| repository_index_response::ModelIndex {
-                name: model.name().to_string(),
+        let models = models::repository_index(&self.node, runtime.models())
+            .into_iter()
+            .map(|entry| repository_index_response::ModelIndex {
+                name: entry.name,
                 version: "1".into(),
-                state: "READY".into(),
-                reason: String::new(),
+                state: entry.state.into(),
+                reason: entry.reason.into(),
             })
-            .chain(self.node.control().unloaded_models().into_iter().map(|name| {
-                repository_index_response::ModelIndex {
-                    name,
-                    version: "1".into(),
-                    state: "UNAVAILABLE".into(),
-                    reason: "unloaded".into(),
-                }
-            }))
             .collect();
         Ok(Response::new(RepositoryIndexResponse { models }))
     }
@@ -271,9 +261,9 @@ impl GrpcInferenceService for Service {
             }
         }
         let node = &self.node;
-        let spec = repository::model_spec(node, &request.model_name, config.as_deref(), files)
-            .map_err(deploy_status)?;
-        node.load_model(&request.model_name, spec).await.map_err(deploy_status)?;
+        let spec =
+            repository::model_spec(node, &request.model_name, config.as_deref(), files).map_err(status_of)?;
+        node.load_model(&request.model_name, spec).await.map_err(status_of)?;
         Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 
@@ -281,13 +271,12 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<RepositoryModelUnloadRequest>,
     ) -> Answer<RepositoryModelUnloadResponse> {
-        self.node.unload_from_repository(&request.get_ref().model_name).await.map_err(deploy_status)?;
+        self.node.unload_from_repository(&request.get_ref().model_name).await.map_err(status_of)?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 }
 
 impl Service {
-    /// One request of a stream: its answer, or the error message in its place.
     /// One request of a stream: its answer, or the error message in its place; and what the
     /// answer holds against the memory budget.
     async fn infer_one(
@@ -346,25 +335,6 @@ impl tokio_stream::Stream for AnswerStream {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         self.0.poll_recv(cx).map(|next| next.map(|(answer, _charge)| answer))
-    }
-}
-
-/// Lets a repository change through with the admin token in `headers`, where this listener
-/// takes them.
-fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Status> {
-    let control = node.control();
-    if !control.repository_changes_on_grpc_listener() {
-        return Err(Status::permission_denied(
-            "model repository changes on this listener need server.admin_token_file; use the admin listener",
-        ));
-    }
-    let token = headers
-        .get("authorization")
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
-        .map(|token| token.trim_ascii());
-    match token {
-        Some(token) if control.is_admin_token(token) => Ok(()),
-        _ => Err(Status::unauthenticated("this call needs the admin token: authorization: Bearer <token>")),
     }
 }
 
@@ -437,7 +407,7 @@ fn context(
 ) -> Result<RequestContext, Status> {
     let headers = metadata.clone().into_headers();
     let timeout = match headers.get("grpc-timeout") {
-        None => oip::DEFAULT_TIMEOUT,
+        None => protocol::DEFAULT_TIMEOUT,
         Some(value) => value
             .to_str()
             .ok()
@@ -477,16 +447,11 @@ async fn infer(
 ) -> Result<(ModelInferResponse, Charge), Status> {
     let requested: Vec<String> = request.outputs.iter().map(|output| output.name.clone()).collect();
     let inputs = input_tensors(request.inputs, request.raw_input_contents)?;
-    let deadline = tokio::time::Instant::from_std(context.deadline);
-    let outputs = match tokio::time::timeout_at(deadline, model.compute(inputs, context)).await {
-        Ok(Ok(outputs)) => outputs,
-        Ok(Err(error)) => return Err(compute_status(error)),
-        Err(_) => return Err(Status::deadline_exceeded("the request's deadline passed")),
-    };
+    let outputs = protocol::compute(model, inputs, context).await?;
     let output_bytes: usize = outputs.iter().map(|(_, tensor)| tensor.data.len()).sum();
     let charge = node.memory().charge(2 * output_bytes).map_err(|exhausted| {
         metrics::memory_refused("grpc");
-        Status::resource_exhausted(exhausted.to_string())
+        status_of(exhausted)
     })?;
     let mut response = ModelInferResponse {
         model_name: model.name().to_string(),
@@ -510,163 +475,6 @@ async fn infer(
         return Err(Status::invalid_argument(format!("the model has no output {missing:?}")));
     }
     Ok((response, charge))
-}
-
-/// The request's inputs: from `raw_input_contents` (one per input, in order) or from each
-/// input's typed `contents`.
-fn input_tensors(inputs: Vec<InferInputTensor>, raw: Vec<Bytes>) -> Result<Vec<NamedTensor>, Status> {
-    if !raw.is_empty() && raw.len() != inputs.len() {
-        return Err(Status::invalid_argument(format!(
-            "raw_input_contents has {} entries for {} inputs",
-            raw.len(),
-            inputs.len()
-        )));
-    }
-    let mut raw = raw.into_iter();
-    inputs
-        .into_iter()
-        .map(|input| {
-            let bad = |reason: String| Status::invalid_argument(format!("input {:?}: {reason}", input.name));
-            let element_type = ElementType::from_name(&input.datatype)
-                .ok_or_else(|| bad(format!("datatype {} is not supported", input.datatype)))?;
-            let shape = input
-                .shape
-                .iter()
-                .map(|&d| usize::try_from(d).map_err(|_| bad(format!("dimension {d} is negative"))))
-                .collect::<Result<Vec<usize>, Status>>()?;
-            let data = match (raw.next(), &input.contents) {
-                (Some(bytes), None) => bytes,
-                (None, Some(contents)) => typed_contents(contents, element_type).map_err(bad)?,
-                (Some(_), Some(_)) => return Err(bad("contents given twice (typed and raw)".into())),
-                (None, None) => return Err(bad("no contents".into())),
-            };
-            let tensor = Tensor::new(element_type, shape, data).map_err(|e| bad(e.to_string()))?;
-            Ok((input.name, tensor))
-        })
-        .collect()
-}
-
-/// Little-endian bytes of typed contents, from the field the element type uses.
-fn typed_contents(contents: &InferTensorContents, element_type: ElementType) -> Result<Bytes, String> {
-    let bytes: Vec<u8> = match element_type {
-        ElementType::F32 => contents.fp32_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ElementType::F64 => contents.fp64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ElementType::I64 => contents.int64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ElementType::I32 => contents.int_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ElementType::U8 => contents
-            .uint_contents
-            .iter()
-            .map(|&v| u8::try_from(v).map_err(|_| format!("{v} is not a UINT8")))
-            .collect::<Result<_, _>>()?,
-        ElementType::F16 | ElementType::Bf16 => {
-            return Err(format!("send {element_type} data in raw_input_contents"));
-        }
-    };
-    Ok(bytes.into())
-}
-
-/// Triton's model configuration message for `model`.
-fn model_config(model: &ServedModel) -> ModelConfig {
-    let published = PublishedConfig::of(model);
-    let inputs = published.inputs.iter().map(|t| ModelInput {
-        name: t.name.clone(),
-        data_type: data_type(t),
-        dims: t.dims.clone(),
-    });
-    let outputs = published.outputs.iter().map(|t| ModelOutput {
-        name: t.name.clone(),
-        data_type: data_type(t),
-        dims: t.dims.clone(),
-    });
-    let kind =
-        if published.on_gpu { model_instance_group::Kind::Gpu } else { model_instance_group::Kind::Cpu };
-    ModelConfig {
-        name: model.name().to_string(),
-        platform: published.platform.into(),
-        backend: published.backend.clone(),
-        max_batch_size: i32::try_from(published.max_batch_size).unwrap_or(i32::MAX),
-        input: inputs.collect(),
-        output: outputs.collect(),
-        // Ensembles have no instances of their own (Triton's too): their steps' models do.
-        instance_group: match model.ensemble() {
-            None => vec![ModelInstanceGroup {
-                name: model.name().to_string(),
-                count: i32::try_from(published.executors).unwrap_or(i32::MAX),
-                kind: kind as i32,
-            }],
-            Some(_) => Vec::new(),
-        },
-        dynamic_batching: (published.max_batch_size > 0)
-            .then_some(ModelDynamicBatching { max_queue_delay_microseconds: published.max_queue_delay_us }),
-        parameters: HashMap::from([(
-            "max_padding_ratio".to_string(),
-            ModelParameter { string_value: published.max_padding_ratio.to_string() },
-        )]),
-    }
-}
-
-fn data_type(tensor: &PublishedTensor) -> i32 {
-    let data_type = match tensor.element_type {
-        ElementType::F16 => DataType::TypeFp16,
-        ElementType::F32 => DataType::TypeFp32,
-        ElementType::F64 => DataType::TypeFp64,
-        ElementType::Bf16 => DataType::TypeBf16,
-        ElementType::U8 => DataType::TypeUint8,
-        ElementType::I32 => DataType::TypeInt32,
-        ElementType::I64 => DataType::TypeInt64,
-    };
-    data_type as i32
-}
-
-/// The status for a model the node does not serve.
-fn no_model(name: &str) -> Status {
-    Status::not_found(format!("no model named {name:?}"))
-}
-
-/// The status of a compute that failed.
-fn compute_status(error: ComputeError) -> Status {
-    let message = error.to_string();
-    match error {
-        ComputeError::InvalidInput(_) => Status::invalid_argument(message),
-        ComputeError::Overloaded { .. } => Status::resource_exhausted(message),
-        ComputeError::DeadlineExpired { .. } => Status::deadline_exceeded(message),
-        ComputeError::Failed { .. } => Status::internal(message),
-    }
-}
-
-/// The status of a repository change that was not made.
-fn deploy_status(error: DeployError) -> Status {
-    let message = error.to_string();
-    match error {
-        DeployError::NotFound(_) => Status::not_found(message),
-        DeployError::Conflict(_) => Status::failed_precondition(message),
-        DeployError::Invalid(_) | DeployError::Rejected(_) => Status::invalid_argument(message),
-        DeployError::State(crate::node::state::StateError::UnknownArtifact(_)) => {
-            Status::invalid_argument(message)
-        }
-        DeployError::State(crate::node::state::StateError::TooLarge(_)) => {
-            Status::resource_exhausted(message)
-        }
-        DeployError::State(_) => Status::internal(message),
-        // Repository loads over gRPC carry their file; they pull nothing.
-        DeployError::Pull(_) => Status::invalid_argument(message),
-        DeployError::Loading => Status::unavailable(message),
-    }
-}
-
-/// The HTTP status a gRPC code stands for, so both protocols count outcomes alike.
-fn http_equivalent(code: Code) -> u16 {
-    match code {
-        Code::Ok => 200,
-        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => 400,
-        Code::Unauthenticated => 401,
-        Code::PermissionDenied => 403,
-        Code::NotFound => 404,
-        Code::ResourceExhausted | Code::Unavailable => 503,
-        Code::DeadlineExceeded => 504,
-        Code::Cancelled => 499,
-        _ => 500,
-    }
 }
 
 #[cfg(test)]

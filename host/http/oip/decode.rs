@@ -17,17 +17,12 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::http::protocol::{MAX_DIMENSIONS, MAX_PARAMETERS, MAX_TENSORS};
 use crate::inference::tensor::{ElementType, NamedTensor, Signature, Tensor, TensorError};
 use crate::request::memory::{Charge, MemoryExhausted};
 
 /// Header giving the length of the JSON part of a binary-extension body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
-/// Most inputs, or requested outputs, in one request.
-pub const MAX_TENSORS: usize = 64;
-/// Most parameters of a request, an input or an output.
-pub const MAX_PARAMETERS: usize = 64;
-/// Most dimensions of an input's shape.
-pub const MAX_DIMENSIONS: usize = 16;
 
 /// An infer request, decoded.
 #[derive(Debug)]

@@ -23,30 +23,24 @@ pub mod decode;
 pub mod encode;
 
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
-use crate::http::body::{self, hold};
-use crate::http::response::{self, Body};
-use crate::inference::scheduler::ComputeError;
+use self::decode::DecodeError;
+pub use self::decode::HEADER_LENGTH;
+use crate::http::protocol::models::{self, PublishedConfig, PublishedTensor, describe_model, no_model};
+use crate::http::protocol::{self, Failure, FailureKind};
+use crate::http::response::{self, Body, hold};
 use crate::inference::served::ServedModel;
-use crate::inference::tensor::ElementType;
 use crate::node::Node;
 use crate::node::config::OIP_PREFIX;
 use crate::node::models::Models;
 use crate::request::RequestContext;
 use crate::request::memory::Charge;
 use crate::telemetry::metrics;
-
-use self::decode::DecodeError;
-pub use self::decode::HEADER_LENGTH;
-
-/// Deadline of an infer request with no `x-edge-deadline-ms` header.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bodies larger than this are decoded off the async workers.
 const OFFLOAD_BYTES: usize = 64 << 10;
 /// Large bodies decoding at once: one per core.
@@ -116,123 +110,28 @@ pub fn server_metadata() -> Response<Body> {
 /// unloaded through the repository API, unavailable until loaded again.
 pub fn repository_index(node: &Node, models: &Models, method: &Method) -> Response<Body> {
     if method != Method::POST {
-        return response::error(StatusCode::METHOD_NOT_ALLOWED, "the repository index takes POST");
+        return response::failure(Failure::new(
+            FailureKind::MethodNotAllowed,
+            "the repository index takes POST",
+        ));
     }
-    let loaded = models
-        .all()
-        .into_iter()
-        .map(|model| json!({ "name": model.name(), "version": "1", "state": "READY", "reason": "" }));
-    let unloaded =
-        node.control().unloaded_models().into_iter().map(
-            |name| json!({ "name": name, "version": "1", "state": "UNAVAILABLE", "reason": "unloaded" }),
-        );
-    response::json(StatusCode::OK, &Value::Array(loaded.chain(unloaded).collect()))
+    let entries = models::repository_index(node, models).into_iter().map(
+        |entry| json!({ "name": entry.name, "version": "1", "state": entry.state, "reason": entry.reason }),
+    );
+    response::json(StatusCode::OK, &Value::Array(entries.collect()))
 }
 
 /// Model metadata, or 404.
 pub fn model_metadata(models: &Models, name: &str) -> Response<Body> {
     match models.get(name) {
         Some(model) => response::json(StatusCode::OK, &describe_model(model)),
-        None => no_model(name),
-    }
-}
-
-/// A model's metadata as the protocol gives it: name, versions, platform, inputs, outputs.
-pub fn describe_model(model: &ServedModel) -> Value {
-    let describe = |specs: &[crate::inference::tensor::TensorSpec]| -> Vec<Value> {
-        specs
-            .iter()
-            .map(|spec| {
-                json!({
-                    "name": spec.name,
-                    "datatype": spec.element_type.to_string(),
-                    "shape": spec.shape_for_display(),
-                })
-            })
-            .collect()
-    };
-    let signature = model.signature();
-    json!({
-        "name": model.name(),
-        "versions": ["1"],
-        "platform": if model.ensemble().is_some() { "ensemble" } else { "onnx" },
-        "inputs": describe(&signature.inputs),
-        "outputs": describe(&signature.outputs),
-    })
-}
-
-/// A model's configuration, as Triton publishes it (over REST and gRPC).
-pub struct PublishedConfig {
-    /// `onnxruntime_onnx` for a model (split or not), `ensemble` for an ensemble (as Triton
-    /// names them).
-    pub platform: &'static str,
-    /// Which backends run it (for a pipeline, each step's, joined by `+`).
-    pub backend: String,
-    /// Above 0 when the model batches along its first axis; `dims` then leave that axis out.
-    pub max_batch_size: usize,
-    pub inputs: Vec<PublishedTensor>,
-    pub outputs: Vec<PublishedTensor>,
-    pub executors: usize,
-    pub on_gpu: bool,
-    pub max_queue_delay_us: u64,
-    pub max_padding_ratio: f64,
-}
-
-/// One input or output in a [`PublishedConfig`].
-pub struct PublishedTensor {
-    pub name: String,
-    pub element_type: ElementType,
-    pub dims: Vec<i64>,
-}
-
-impl PublishedConfig {
-    /// What `model` publishes. A pipeline (an ensemble, or a split model) publishes no batching
-    /// of its own (each step batches in its own model's scheduler) and its steps' executors
-    /// together.
-    pub fn of(served: &ServedModel) -> PublishedConfig {
-        let signature = served.signature();
-        let schedulers = served.schedulers();
-        let single = match served {
-            ServedModel::Single(model) => Some(model),
-            ServedModel::Pipeline(_) => None,
-        };
-        let batches_on_first_axis = single.is_some_and(|model| model.max_batch_items() > 1)
-            && signature.inputs.iter().chain(&signature.outputs).all(|spec| spec.batch_axis == Some(0));
-        let max_batch_size = match single {
-            Some(model) if batches_on_first_axis => model.max_batch_items(),
-            _ => 0,
-        };
-        let describe = |specs: &[crate::inference::tensor::TensorSpec]| -> Vec<PublishedTensor> {
-            specs
-                .iter()
-                .map(|spec| {
-                    let dims = spec.shape_for_display();
-                    let dims = if batches_on_first_axis { &dims[1..] } else { &dims[..] };
-                    PublishedTensor {
-                        name: spec.name.clone(),
-                        element_type: spec.element_type,
-                        dims: dims.to_vec(),
-                    }
-                })
-                .collect()
-        };
-        PublishedConfig {
-            platform: if served.ensemble().is_some() { "ensemble" } else { "onnxruntime_onnx" },
-            backend: served.backend(),
-            max_batch_size,
-            inputs: describe(&signature.inputs),
-            outputs: describe(&signature.outputs),
-            executors: schedulers.iter().map(|model| model.executors()).sum(),
-            on_gpu: schedulers.iter().any(|model| model.on_gpu()),
-            max_queue_delay_us: single.map_or(0, |model| model.max_queue_delay().as_micros() as u64),
-            max_padding_ratio: single.map_or(0.0, |model| model.max_padding_ratio()),
-        }
+        None => response::failure(no_model(name)),
     }
 }
 
 /// A model's configuration as Triton publishes it, or 404.
 pub fn model_config(models: &Models, name: &str) -> Response<Body> {
-    let Some(model) = models.get(name) else { return no_model(name) };
+    let Some(model) = models.get(name) else { return response::failure(no_model(name)) };
     let published = PublishedConfig::of(model);
     let describe = |tensors: &[PublishedTensor]| -> Vec<Value> {
         tensors
@@ -287,13 +186,8 @@ pub fn model_config(models: &Models, name: &str) -> Response<Body> {
 pub fn model_ready(models: &Models, name: &str) -> Response<Body> {
     match models.get(name) {
         Some(_) => response::json(StatusCode::OK, &json!({ "name": name, "ready": true })),
-        None => no_model(name),
+        None => response::failure(no_model(name)),
     }
-}
-
-/// The 404 for a model the node does not serve.
-pub fn no_model(name: &str) -> Response<Body> {
-    response::error(StatusCode::NOT_FOUND, format!("no model named {name:?}"))
 }
 
 /// Runs an infer request on `model`: `body` is the whole request body, already charged to
@@ -323,30 +217,25 @@ pub async fn infer(
                 decoded
             }
             Err(_) => {
-                return response::error(StatusCode::INTERNAL_SERVER_ERROR, "decoding the request failed");
+                return response::failure(Failure::new(FailureKind::Internal, "decoding the request failed"));
             }
         }
     } else {
         decode::decode(&body, header_length.as_ref(), &signature, &mut charge)
     };
-    let request = match decoded {
+    let mut request = match decoded {
         Ok(request) => request,
-        Err(DecodeError::Malformed(message)) => return response::error(StatusCode::BAD_REQUEST, message),
-        Err(DecodeError::Model(error)) => {
-            return response::error(StatusCode::UNPROCESSABLE_ENTITY, error.to_string());
-        }
-        Err(DecodeError::Memory(exhausted)) => {
-            metrics::memory_refused("rest");
-            return body::memory_response(&exhausted);
+        Err(error) => {
+            if matches!(error, DecodeError::Memory(_)) {
+                metrics::memory_refused("rest");
+            }
+            return response::failure(error.into());
         }
     };
-    let mut request = request;
     let inputs = std::mem::take(&mut request.inputs);
-    let deadline = tokio::time::Instant::from_std(context.deadline);
-    let outputs = match tokio::time::timeout_at(deadline, model.compute(inputs, context)).await {
-        Ok(Ok(outputs)) => outputs,
-        Ok(Err(error)) => return compute_error(error),
-        Err(_) => return response::error(StatusCode::GATEWAY_TIMEOUT, "the request's deadline passed"),
+    let outputs = match protocol::compute(model, inputs, context).await {
+        Ok(outputs) => outputs,
+        Err(failure) => return response::failure(failure),
     };
     // The body and the inputs are gone once computed; the answer takes their place.
     drop(body);
@@ -354,18 +243,8 @@ pub async fn infer(
         Ok(answer) => hold(answer, charge),
         Err(exhausted) => {
             metrics::memory_refused("rest");
-            body::memory_response(&exhausted)
+            response::failure(exhausted.into())
         }
-    }
-}
-
-fn compute_error(error: ComputeError) -> Response<Body> {
-    let message = error.to_string();
-    match error {
-        ComputeError::InvalidInput(_) => response::error(StatusCode::UNPROCESSABLE_ENTITY, message),
-        ComputeError::Overloaded { .. } => response::overloaded(message),
-        ComputeError::DeadlineExpired { .. } => response::error(StatusCode::GATEWAY_TIMEOUT, message),
-        ComputeError::Failed { .. } => response::error(StatusCode::INTERNAL_SERVER_ERROR, message),
     }
 }
 
