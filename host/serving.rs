@@ -21,7 +21,7 @@ use crate::node::config::Config;
 use crate::node::control::{self, ControlSettings};
 use crate::node::state::StateDir;
 use crate::node::{Node, NodeLimits};
-use crate::oci::Registries;
+use crate::node::oci::Registries;
 use crate::request::memory::MemoryBudget;
 use crate::request::tenant::TenantDirectory;
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The layers, top to bottom: a module may use its own layer and those after it.
-const LAYERS: [&str; 7] = ["serve", "http", "node", "sandbox", "inference", "telemetry", "request"];
+const LAYERS: [&str; 7] = ["serving", "http", "node", "sandbox", "inference", "telemetry", "request"];
 
 /// The longest a source file in `host/` may be, tests included.
 const MAX_LINES: usize = 600;

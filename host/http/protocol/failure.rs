@@ -10,7 +10,7 @@ use crate::http::tenancy::Refusal;
 use crate::inference::scheduler::ComputeError;
 use crate::node::control::DeployError;
 use crate::node::state::StateError;
-use crate::oci::OciError;
+use crate::node::oci::OciError;
 use crate::request::memory::MemoryExhausted;
 use crate::sandbox::admission::Rejection;
 use crate::sandbox::component::GuestFailure;
