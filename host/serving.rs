@@ -4,7 +4,31 @@
 //! serves until the shutdown future completes, and drains. [`serve`] does both in one call.
 //!
 //! The binary adds only its flags, logging, signals and the lines it prints once ready;
-//! tests and programs that embed edge-infer call this directly.
+//! tests and programs that embed edge-infer call this directly:
+//!
+//! ```no_run
+//! use edge_infer::node::config::Config;
+//! use edge_infer::node::state::StateDir;
+//! use edge_infer::serving::Listeners;
+//! use tokio::net::TcpListener;
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let config = Config::from_file("edge-infer.toml".as_ref())?;
+//! let listeners = Listeners {
+//!     public: TcpListener::bind("127.0.0.1:8080").await?,
+//!     admin: TcpListener::bind("127.0.0.1:9091").await?,
+//!     grpc: TcpListener::bind("127.0.0.1:8001").await?,
+//! };
+//! let state = StateDir::open("/var/lib/edge-infer".as_ref())?;
+//! let serving = edge_infer::start(&config, listeners, state, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await?;
+//! println!("ready on {}", serving.addresses().public);
+//! serving.finished().await?;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,9 +43,9 @@ use crate::http::server::{self, ListenerPolicy, Service};
 use crate::http::tls;
 use crate::node::config::Config;
 use crate::node::control::{self, ControlSettings};
+use crate::node::oci::Registries;
 use crate::node::state::StateDir;
 use crate::node::{Node, NodeLimits};
-use crate::node::oci::Registries;
 use crate::request::memory::MemoryBudget;
 use crate::request::tenant::TenantDirectory;
 

@@ -127,3 +127,25 @@ async fn wrong_methods_get_405() {
     let response = client().get(server.url("/digits")).send().await.unwrap();
     assert!(expect_error(response, 405).await.contains("POST"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_past_max_queue_wait_ms_is_told_to_retry() {
+    let config = format!(
+        "[[routes]]\npath = \"/test\"\ncomponent = \"{}\"\nmax_concurrency = 1\nmax_queue = 4\n\
+         max_queue_wait_ms = 100\ntimeout_ms = 30000\n",
+        common::guest("testing").display()
+    );
+    let server = Server::start(&config);
+    let sleeper = tokio::spawn(client().get(server.url("/test/sleep/2000")).send());
+    common::wait_for_metric(&server, r#"edge_infer_route_instances_in_use{route="/test"}"#, 1.0).await;
+    let asked = Instant::now();
+    let response = client().get(server.url("/test/sleep/0")).send().await.unwrap();
+    let waited = asked.elapsed();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"), "{:?}", response.headers());
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("max_queue_wait_ms"), "{body}");
+    assert!(waited >= Duration::from_millis(100), "it waited its 100 ms first: {waited:?}");
+    // The instance's own request was not disturbed.
+    assert_eq!(sleeper.await.unwrap().unwrap().status(), 200);
+}

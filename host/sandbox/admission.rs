@@ -6,10 +6,12 @@
 //! server answers 503 + `Retry-After`), unless another tenant holds more than its share of
 //! the queue: then that tenant's newest waiter is rejected in its place (push-out), so one
 //! tenant's flood cannot lock the others out. A request still waiting at its deadline leaves
-//! the queue and never runs (504). The [`Permit`] a request gets is held until its instance
+//! the queue and never runs (504); one that has waited the route's `max_queue_wait_ms` leaves
+//! it too, as overload (503 + `Retry-After`). The [`Permit`] a request gets is held until its instance
 //! is gone; dropping it hands the slot straight to the next waiter.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -23,6 +25,8 @@ pub enum Rejection {
     QueueFull,
     /// The request's deadline passed while it waited.
     DeadlineExpired,
+    /// The request waited the longest a request may wait for an instance.
+    WaitedTooLong,
 }
 
 /// One route's concurrency cap and waiting queue.
@@ -30,6 +34,7 @@ pub struct Admission {
     slots: Arc<Slots>,
     capacity: usize,
     max_queue: usize,
+    max_wait: Option<Duration>,
 }
 
 struct Slots {
@@ -49,13 +54,15 @@ pub struct Permit {
 }
 
 impl Admission {
-    /// At most `capacity` admitted at once, at most `max_queue` waiting.
-    pub fn new(capacity: usize, max_queue: usize) -> Admission {
+    /// At most `capacity` admitted at once, at most `max_queue` waiting, each for at most
+    /// `max_wait` (with `None`, until its deadline).
+    pub fn new(capacity: usize, max_queue: usize, max_wait: Option<Duration>) -> Admission {
         let state = SlotState { free: capacity, waiting: FairQueue::default() };
-        Admission { slots: Arc::new(Slots { state: Mutex::new(state) }), capacity, max_queue }
+        Admission { slots: Arc::new(Slots { state: Mutex::new(state) }), capacity, max_queue, max_wait }
     }
 
-    /// Admits a request now, or queues it until a slot frees up or its deadline passes.
+    /// Admits a request now, or queues it until a slot frees up, its deadline passes, or it
+    /// has waited `max_wait`.
     pub async fn admit(&self, context: &RequestContext) -> Result<Permit, Rejection> {
         let receiver = {
             let mut state = self.slots.state.lock().unwrap();
@@ -78,10 +85,15 @@ impl Admission {
             receiver
         };
         let deadline = tokio::time::Instant::from_std(context.deadline);
-        match tokio::time::timeout_at(deadline, receiver).await {
+        let wait_ends = self.max_wait.map(|wait| tokio::time::Instant::now() + wait);
+        let (until, ran_out) = match wait_ends {
+            Some(wait_ends) if wait_ends < deadline => (wait_ends, Rejection::WaitedTooLong),
+            _ => (deadline, Rejection::DeadlineExpired),
+        };
+        match tokio::time::timeout_at(until, receiver).await {
             Ok(Ok(admitted)) => admitted,
-            // A waiter is never dropped unanswered, so the only failure is the deadline.
-            Ok(Err(_)) | Err(_) => Err(Rejection::DeadlineExpired),
+            // A waiter is never dropped unanswered, so the only failure is running out of time.
+            Ok(Err(_)) | Err(_) => Err(ran_out),
         }
     }
 
@@ -147,7 +159,7 @@ mod tests {
 
     #[tokio::test]
     async fn queues_up_to_the_cap_then_rejects() {
-        let admission = Arc::new(Admission::new(1, 1));
+        let admission = Arc::new(Admission::new(1, 1, None));
         let long = context(Priority::Normal, Duration::from_secs(60));
         let first = admission.admit(&long).await.unwrap();
         assert_eq!(admission.in_use(), 1);
@@ -167,9 +179,24 @@ mod tests {
         assert_eq!((admission.waiting(), admission.in_use()), (0, 0));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_at_most_max_wait_then_is_overload() {
+        let admission = Admission::new(1, 4, Some(Duration::from_millis(250)));
+        let _busy = admission.admit(&context(Priority::Normal, Duration::from_secs(60))).await.unwrap();
+        let waited_from = tokio::time::Instant::now();
+        let patient = context(Priority::Normal, Duration::from_secs(60));
+        assert_eq!(admission.admit(&patient).await.err(), Some(Rejection::WaitedTooLong));
+        let waited = waited_from.elapsed();
+        assert!(waited >= Duration::from_millis(250) && waited < Duration::from_millis(260), "{waited:?}");
+        assert_eq!(admission.waiting(), 0, "it left the queue");
+        // A deadline nearer than the wait still ends the wait as a deadline.
+        let hurried = context(Priority::Normal, Duration::from_millis(100));
+        assert_eq!(admission.admit(&hurried).await.err(), Some(Rejection::DeadlineExpired));
+    }
+
     #[tokio::test]
     async fn a_waiting_request_expires_at_its_deadline_and_frees_its_place() {
-        let admission = Admission::new(1, 1);
+        let admission = Admission::new(1, 1, None);
         let _busy = admission.admit(&context(Priority::Normal, Duration::from_secs(60))).await.unwrap();
         let short = context(Priority::Normal, Duration::from_millis(20));
         assert_eq!(admission.admit(&short).await.err(), Some(Rejection::DeadlineExpired));
@@ -178,7 +205,7 @@ mod tests {
 
     #[tokio::test]
     async fn higher_priorities_are_admitted_first() {
-        let admission = Arc::new(Admission::new(1, 10));
+        let admission = Arc::new(Admission::new(1, 10, None));
         let busy = admission.admit(&context(Priority::Normal, Duration::from_secs(60))).await.unwrap();
         let (order_sender, mut order) = tokio::sync::mpsc::unbounded_channel();
         let mut tasks = Vec::new();
@@ -205,7 +232,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flooding_tenant_is_pushed_out_of_a_full_queue_and_the_other_admitted_next() {
-        let admission = Arc::new(Admission::new(1, 4));
+        let admission = Arc::new(Admission::new(1, 4, None));
         let tenant = |index, name: &str| {
             Arc::new(Tenant { index, name: name.into(), weight: 1, max_priority: Priority::High })
         };

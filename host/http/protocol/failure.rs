@@ -9,8 +9,8 @@ use crate::http::oip::decode::DecodeError;
 use crate::http::tenancy::Refusal;
 use crate::inference::scheduler::ComputeError;
 use crate::node::control::DeployError;
-use crate::node::state::StateError;
 use crate::node::oci::OciError;
+use crate::node::state::StateError;
 use crate::request::memory::MemoryExhausted;
 use crate::sandbox::admission::Rejection;
 use crate::sandbox::component::GuestFailure;
@@ -68,6 +68,12 @@ impl Failure {
             Rejection::QueueFull => Failure::new(
                 FailureKind::Overloaded,
                 format!("route {route_path} is at capacity; retry shortly"),
+            ),
+            Rejection::WaitedTooLong => Failure::new(
+                FailureKind::Overloaded,
+                format!(
+                    "route {route_path} is busy: no instance was free within max_queue_wait_ms; retry shortly"
+                ),
             ),
             Rejection::DeadlineExpired => Failure::new(
                 FailureKind::DeadlineExceeded,

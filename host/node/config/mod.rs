@@ -238,9 +238,8 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_example_is_a_valid_config() {
-        let readme = include_str!("../../../README.md");
-        let section = &readme[readme.find("## Configuration").unwrap()..];
+    fn the_books_example_is_a_valid_config() {
+        let section = include_str!("../../../docs/src/configuration.md");
         let start = section.find("```toml\n").unwrap() + "```toml\n".len();
         let example = &section[start..start + section[start..].find("```").unwrap()];
         let config = parse(example).unwrap();

@@ -97,6 +97,11 @@ pub struct RouteSettings {
     pub max_concurrency: usize,
     /// Requests that may wait for an instance; beyond that the answer is 503.
     pub max_queue: usize,
+    /// The longest a request may wait for an instance, in ms; beyond it the answer is 503 +
+    /// `Retry-After`, so that under overload a route sheds load fast instead of holding
+    /// requests until their deadline [default: none, a request waits until its deadline].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queue_wait_ms: Option<u64>,
     /// Instances made ahead of requests, so that a request finds its instance made. Each is
     /// still used by one request only; they hold pool slots and memory beside
     /// `max_concurrency`. 0 makes every instance when its request arrives.
@@ -136,6 +141,7 @@ impl Default for RouteSettings {
         RouteSettings {
             max_concurrency: 64,
             max_queue: 256,
+            max_queue_wait_ms: None,
             ready_instances: 1,
             memory_mib: 64,
             host_memory_mib: None,
@@ -170,6 +176,7 @@ impl RouteSettings {
             ("host_memory_mib", self.host_memory_mib.unwrap_or(self.memory_mib), 1),
             ("max_concurrency", self.max_concurrency as u64, 1),
             ("timeout_ms", self.timeout_ms, 1),
+            ("max_queue_wait_ms", self.max_queue_wait_ms.unwrap_or(1), 1),
         ] {
             if value < floor {
                 bail!("`{name}` must be at least {floor}");

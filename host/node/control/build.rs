@@ -102,6 +102,7 @@ impl ControlPlane {
             let same_limits = |route: &&Arc<Route>| {
                 route.spec.settings.max_concurrency == spec.settings.max_concurrency
                     && route.spec.settings.max_queue == spec.settings.max_queue
+                    && route.spec.settings.max_queue_wait_ms == spec.settings.max_queue_wait_ms
             };
             let admission = previous.filter(same_limits).map(|route| route.admission.clone());
             let component = self.state.read(&spec.component)?;
@@ -182,8 +183,10 @@ async fn load_route(
     Ok(Route {
         name: name.to_string(),
         path: spec.path.clone(),
-        admission: admission
-            .unwrap_or_else(|| Arc::new(Admission::new(settings.max_concurrency, settings.max_queue))),
+        admission: admission.unwrap_or_else(|| {
+            let max_wait = settings.max_queue_wait_ms.map(Duration::from_millis);
+            Arc::new(Admission::new(settings.max_concurrency, settings.max_queue, max_wait))
+        }),
         guest,
         spec: spec.clone(),
         timeout: Duration::from_millis(settings.timeout_ms),
