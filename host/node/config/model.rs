@@ -434,4 +434,25 @@ mod tests {
         assert!(negative.contains("models.m.inputs.x.shape"), "{negative}");
         assert!(negative.contains("a name for a free dimension (not -1)"), "{negative}");
     }
+
+    #[test]
+    fn a_deployed_model_is_one_flat_json_object_both_ways() {
+        let digest = crate::node::digest::Digest::of(b"m");
+        let model: ModelConfig<crate::node::digest::Digest> =
+            toml::from_str(&format!("file = \"{digest}\"\nexecutors = 2")).unwrap();
+        let json = serde_json::to_string(&model).unwrap();
+        // What the state folder and the admin API have always written (see the route's test).
+        let expected = format!(
+            "{{\"file\":\"{digest}\",\"backend\":\"auto\",\"executors\":2,\"queue_capacity\":1024,\
+             \"batching\":\"auto\",\"max_batch_size\":null,\"max_queue_delay_us\":2000,\
+             \"queue_delay\":\"adaptive\",\"max_padding_ratio\":null,\"pad_values\":{{}},\
+             \"cache_entries\":0,\"cache_max_bytes\":67108864,\"cache_ttl_ms\":60000,\
+             \"serve_stale_on_overload\":false}}"
+        );
+        assert_eq!(json, expected);
+        let back: ModelConfig<crate::node::digest::Digest> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, model);
+        let missing = serde_json::from_str::<ModelConfig<crate::node::digest::Digest>>("{}").unwrap_err();
+        assert!(missing.to_string().contains("missing field `file`"), "{missing}");
+    }
 }
