@@ -2,7 +2,8 @@
 //! KServe's clients call it, on its own listener (`server.grpc_listen`), served through the
 //! same front door as HTTP (`http::server`). `front` checks each call before tonic reads it
 //! (tenancy, the admin token, message limits and the memory budget, with `wire` walking the
-//! messages as they arrive); this module is the service tonic then calls.
+//! messages as they arrive against `schemas`); this module is the service tonic then calls,
+//! with `convert` turning messages into tensors and model configurations.
 //!
 //! Inference goes through the same model schedulers as REST and the guests (so requests of
 //! both protocols batch together), with the same deadlines, priorities, cache and metrics.
@@ -14,7 +15,7 @@
 //! tensors or settings), `NOT_FOUND`, `RESOURCE_EXHAUSTED` (a full queue),
 //! `DEADLINE_EXCEEDED`, `UNAVAILABLE` (still loading), `UNAUTHENTICATED` (repository
 //! changes without the admin token), `FAILED_PRECONDITION` (a change that contradicts what
-//! is deployed), `INTERNAL`.
+//! is deployed), `INTERNAL`: each failure's kind (`http::protocol`) mapped once, in `status`.
 
 // tonic's `Status` is the error every method of the service returns; it is large, and boxing
 // it here would only unbox it again at each method.
