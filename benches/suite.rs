@@ -14,8 +14,10 @@
 //! 2. Model path: `/digits` and `/embed` over HTTP (guest + `wasi:nn` + backend) against the
 //!    same model called in-process with tract, at 1 and 2 callers.
 //! 3. Against a Python server (FastAPI + uvicorn + onnxruntime, benches/python/server.py)
-//!    serving the same models with the same request shapes, same client, same concurrency.
-//! 4. Instance creation (mean µs per request) and process start → first served request.
+//!    serving the same models with the same request shapes, same client, same concurrency:
+//!    onnxruntime on one intra-op thread per session, then on its default threads.
+//! 4. Instance creation (mean µs per request), and process start → first served request with
+//!    cold caches and with warm ones (compiled components and model measurements kept).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -153,8 +155,10 @@ impl Peer {
         })
     }
 
-    /// The Python server (benches/python), its requirements installed first.
-    fn python() -> Peer {
+    /// The Python server (benches/python), its requirements installed first, its onnxruntime
+    /// sessions on `threads` intra-op threads (`default`: onnxruntime's own choice, one per
+    /// core).
+    fn python(threads: &str) -> Peer {
         let python = compat_python();
         let pip = Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "-r"])
@@ -164,7 +168,11 @@ impl Peer {
         assert!(pip.success(), "installing benches/python/requirements.txt failed");
         Peer::start("the Python server", |port| {
             let mut command = Command::new(python);
-            command.arg(repo_file("benches/python/server.py")).arg(port.to_string()).arg(repo_file(""));
+            command
+                .arg(repo_file("benches/python/server.py"))
+                .arg(port.to_string())
+                .arg(repo_file(""))
+                .arg(threads);
             command
         })
     }
@@ -277,38 +285,53 @@ fn ort_config() -> String {
     .concat()
 }
 
-fn start_to_first_request() -> f64 {
+/// Milliseconds from starting the bundled examples to a served `/hello`, the median of three
+/// starts: `warm`, each on the caches (compiled components, model measurements) an earlier
+/// start filled; cold, each on empty ones.
+fn start_to_first_request(warm: bool) -> f64 {
+    let shared = tempfile::tempdir().unwrap();
+    if warm {
+        start_once(shared.path());
+    }
     let mut times: Vec<f64> = (0..3)
         .map(|_| {
-            let started = Instant::now();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_edge-infer"))
-                .args([
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:18181",
-                    "--admin-listen",
-                    "127.0.0.1:0",
-                    "--grpc-listen",
-                    "127.0.0.1:0",
-                ])
-                .env("RUST_LOG", "error")
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap();
-            let ms = loop {
-                if raw_http::hello_answers() {
-                    break started.elapsed().as_secs_f64() * 1000.0;
-                }
-                assert!(started.elapsed() < Duration::from_secs(60), "edge-infer did not serve");
-                std::thread::sleep(Duration::from_millis(1));
-            };
-            let _ = child.kill();
-            let _ = child.wait();
-            ms
+            let fresh = tempfile::tempdir().unwrap();
+            start_once(if warm { shared.path() } else { fresh.path() })
         })
         .collect();
     times.sort_by(f64::total_cmp);
     times[1]
+}
+
+/// Starts the bundled examples with `cache` as the user's cache folder, and returns the
+/// milliseconds to a served `/hello`.
+fn start_once(cache: &Path) -> f64 {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-infer"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:18181",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "error")
+        .env("XDG_CACHE_HOME", cache)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ms = loop {
+        if raw_http::hello_answers() {
+            break started.elapsed().as_secs_f64() * 1000.0;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "edge-infer did not serve");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    ms
 }
 
 /// A plain-socket GET /hello, so the start-up measurement needs no client set-up.
@@ -403,21 +426,25 @@ fn main() {
         "{:<30} {:>9} {:>8} {:>11} {:>8} {:>9} {:>9}",
         "", "req/s", "p99 ms", "Python req/s", "p99 ms", "ratio", "p99 ratio"
     );
-    let python = Peer::python();
     // edge-infer with the models on ONNX Runtime too (`backend = "ort"`): same engine as Python.
     let library = common::onnxruntime_library();
     let on_ort =
         Server::try_start_with_env(&ort_config(), "warn", "text", &[("ORT_DYLIB_PATH", &library)]).unwrap();
-    for (route, body) in [("/digits", DIGITS_BODY), ("/embed", EMBED_BODY)] {
-        for clients in [1, 2, 16] {
-            let theirs = measure(&tokio, &load(format!("{}{route}", python.base), body, clients));
-            let ours = measure(&tokio, &load(server.url(route), body, clients));
-            row(&format!("{route}, {clients} clients, auto"), &ours, &theirs);
-            let ours = measure(&tokio, &load(on_ort.url(route), body, clients));
-            row(&format!("{route}, {clients} clients, ort"), &ours, &theirs);
+    // The Python server two ways: onnxruntime on one intra-op thread per session (which
+    // suits many concurrent requests), and on its default (one per core, which suits one).
+    for threads in ["1", "default"] {
+        println!("Python: onnxruntime intra_op_num_threads = {threads}");
+        let python = Peer::python(threads);
+        for (route, body) in [("/digits", DIGITS_BODY), ("/embed", EMBED_BODY)] {
+            for clients in [1, 2, 16] {
+                let theirs = measure(&tokio, &load(format!("{}{route}", python.base), body, clients));
+                let ours = measure(&tokio, &load(server.url(route), body, clients));
+                row(&format!("{route}, {clients} clients, auto"), &ours, &theirs);
+                let ours = measure(&tokio, &load(on_ort.url(route), body, clients));
+                row(&format!("{route}, {clients} clients, ort"), &ours, &theirs);
+            }
         }
     }
-    drop(python);
 
     println!("\n4. Start-up and instances");
     let text = tokio.block_on(scrape(&server));
@@ -425,5 +452,8 @@ fn main() {
         metric(&text, &format!("edge_infer_instance_creation_duration_seconds_{name}{{route=\"/hello\"}}"))
     };
     println!("instance creation, mean over the run: {:.1} µs", 1e6 * series("sum") / series("count"));
-    println!("process start to first served /hello (median of 3): {:.1} ms", start_to_first_request());
+    for (start, warm) in [("cold", false), ("warm", true)] {
+        let ms = start_to_first_request(warm);
+        println!("process start to first served /hello, {start} caches (median of 3): {ms:.1} ms");
+    }
 }

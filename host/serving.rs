@@ -41,8 +41,11 @@ use tracing::info;
 
 use crate::http::server::{self, ListenerPolicy, Service};
 use crate::http::tls;
+use crate::inference::measurements::Measurements;
+use crate::inference::residency::ModelMemory;
 use crate::node::config::Config;
 use crate::node::control::{self, ControlSettings};
+use crate::node::models::LoadContext;
 use crate::node::oci::Registries;
 use crate::node::state::StateDir;
 use crate::node::{Node, NodeLimits};
@@ -159,6 +162,10 @@ pub async fn start(
         repository_changes_on_grpc_listener: grpc.ip().is_loopback() || server.admin_token_file.is_some(),
         registries,
         public_listener: (if addresses.tls { "https" } else { "http" }, public.port()),
+        models: LoadContext {
+            memory: ModelMemory::new(server.model_memory_mib.map(|mib| mib << 20)),
+            measurements: Arc::new(measurements(server.remember_measurements, &state)),
+        },
     };
     let limits = NodeLimits {
         memory: MemoryBudget::new(usize::try_from(server.memory_budget_mib << 20).unwrap_or(usize::MAX)),
@@ -212,4 +219,25 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     start(config, listeners, state, shutdown).await?.finished().await
+}
+
+/// Where the node remembers what loading its models measured: `measurements.json` in the
+/// state folder, or (with a temporary one) in the user's cache folder; nowhere if
+/// `remember` is off or there is no home to keep it in.
+fn measurements(remember: bool, state: &StateDir) -> Measurements {
+    const FILE: &str = "measurements.json";
+    if !remember {
+        return Measurements::forgetful();
+    }
+    if !state.is_temporary() {
+        return Measurements::open(state.root().join(FILE));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|folder| !folder.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache")));
+    match cache {
+        Some(folder) => Measurements::open(folder.join("edge-infer").join(FILE)),
+        None => Measurements::forgetful(),
+    }
 }

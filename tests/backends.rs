@@ -48,10 +48,82 @@ async fn auto_without_a_gpu_keeps_the_faster_of_tract_and_onnx_runtime() {
                 + 1;
             line[start..].split_whitespace().next().unwrap().parse().unwrap()
         };
-        let faster = if number("ort_ms") < number("tract_ms") { "ort" } else { "tract" };
+        // tract is preferred: ONNX Runtime replaces it only if faster by more than 10%.
+        let faster = if number("ort_ms") < number("tract_ms") * 0.9 { "ort" } else { "tract" };
         assert!(line.contains(&format!("using {faster} on the CPU")), "{line}");
         assert_eq!(backend_of(&metrics, model, faster), 1.0, "{model} runs on {faster}");
     }
+}
+
+/// A model tract cannot type: `y = Expand(x, shape)`, the shape an input of the graph (tract
+/// needs it known when it types the model; ONNX Runtime reads it at each run).
+fn expand_to_a_shape_given_at_run_time() -> Vec<u8> {
+    use prost_onnx::Message;
+    use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
+    use tract_onnx::pb::{
+        GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto,
+        type_proto,
+    };
+    let value = |name: &str, elem_type: i32, dims: Vec<dimension::Value>| {
+        let dim =
+            dims.into_iter().map(|value| Dimension { value: Some(value), ..Dimension::default() }).collect();
+        let tensor = type_proto::Tensor { elem_type, shape: Some(TensorShapeProto { dim }) };
+        ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(tensor)),
+                ..TypeProto::default()
+            }),
+            ..ValueInfoProto::default()
+        }
+    };
+    let (fixed, free) = (dimension::Value::DimValue, |name: &str| dimension::Value::DimParam(name.into()));
+    let graph = GraphProto {
+        node: vec![NodeProto {
+            op_type: "Expand".into(),
+            input: vec!["x".into(), "shape".into()],
+            output: vec!["y".into()],
+            ..NodeProto::default()
+        }],
+        input: vec![value("x", 1, vec![fixed(1), fixed(4)]), value("shape", 7, vec![fixed(2)])],
+        output: vec![value("y", 1, vec![free("rows"), fixed(4)])],
+        ..GraphProto::default()
+    };
+    let opset = OperatorSetIdProto { domain: String::new(), version: 13 };
+    ModelProto { ir_version: 8, graph: Some(graph), opset_import: vec![opset], ..ModelProto::default() }
+        .encode_to_vec()
+}
+
+#[tokio::test]
+async fn auto_serves_a_model_tract_cannot_type_on_onnx_runtime_and_says_why() {
+    let library = tokio::task::spawn_blocking(onnxruntime_library).await.unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let file = folder.path().join("expand.onnx");
+    std::fs::write(&file, expand_to_a_shape_given_at_run_time()).unwrap();
+    let config = format!("[models.expand]\nfile = \"{}\"\nbackend = \"auto\"\n", file.display());
+    let env = [("ORT_DYLIB_PATH", library.as_path())];
+    let server = Server::try_start_with_env(&config, "info", "text", &env).unwrap();
+    assert_eq!(backend_of(&scrape(&server).await, "expand", "ort"), 1.0);
+    let logs = server.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("backend auto"))
+        .unwrap_or_else(|| panic!("no choice logged: {logs}"));
+    assert!(line.contains("using ort on the CPU") && line.contains("tract cannot load the model"), "{line}");
+    let request = json!({
+        "inputs": [
+            { "name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0] },
+            { "name": "shape", "shape": [2], "datatype": "INT64", "data": [3, 4] },
+        ]
+    });
+    let (status, answer) =
+        post_json(&common::client(), &server.url("/v2/models/expand/infer"), &request).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outputs"][0]["shape"], json!([3, 4]));
+    assert_eq!(
+        answer["outputs"][0]["data"],
+        json!([1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0])
+    );
 }
 
 #[tokio::test]

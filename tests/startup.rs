@@ -61,3 +61,72 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let status = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(15))).await.unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// Each model's engine and batch limit, once every model is loaded, from the front page.
+async fn choices_once_loaded(server: &Server) -> Vec<(String, String, u64)> {
+    loop {
+        let seen = count_loaded(server);
+        let index: serde_json::Value =
+            client().get(server.url("/")).send().await.unwrap().json().await.unwrap();
+        let models = index["models"].as_array().unwrap();
+        if models.iter().all(|model| model["residency"] == "loaded") {
+            return models
+                .iter()
+                .map(|model| {
+                    let field = |name: &str| model[name].as_str().unwrap_or_default().to_string();
+                    (field("name"), field("backend"), model["max_batch_size"].as_u64().unwrap())
+                })
+                .collect();
+        }
+        // Models load in the background on a warm start: the log says when each is done.
+        common::wait_for_logged_times(server, "model loaded", seen + 1).await;
+    }
+}
+
+fn count_loaded(server: &Server) -> usize {
+    server.logs().matches("model loaded").count()
+}
+
+#[tokio::test]
+async fn a_warm_start_of_the_bundled_examples_makes_the_cold_starts_choices_without_measuring() {
+    let state = tempfile::tempdir().unwrap();
+    let path = state.path().to_path_buf();
+    let cold =
+        tokio::task::spawn_blocking(move || Server::start_bundled_on_state(&path, "info")).await.unwrap();
+    let cold_choices = choices_once_loaded(&cold).await;
+    assert!(cold_choices.len() >= 3, "{cold_choices:?}");
+    let cold_logs = cold.logs();
+    assert!(cold_logs.contains("remembered=false"), "the cold start measured batching:\n{cold_logs}");
+    // A model whose load other processes kept noisy (the tests running beside this one) is
+    // not remembered, and the warm start measures it again.
+    let noisy: Vec<String> = cold_logs
+        .lines()
+        .filter(|line| line.contains("its measurements are not remembered"))
+        .filter_map(|line| line.split("model=").nth(1)?.split_whitespace().next().map(str::to_string))
+        .collect();
+    cold.terminate();
+    assert!(cold.wait(Duration::from_secs(30)).success());
+
+    let path = state.path().to_path_buf();
+    let warm =
+        tokio::task::spawn_blocking(move || Server::start_bundled_on_state(&path, "info")).await.unwrap();
+    let warm_choices = choices_once_loaded(&warm).await;
+    let logs = warm.logs();
+    // Single models (an ensemble's backend joins its steps') that the cold start remembered.
+    let remembered =
+        |(name, backend, _): &&(String, String, u64)| !backend.contains('+') && !noisy.contains(name);
+    let compared: Vec<_> = cold_choices.iter().filter(remembered).collect();
+    assert!(!compared.is_empty(), "every model's load was noisy: {noisy:?}");
+    for choice in compared {
+        assert!(warm_choices.contains(choice), "{choice:?} is made again: {warm_choices:?}");
+        let name = format!("model={} ", choice.0);
+        for line in logs.lines().filter(|line| line.contains(&name)) {
+            for measuring in ["backend auto: using", "remembered=false"] {
+                assert!(!line.contains(measuring), "{} was measured again: {line}", choice.0);
+            }
+        }
+        let recalled =
+            logs.lines().any(|line| line.contains(&name) && line.contains("its choices are remembered"));
+        assert!(recalled, "{} started from what was remembered:\n{logs}", choice.0);
+    }
+}

@@ -2,7 +2,11 @@
 models with onnxruntime, with the same request and response shapes as edge-infer's `/digits`
 and `/embed` guests. The benchmark suite (benches/suite.rs) measures both side by side.
 
-Run: python server.py PORT REPO   (needs benches/python/requirements.txt)
+Run: python server.py PORT REPO [THREADS]   (needs benches/python/requirements.txt)
+
+THREADS is onnxruntime's intra-op threads per session: a number (the suite runs 1, which
+suits many concurrent requests), or `default` for onnxruntime's own choice (one per core,
+which suits one request at a time).
 """
 
 import sys
@@ -14,8 +18,10 @@ from fastapi import FastAPI, HTTPException, Request
 from tokenizers import Tokenizer
 
 port, repo = int(sys.argv[1]), sys.argv[2]
+threads = sys.argv[3] if len(sys.argv) > 3 else "1"
 options = ort.SessionOptions()
-options.intra_op_num_threads = 1
+if threads != "default":
+    options.intra_op_num_threads = int(threads)
 digits = ort.InferenceSession(f"{repo}/models/digits/digits.onnx", options)
 minilm = ort.InferenceSession(f"{repo}/models/minilm/model-float.onnx", options)
 tokenizer = Tokenizer.from_file(f"{repo}/models/minilm/tokenizer.json")

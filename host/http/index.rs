@@ -8,7 +8,7 @@ use http::{HeaderMap, StatusCode};
 use hyper::Response;
 use serde_json::{Value, json};
 
-use crate::http::protocol::models::{PublishedConfig, describe_model};
+use crate::http::protocol::models::{PublishedConfig, describe_model, residency};
 use crate::http::response::{self, Body};
 use crate::inference::served::ServedModel;
 use crate::node::Runtime;
@@ -57,6 +57,9 @@ fn describe(runtime: &Runtime, ready: bool) -> Value {
                 ServedModel::Pipeline(_) => 0,
             };
             described["max_batch_size"] = json!(max_batch_items);
+            described["residency"] = json!(residency(model));
+            described["pinned"] = json!(model.pinned());
+            described["resident_bytes"] = json!(model.resident_bytes());
             described["max_padding_ratio"] = json!(published.max_padding_ratio);
             described["metadata"] = json!(format!("{OIP_PREFIX}/models/{}", model.name()));
             described["infer"] = json!(format!("{OIP_PREFIX}/models/{}/infer", model.name()));

@@ -1,43 +1,83 @@
 //! Which engine runs a model: the one its `backend` setting names, or for `auto` the GPU if
-//! one is usable, else the fastest of the CPU engines that load the model.
+//! one is usable, else the fastest of the CPU engines that load the model; or the engine an
+//! earlier load chose ([`load_engine`]), when the model is loaded again.
 //!
 //! `auto` without a GPU loads the model with every CPU engine ([`CPU_ENGINES`]); one that
-//! cannot load it is skipped, its reason logged. Each engine that loads it is timed on one
-//! request alone ([`calibration::alone`]), its outputs compared with those of the first
-//! engine that could be measured, and the fastest engine that agrees is chosen. The log line
-//! gives every candidate's time and the choice. Only a model that no engine loads fails,
-//! with every engine's reason.
+//! cannot load it is skipped, its reason logged. Each engine that loads it runs one request
+//! alone ([`Trial`]), its outputs compared with those of the first engine that could run, and
+//! the engines that agree are timed in turns over [`ROUNDS`] rounds, so that a moment of
+//! noise weighs on all of them. The preferred engine (the first) is kept unless another's
+//! median is faster by more than [`MARGIN`]. The log line gives every candidate's time and
+//! the choice. Only a model that no engine loads fails, with every engine's reason.
 
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use tracing::{info, warn};
 
 use crate::inference::backend::{self, Backend, BackendKind, CPU_ENGINES};
-use crate::inference::batching::calibration;
+use crate::inference::batching::calibration::{ROUNDS, Trial, median};
 use crate::inference::tensor::{ElementType, Tensor};
 
 /// Outputs of two engines differing by more than this share of the largest output value mean
 /// they do not compute the same thing.
 const AGREEMENT: f64 = 1e-3;
 
+/// Another engine replaces the preferred one only if its time is below this share of the
+/// preferred one's: a gain within the noise of a measurement is no gain.
+pub const MARGIN: f64 = 0.9;
+
+/// Time spent timing each engine, split between the rounds.
+const BUDGET_PER_ENGINE: Duration = Duration::from_millis(150);
+
+/// The names of the engines, as backends give them.
+const ENGINES: [&str; 3] = ["tract", "ort", "ort-cuda"];
+
+/// A loaded model and, for `auto`, how its engine was chosen.
+pub struct Chosen {
+    pub backend: Box<dyn Backend>,
+    /// Each candidate engine's time, as the log gave it (for `auto` on the CPU).
+    pub candidates: Option<String>,
+}
+
 /// Loads the ONNX model at `path` with the backend `kind` asks for.
 pub fn load_file(name: &str, kind: BackendKind, path: &Path) -> anyhow::Result<Box<dyn Backend>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    load(name, kind, bytes)
+    Ok(load(name, kind, bytes)?.backend)
+}
+
+/// The engine called `engine` (`tract`, `ort`, `ort-cuda`), as a name that lives as long as
+/// the process; `None` for a name no engine has.
+pub fn engine_named(engine: &str) -> Option<&'static str> {
+    ENGINES.into_iter().find(|known| *known == engine)
+}
+
+/// Loads the ONNX model in `bytes` with the engine called `engine` (one an earlier load
+/// chose), measuring nothing.
+pub fn load_engine(engine: &str, bytes: Vec<u8>) -> anyhow::Result<Box<dyn Backend>> {
+    match engine {
+        "tract" => backend::load_tract(bytes),
+        "ort" => backend::load_ort_cpu(bytes),
+        "ort-cuda" => backend::load_gpu(bytes),
+        other => anyhow::bail!("no engine is called {other:?}"),
+    }
 }
 
 /// Loads the ONNX model in `bytes` with the backend `kind` asks for.
-pub fn load(name: &str, kind: BackendKind, bytes: Vec<u8>) -> anyhow::Result<Box<dyn Backend>> {
+pub fn load(name: &str, kind: BackendKind, bytes: Vec<u8>) -> anyhow::Result<Chosen> {
+    let chosen = |backend| Ok(Chosen { backend, candidates: None });
     match kind {
-        BackendKind::Cpu | BackendKind::Tract => backend::load_tract(bytes),
-        BackendKind::Gpu => backend::load_gpu(bytes)
-            .map_err(|reason| anyhow::anyhow!("backend = \"gpu\", but no GPU is usable: {reason:#}")),
+        BackendKind::Cpu | BackendKind::Tract => chosen(backend::load_tract(bytes)?),
+        BackendKind::Gpu => chosen(
+            backend::load_gpu(bytes)
+                .map_err(|reason| anyhow::anyhow!("backend = \"gpu\", but no GPU is usable: {reason:#}"))?,
+        ),
         BackendKind::Auto => match backend::load_gpu(bytes.clone()) {
             Ok(backend) => {
                 info!(model = %name, "backend auto: using the GPU");
-                Ok(backend)
+                chosen(backend)
             }
             Err(no_gpu) => {
                 let loaded =
@@ -46,10 +86,10 @@ pub fn load(name: &str, kind: BackendKind, bytes: Vec<u8>) -> anyhow::Result<Box
             }
         },
         BackendKind::Ort => match backend::load_ort_cpu(bytes.clone()) {
-            Ok(backend) => Ok(backend),
+            Ok(backend) => chosen(backend),
             Err(reason) => {
                 warn!(model = %name, "backend ort: falling back to tract ({reason:#})");
-                backend::load_tract(bytes)
+                chosen(backend::load_tract(bytes)?)
             }
         },
     }
@@ -74,15 +114,16 @@ impl fmt::Display for NoEngineLoads {
 }
 
 /// Of the CPU engines in `loaded` (each engine's name and the model it loaded, or why it
-/// could not), the one that runs a request alone fastest, measured now on synthesized inputs
-/// among those whose outputs agree with the first engine measured. With one engine loaded,
-/// that one, unmeasured; with none measured, the first loaded. Logs every candidate's time,
-/// what was left out and why, and the choice; `no_gpu` is why no GPU is usable.
+/// could not), the one that runs a request alone fastest (see the module's doc), measured now
+/// on synthesized inputs among those whose outputs agree with the first engine that ran.
+/// With one engine loaded, that one, unmeasured; with none that could run, the first loaded.
+/// Logs every candidate's time, what was left out and why, and the choice; `no_gpu` is why no
+/// GPU is usable.
 fn fastest_on_the_cpu(
     name: &str,
     loaded: Vec<(&'static str, anyhow::Result<Box<dyn Backend>>)>,
     no_gpu: &anyhow::Error,
-) -> Result<Box<dyn Backend>, NoEngineLoads> {
+) -> Result<Chosen, NoEngineLoads> {
     let mut candidates = Vec::new();
     let mut left_out = Vec::new();
     for (engine, result) in loaded {
@@ -104,34 +145,54 @@ fn fastest_on_the_cpu(
             only.name(),
             notes(&left_out),
         );
-        return Ok(only);
+        return Ok(Chosen { backend: only, candidates: None });
     }
-    // Each candidate's seconds alone, of those measured whose outputs agree with the first's.
-    let mut timed: Vec<(usize, f64)> = Vec::new();
-    let mut reference: Option<(&'static str, Vec<Tensor>)> = None;
+    // A trial of each candidate that runs, and whose outputs agree with the first's.
+    let mut trials: Vec<(usize, Trial)> = Vec::new();
     for (index, candidate) in candidates.iter().enumerate() {
-        let (seconds, outputs) = match calibration::alone(candidate.as_ref()) {
-            Ok(measured) => measured,
+        let trial = match Trial::new(candidate.as_ref()) {
+            Ok(trial) => trial,
             Err(reason) => {
                 left_out.push((candidate.name(), format!("cannot be measured: {reason}")));
                 continue;
             }
         };
-        match &reference {
-            None => reference = Some((candidate.name(), outputs)),
-            Some((first, expected)) => {
-                let difference = largest_difference(expected, &outputs);
-                if difference > AGREEMENT {
-                    warn!(model = %name, difference, "{}'s outputs differ from {first}'s", candidate.name());
-                    left_out.push((candidate.name(), format!("its outputs differ from {first}'s")));
-                    continue;
-                }
+        if let Some((first, reference)) = trials.first() {
+            let difference = largest_difference(&reference.outputs, &trial.outputs);
+            if difference > AGREEMENT {
+                let first = candidates[*first].name();
+                warn!(model = %name, difference, "{}'s outputs differ from {first}'s", candidate.name());
+                left_out.push((candidate.name(), format!("its outputs differ from {first}'s")));
+                continue;
             }
         }
-        timed.push((index, seconds));
+        trials.push((index, trial));
     }
-    let Some(&(fastest, _)) = timed.iter().reduce(|best, next| if next.1 < best.1 { next } else { best })
-    else {
+    // Each trial's times, the engines taking turns round by round.
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); trials.len()];
+    let mut failed = vec![None; trials.len()];
+    for _ in 0..ROUNDS {
+        for (slot, (_, trial)) in trials.iter_mut().enumerate() {
+            if failed[slot].is_some() {
+                continue;
+            }
+            match trial.time(BUDGET_PER_ENGINE / ROUNDS as u32) {
+                Ok(seconds) => times[slot].push(seconds),
+                Err(reason) => failed[slot] = Some(reason),
+            }
+        }
+    }
+    let mut timed: Vec<(usize, f64)> = Vec::new();
+    for (slot, (index, _)) in trials.iter().enumerate() {
+        match failed[slot].take() {
+            Some(reason) => {
+                left_out.push((candidates[*index].name(), format!("cannot be measured: {reason}")))
+            }
+            None => timed.push((*index, median(std::mem::take(&mut times[slot])))),
+        }
+    }
+    drop(trials);
+    let Some(&(preferred, preferred_seconds)) = timed.first() else {
         let first = candidates.remove(0);
         info!(
             model = %name,
@@ -139,21 +200,28 @@ fn fastest_on_the_cpu(
             first.name(),
             notes(&left_out),
         );
-        return Ok(first);
+        return Ok(Chosen { backend: first, candidates: None });
     };
+    let (fastest, fastest_seconds) =
+        timed.iter().copied().reduce(|best, next| if next.1 < best.1 { next } else { best }).unwrap();
+    let chosen = if fastest_seconds < preferred_seconds * MARGIN { fastest } else { preferred };
     let times: Vec<String> = timed
         .iter()
         .map(|&(index, seconds)| format!("{}_ms={}", candidates[index].name(), seconds * 1e3))
         .collect();
-    let chosen = candidates.swap_remove(fastest);
+    let preferred_name = candidates[preferred].name();
+    let chosen = candidates.swap_remove(chosen);
+    let times = times.join(" ");
     info!(
         model = %name,
-        candidates = %times.join(" "),
-        "backend auto: using {} on the CPU (no GPU; the fastest for one request alone){}",
+        candidates = %times,
+        "backend auto: using {} on the CPU (no GPU; the fastest for one request alone, by more than {:.0}% to replace {}){}",
         chosen.name(),
+        (1.0 - MARGIN) * 100.0,
+        preferred_name,
         notes(&left_out),
     );
-    Ok(chosen)
+    Ok(Chosen { backend: chosen, candidates: Some(times) })
 }
 
 /// The engines left out of a choice and why, to follow its log message (nothing if none).
@@ -259,7 +327,7 @@ mod tests {
             ("first", backend::load_tract(b"not a model".to_vec())),
             ("second", backend::load_tract(adds(1.0))),
         ];
-        let chosen = fastest_on_the_cpu("m", loaded, &no_gpu()).unwrap();
+        let chosen = fastest_on_the_cpu("m", loaded, &no_gpu()).unwrap().backend;
         assert_eq!(outputs_for_zeros(chosen.as_ref()), vec![1.0; 4]);
     }
 
@@ -272,7 +340,7 @@ mod tests {
                 ("second", backend::load_tract(adds(2.0))),
                 ("third", backend::load_tract(adds(1.0))),
             ];
-            let chosen = fastest_on_the_cpu("m", loaded, &no_gpu()).unwrap();
+            let chosen = fastest_on_the_cpu("m", loaded, &no_gpu()).unwrap().backend;
             assert_eq!(outputs_for_zeros(chosen.as_ref()), vec![1.0; 4]);
         }
     }

@@ -26,16 +26,18 @@ pub(super) struct Shared {
     pub(super) metrics: ModelMetrics,
 }
 
-/// One executor thread: a session of its own, batches from the model's shared queue.
+/// One executor thread: a session of its own, batches from the model's shared queue, until
+/// the queue closes or the executors of its generation are retired (the model unloaded).
 pub(super) struct Executor {
     pub(super) shared: Arc<Shared>,
     pub(super) backend: Arc<dyn Backend>,
     pub(super) session: Box<dyn Session>,
+    pub(super) generation: u64,
 }
 
 impl Executor {
     pub(super) fn run(mut self) {
-        while let Some(batch) = self.shared.queue.next_batch() {
+        while let Some(batch) = self.shared.queue.next_batch(self.generation) {
             self.execute(batch);
         }
     }

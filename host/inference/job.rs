@@ -24,6 +24,8 @@ pub(super) enum JobError {
     Expired,
     /// Pushed out of a full queue by a tenant under its share.
     Displaced,
+    /// The model is not loaded, and no room could be made for it.
+    NoRoom(String),
     Failed(RunFailure),
 }
 

@@ -22,7 +22,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -33,9 +32,10 @@ use crate::inference::batching::assembly::pad_values;
 use crate::inference::batching::forming::BatchQueue;
 use crate::inference::batching::policy::{self, QueueDelay};
 use crate::inference::cache::{self, ResultCache};
-use crate::inference::executor::{Executor, Shared};
+use crate::inference::executor::Shared;
 use crate::inference::job::{Job, JobError};
 use crate::inference::queue::JobQueue;
+use crate::inference::residency::{LoadCause, LoadReport, Loading, ModelMemory, Residence, Residency, State};
 use crate::inference::tensor::{NamedTensor, Signature, Tensor, TensorError, TensorSpec};
 use crate::request::RequestContext;
 use crate::telemetry::metrics::{ModelMetrics, ModelOutcome};
@@ -83,6 +83,10 @@ pub enum ComputeError {
     /// The model's queue is full.
     #[error("model {model:?} is overloaded: its queue is full")]
     Overloaded { model: String },
+    /// The model is not loaded and no room could be made for it: the other models are in
+    /// use or pinned.
+    #[error("model {model:?} cannot be loaded now: {reason}; retry shortly")]
+    NoRoom { model: String, reason: String },
     /// The request's deadline passed while it waited in the queue.
     #[error("the deadline passed while the request waited for model {model:?}")]
     DeadlineExpired { model: String },
@@ -91,10 +95,19 @@ pub enum ComputeError {
     Failed { model: String, reason: RunFailure },
 }
 
+impl ComputeError {
+    /// Whether it is the load's fault, not the request's: to be retried shortly (503).
+    pub fn is_overload(&self) -> bool {
+        matches!(self, ComputeError::Overloaded { .. } | ComputeError::NoRoom { .. })
+    }
+}
+
 /// A model's queue, cache and executors. Dropping it closes the queue; the executors finish
 /// the jobs already queued and exit.
 pub struct ModelScheduler {
     shared: Arc<Shared>,
+    /// Whether its engine is loaded, and how it is loaded again.
+    residency: Arc<Residency>,
     /// Which backend runs the model, as metrics and logs name it.
     backend: &'static str,
     cache: Option<(ResultCache, CacheConfig)>,
@@ -106,23 +119,55 @@ pub struct ModelScheduler {
 }
 
 impl ModelScheduler {
-    /// Starts the executors for `backend`. Every executor's session is made, and the
-    /// batching policy decided, before this returns: a model that cannot run fails here.
+    /// Starts the executors for `backend`, pinned and charged to no budget. Every executor's
+    /// session is made, and the batching policy decided, before this returns: a model that
+    /// cannot run fails here.
     pub fn start(
         name: &str,
         backend: Arc<dyn Backend>,
         config: &SchedulerConfig,
     ) -> anyhow::Result<ModelScheduler> {
-        let signature = backend.signature().clone();
-        let sessions = (0..config.executors.max(1))
-            .map(|index| {
-                backend.new_session().with_context(|| format!("starting executor {index} of model {name:?}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let memory = ModelMemory::unreported();
+        let kept = backend.clone();
+        let residence = Residence {
+            memory: memory.clone(),
+            pinned: true,
+            loader: Arc::new(move |_| Ok(Box::new(kept.clone()) as Box<dyn Backend>)),
+            expected_bytes: 0,
+            least_bytes: 0,
+            remembered_batching: None,
+        };
+        let scheduler = Self::unloaded(name, backend.signature().clone(), backend.name(), config, residence)?;
+        scheduler.load_now(LoadCause::Start, None)?;
+        Ok(scheduler)
+    }
+
+    /// The scheduler of a model whose engine, `backend`, the caller loaded under `loading`:
+    /// its executors start now, and the model is charged what the load took.
+    pub fn loaded(
+        name: &str,
+        backend: Box<dyn Backend>,
+        loading: Loading<'_>,
+        config: &SchedulerConfig,
+        residence: Residence,
+    ) -> anyhow::Result<(ModelScheduler, LoadReport)> {
+        let scheduler = Self::unloaded(name, backend.signature().clone(), backend.name(), config, residence)?;
+        let report = scheduler.load_now(LoadCause::Start, Some((backend, loading)))?;
+        Ok((scheduler, report))
+    }
+
+    /// The scheduler of a model of `signature`, run by the engine called `engine`, not
+    /// loaded yet: it loads on [`ModelScheduler::load_now`], in the background, or at its
+    /// first request.
+    pub fn unloaded(
+        name: &str,
+        signature: Signature,
+        engine: &'static str,
+        config: &SchedulerConfig,
+        residence: Residence,
+    ) -> anyhow::Result<ModelScheduler> {
         let pad_values =
             pad_values(&signature, &config.pad_values).with_context(|| format!("model {name:?}"))?;
-        let max_batch_items =
-            policy::batch_limit(name, &signature, config.batching, config.max_batch_size, backend.as_ref())?;
         let max_padding_ratio = config.max_padding_ratio.unwrap_or_else(|| {
             let masked = signature.inputs.iter().any(TensorSpec::is_mask);
             if masked { policy::DEFAULT_MAX_PADDING_RATIO } else { 0.0 }
@@ -130,33 +175,57 @@ impl ModelScheduler {
         let delay = QueueDelay::new(config.queue_delay, config.max_queue_delay);
         let metrics = ModelMetrics::new(name);
         let jobs = JobQueue::new(config.queue_capacity, metrics.clone());
-        let queue = BatchQueue::new(
-            jobs,
-            delay,
-            signature.clone(),
-            max_batch_items,
-            max_padding_ratio,
-            metrics.clone(),
-        );
+        // Until the first load decides, the batch limit is the most it can be.
+        let undecided =
+            if signature.batchable() && config.batching != Batching::Off { config.max_batch_size } else { 1 };
+        let queue =
+            BatchQueue::new(jobs, delay, signature.clone(), undecided, max_padding_ratio, metrics.clone());
         let shared = Arc::new(Shared { name: name.to_string(), signature, queue, pad_values, metrics });
-        shared.metrics.max_batch_size.set(max_batch_items as i64);
         shared.metrics.queue_delay.set(delay.allowed(Duration::ZERO).as_secs_f64());
-        for (index, session) in sessions.into_iter().enumerate() {
-            let executor = Executor { shared: shared.clone(), backend: backend.clone(), session };
-            thread::Builder::new()
-                .name(format!("exec-{name}-{index}"))
-                .spawn(move || executor.run())
-                .context("spawning an executor thread")?;
-        }
+        let executors = config.executors.max(1);
+        let batching = (config.batching, config.max_batch_size);
+        let residency = Residency::new(shared.clone(), engine, executors, batching, residence);
         let cache = config.cache.map(|c| (ResultCache::new(c.entries, c.max_bytes, c.time_to_live), c));
         Ok(ModelScheduler {
             shared,
-            backend: backend.name(),
+            residency,
+            backend: engine,
             cache,
-            executors: config.executors.max(1),
-            on_gpu: backend.on_gpu(),
+            executors,
+            on_gpu: engine == "ort-cuda",
             max_queue_delay: config.max_queue_delay,
         })
+    }
+
+    /// Loads the model now, on this thread, evicting idle models to make room (`first`: an
+    /// engine the caller loaded already, under its load). An error leaves it not loaded.
+    pub fn load_now(
+        &self,
+        cause: LoadCause,
+        first: Option<(Box<dyn Backend>, Loading<'_>)>,
+    ) -> anyhow::Result<LoadReport> {
+        self.residency.load_now(cause, first)
+    }
+
+    /// Loads the model on this thread if it is not loaded or loading and fits without
+    /// evicting anything, once no request's load waits (a failure leaves it not loaded).
+    pub fn load_in_background(&self) {
+        self.residency.load_in_background();
+    }
+
+    /// Whether the model's engine is loaded.
+    pub fn residency(&self) -> State {
+        self.residency.state()
+    }
+
+    /// Whether the model is never evicted.
+    pub fn pinned(&self) -> bool {
+        self.residency.pinned()
+    }
+
+    /// The memory the model holds while loaded (0 when not loaded).
+    pub fn resident_bytes(&self) -> u64 {
+        self.residency.charged()
     }
 
     /// The model's name, as routes and guests refer to it.
@@ -174,9 +243,10 @@ impl ModelScheduler {
         &self.shared.signature
     }
 
-    /// Most items the batcher puts in one run (1: no batching).
+    /// Most items the batcher puts in one run (1: no batching; before the model's first
+    /// load, the most it may be).
     pub fn max_batch_items(&self) -> usize {
-        self.shared.queue.max_batch_items
+        self.shared.queue.max_batch_items()
     }
 
     /// Executor threads, each with its own session.
@@ -200,8 +270,9 @@ impl ModelScheduler {
     }
 
     /// Runs the model on `inputs` and returns its named outputs; the time spent queued and
-    /// computing is noted in the request's stats. Dropping the returned future withdraws the
-    /// request: if it is still queued, it never runs.
+    /// computing is noted in the request's stats. A model that is not loaded is loaded first,
+    /// within the request's deadline. Dropping the returned future withdraws the request: if
+    /// it is still queued, it never runs.
     pub async fn compute(
         &self,
         inputs: Vec<NamedTensor>,
@@ -228,7 +299,8 @@ impl ModelScheduler {
         let length = self.signature().sequence_length(&inputs);
         let enqueued = Instant::now();
         let job = Job { inputs, items, length, context: context.clone(), enqueued, reply };
-        if !self.shared.queue.push(job) {
+        let (in_use, queued) = self.residency.use_for(|| self.shared.queue.push(job));
+        if !queued {
             if let (Some((cache, config)), Some(key)) = (&self.cache, &cache_key)
                 && config.serve_stale_on_overload
                 && let Some(outputs) = cache.get_stale(key)
@@ -239,24 +311,27 @@ impl ModelScheduler {
             metrics.outcome(ModelOutcome::Rejected);
             return Err(ComputeError::Overloaded { model: self.name().to_string() });
         }
-        let outputs = match answer.await {
+        // A loaded model's executors answer a job whose deadline passes; one waiting for a
+        // load is given up here at its deadline.
+        let answered = match in_use.was_loaded {
+            true => answer.await,
+            false => match tokio::time::timeout_at(context.deadline.into(), answer).await {
+                Ok(answered) => answered,
+                Err(_) => return Err(ComputeError::DeadlineExpired { model: self.name().to_string() }),
+            },
+        };
+        drop(in_use);
+        let model = || self.name().to_string();
+        let outputs = match answered {
             Ok(Ok(ran)) => {
                 context.record_model(self.name(), ran.started - enqueued, ran.took);
                 ran.outputs
             }
-            Ok(Err(JobError::Expired)) => {
-                return Err(ComputeError::DeadlineExpired { model: self.name().to_string() });
-            }
-            Ok(Err(JobError::Displaced)) => {
-                return Err(ComputeError::Overloaded { model: self.name().to_string() });
-            }
-            Ok(Err(JobError::Failed(reason))) => {
-                return Err(ComputeError::Failed { model: self.name().to_string(), reason });
-            }
-            Err(_) => {
-                let reason = RunFailure::Stopped;
-                return Err(ComputeError::Failed { model: self.name().to_string(), reason });
-            }
+            Ok(Err(JobError::Expired)) => return Err(ComputeError::DeadlineExpired { model: model() }),
+            Ok(Err(JobError::Displaced)) => return Err(ComputeError::Overloaded { model: model() }),
+            Ok(Err(JobError::NoRoom(reason))) => return Err(ComputeError::NoRoom { model: model(), reason }),
+            Ok(Err(JobError::Failed(reason))) => return Err(ComputeError::Failed { model: model(), reason }),
+            Err(_) => return Err(ComputeError::Failed { model: model(), reason: RunFailure::Stopped }),
         };
         if let (Some((cache, _)), Some(key)) = (&self.cache, cache_key) {
             cache.insert(key, outputs.clone());

@@ -1,24 +1,40 @@
-//! The models of a node: each loaded and optimized once (at start-up or when deployed),
-//! behind its own scheduler (or, split into stages, behind one scheduler per stage), shared
-//! by every route and instance that is granted it; and the ensembles over them.
+//! The models of a node: each behind its own scheduler (or, split into stages, behind one
+//! scheduler per stage), shared by every route and instance that is granted it; and the
+//! ensembles over them.
+//!
+//! A model new to the node (or to this machine) is loaded, measured and optimized when it is
+//! deployed, and what that measured is remembered ([`Measurements`]). A model measured before
+//! starts from what was remembered: a pinned one is loaded before the node is ready, with no
+//! measuring; the others load in the background once the node serves, or on first use. Under
+//! `server.model_memory_mib`, models are loaded and evicted as [`ModelMemory`] says.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::inference::backend::BackendKind;
+use crate::inference::backend::{Backend, BackendKind};
 use crate::inference::choice;
 use crate::inference::hints;
+use crate::inference::measurements::{Measurements, Remembered};
 use crate::inference::pipeline::{Pipeline, PipelineKind, StepSpec};
+use crate::inference::residency::{LoadCause, Loader, ModelMemory, Residence, State};
 use crate::inference::scheduler::{CacheConfig, ModelScheduler, SchedulerConfig};
 use crate::inference::served::ServedModel;
 use crate::inference::split::{self, Cut};
 use crate::node::config::{EnsembleConfig, ModelConfig, SplitConfig};
-use crate::node::state::ModelSpec;
+use crate::node::digest::Digest;
+use crate::node::state::{ArtifactReader, ModelSpec};
 use crate::telemetry::metrics;
+
+/// Where models are charged and what is remembered of them, for loading a model.
+#[derive(Clone)]
+pub struct LoadContext {
+    pub memory: Arc<ModelMemory>,
+    pub measurements: Arc<Measurements>,
+}
 
 /// One loaded model: what callers compute through, and the settings it was loaded with.
 #[derive(Clone)]
@@ -42,16 +58,49 @@ pub struct Models {
 }
 
 impl Models {
-    /// Loads the model `name` from `bytes` as `spec` says, and starts its executors (for a
-    /// split model, each stage's).
-    pub fn load(name: &str, spec: &ModelSpec, bytes: Vec<u8>) -> anyhow::Result<LoadedModel> {
+    /// Loads the model `name` from `bytes` (read by `reader`, which reads them again after an
+    /// eviction) as `spec` says, and starts its executors (for a split model, each stage's);
+    /// or, for an unpinned model measured before, makes its scheduler to load later.
+    pub fn load(
+        name: &str,
+        spec: &ModelSpec,
+        bytes: Vec<u8>,
+        reader: ArtifactReader,
+        context: &LoadContext,
+    ) -> anyhow::Result<LoadedModel> {
         let bytes = hints::declare(bytes, &spec.settings.declarations())
             .with_context(|| format!("declaring the tensors of model {name:?} ({})", spec.file))?;
         let served = match &spec.settings.split {
-            None => ServedModel::Single(Arc::new(start(name, spec, spec.settings.backend, None, bytes)?)),
-            Some(split) => load_split(name, spec, split, bytes)?,
+            None => {
+                let identity = identity(spec, None);
+                let reload = reloader(reader, spec.settings.declarations());
+                let model =
+                    Model { name, spec, kind: spec.settings.backend, stage: None, identity: &identity };
+                ServedModel::Single(Arc::new(model.start(bytes, Some(reload), context)?))
+            }
+            Some(split) => load_split(name, spec, split, bytes, context)?,
         };
         Ok(LoadedModel { served, spec: spec.clone() })
+    }
+
+    /// Loads every model that is not loaded, one at a time in the order of their names, on
+    /// a thread of its own, as room allows (a request's load goes first).
+    pub fn load_in_background(&self) {
+        let models = self.clone();
+        let spawned = std::thread::Builder::new().name("background-loads".into()).spawn(move || {
+            let mut names: Vec<&String> = models.by_name.keys().collect();
+            names.sort();
+            for model in names.into_iter().map(|name| &models.by_name[name]) {
+                for scheduler in model.served.schedulers() {
+                    if scheduler.residency() == State::NotLoaded {
+                        scheduler.load_in_background();
+                    }
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            warn!("cannot start the thread that loads models in the background: {e}");
+        }
     }
 
     /// Adds (or replaces) a loaded model.
@@ -118,43 +167,135 @@ struct Stage {
     first: bool,
 }
 
-/// Loads one model (or one `stage` of a split model) with `kind` and starts its executors.
-fn start(
-    name: &str,
-    spec: &ModelSpec,
+/// One model (or one stage of a split model) to start.
+struct Model<'a> {
+    name: &'a str,
+    spec: &'a ModelSpec,
     kind: BackendKind,
     stage: Option<Stage>,
-    bytes: Vec<u8>,
-) -> anyhow::Result<ModelScheduler> {
-    let started = Instant::now();
-    let backend =
-        choice::load(name, kind, bytes).with_context(|| format!("loading model {name:?} ({})", spec.file))?;
-    let mut scheduling = scheduler_config(spec, backend.on_gpu());
-    if let Some(stage) = stage {
-        if let Some(executors) = stage.executors {
-            scheduling.executors = executors;
+    /// What its measurements are remembered by.
+    identity: &'a str,
+}
+
+/// What its measurements are remembered by: the model's file and every setting (any change
+/// measures again), and the stage of a split model.
+fn identity(spec: &ModelSpec, stage: Option<usize>) -> String {
+    let settings = serde_json::to_vec(&spec.settings).expect("model settings serialize");
+    let stage = stage.map_or(String::new(), |index| format!(" stage {}", index + 1));
+    format!("{} settings {}{stage}", spec.file, Digest::of(&settings))
+}
+
+/// Loads the model's engine again from its file: the same declarations, the engine named.
+fn reloader(reader: ArtifactReader, declarations: hints::Declarations) -> Loader {
+    Arc::new(move |engine| {
+        let bytes = reader.read()?;
+        let bytes = hints::declare(bytes, &declarations)?;
+        choice::load_engine(engine, bytes)
+    })
+}
+
+impl Model<'_> {
+    /// Starts the model: from what was remembered of it if anything was (loaded now only
+    /// if pinned), else loaded, measured and remembered now. `reload` loads it again after
+    /// an eviction; without one (a stage of a split model), it is pinned.
+    fn start(
+        self,
+        bytes: Vec<u8>,
+        reload: Option<Loader>,
+        context: &LoadContext,
+    ) -> anyhow::Result<ModelScheduler> {
+        let name = self.name;
+        let pinned = self.spec.settings.pinned || reload.is_none();
+        let reload: Loader =
+            reload.unwrap_or_else(|| Arc::new(|_| anyhow::bail!("a stage of a split model stays loaded")));
+        let least_bytes = bytes.len() as u64;
+        let residence = |remembered: Option<&Remembered>, loader| Residence {
+            memory: context.memory.clone(),
+            pinned,
+            loader,
+            expected_bytes: remembered.map_or(0, |r| r.resident_bytes),
+            least_bytes,
+            remembered_batching: remembered.and_then(|r| r.batching.clone()),
+        };
+        let remembered = context.measurements.recall(self.identity);
+        if let Some(remembered) = &remembered
+            && let Some(engine) = choice::engine_named(&remembered.engine)
+        {
+            let inputs = remembered.signature.inputs.iter().map(|spec| spec.name.as_str());
+            let scheduling = self.scheduling(inputs, engine == "ort-cuda");
+            let scheduler = ModelScheduler::unloaded(
+                name,
+                remembered.signature.clone(),
+                engine,
+                &scheduling,
+                residence(Some(remembered), reload.clone()),
+            )?;
+            let loaded = match pinned {
+                false => Ok(()),
+                true => {
+                    let loading = context.memory.begin_load();
+                    choice::load_engine(engine, bytes.clone())
+                        .and_then(|backend| scheduler.load_now(LoadCause::Start, Some((backend, loading))))
+                        .map(drop)
+                }
+            };
+            match loaded {
+                Ok(()) => {
+                    metrics::model_backend(name, engine);
+                    info!(
+                        model = %name,
+                        backend = engine,
+                        candidates = remembered.candidates.as_deref().unwrap_or("-"),
+                        pinned,
+                        "model measured on an earlier start: its choices are remembered"
+                    );
+                    return Ok(scheduler);
+                }
+                Err(reason) => {
+                    warn!(model = %name, "the engine chosen on an earlier start cannot load it ({reason:#}); measuring again");
+                }
+            }
         }
-        let signature = backend.signature();
-        scheduling.pad_values.retain(|input, _| signature.inputs.iter().any(|spec| &spec.name == input));
-        // Later stages take tensors the model made, whose padding the model never sees
-        // masked: requests share a batch there only at equal lengths.
-        if !stage.first {
-            scheduling.max_padding_ratio = Some(0.0);
+        let loading = context.memory.begin_load();
+        let chosen = choice::load(name, self.kind, bytes)
+            .with_context(|| format!("loading model {name:?} ({})", self.spec.file))?;
+        let backend: Box<dyn Backend> = chosen.backend;
+        let inputs = backend.signature().inputs.iter().map(|spec| spec.name.as_str());
+        let scheduling = self.scheduling(inputs, backend.on_gpu());
+        let engine = backend.name();
+        let residence = residence(None, reload);
+        let (scheduler, report) = ModelScheduler::loaded(name, backend, loading, &scheduling, residence)?;
+        metrics::model_backend(name, engine);
+        if report.quiet {
+            let measured = Remembered {
+                signature: scheduler.signature().clone(),
+                engine: engine.to_string(),
+                candidates: chosen.candidates,
+                batching: report.batching,
+                resident_bytes: report.resident_bytes,
+            };
+            context.measurements.remember(self.identity, measured);
         }
+        Ok(scheduler)
     }
-    let backend_name = backend.name();
-    let scheduler = ModelScheduler::start(name, Arc::from(backend), &scheduling)?;
-    metrics::model_backend(name, backend_name);
-    info!(
-        model = %name,
-        backend = backend_name,
-        executors = scheduling.executors,
-        max_batch = scheduler.max_batch_items(),
-        max_padding = scheduler.max_padding_ratio(),
-        load_ms = started.elapsed().as_millis() as u64,
-        "model loaded"
-    );
-    Ok(scheduler)
+
+    /// Its scheduling knobs, for a model of `inputs` (pad values for other inputs are
+    /// dropped for a stage) on a GPU or not.
+    fn scheduling<'i>(&self, inputs: impl Iterator<Item = &'i str> + Clone, on_gpu: bool) -> SchedulerConfig {
+        let mut scheduling = scheduler_config(self.spec, on_gpu);
+        if let Some(stage) = &self.stage {
+            if let Some(executors) = stage.executors {
+                scheduling.executors = executors;
+            }
+            scheduling.pad_values.retain(|input, _| inputs.clone().any(|name| name == input));
+            // Later stages take tensors the model made, whose padding the model never sees
+            // masked: requests share a batch there only at equal lengths.
+            if !stage.first {
+                scheduling.max_padding_ratio = Some(0.0);
+            }
+        }
+        scheduling
+    }
 }
 
 /// Loads a model split into stages (model parallelism): each stage its own backend and
@@ -164,6 +305,7 @@ fn load_split(
     spec: &ModelSpec,
     split: &SplitConfig,
     bytes: Vec<u8>,
+    context: &LoadContext,
 ) -> anyhow::Result<ServedModel> {
     let cut = match split.after.is_empty() {
         true => Cut::Stages(split.stage_count()),
@@ -179,7 +321,9 @@ fn load_split(
         info!(model = %name, stage = %stage_name, first_node = %first_node, last_node = %last_node, "model split");
         let kind = split.backends.get(index).map_or(spec.settings.backend, |backend| backend.0);
         let stage = Stage { executors: split.executors.get(index).copied(), first: index == 0 };
-        let scheduler = start(&stage_name, spec, kind, Some(stage), model)?;
+        let identity = identity(spec, Some(index));
+        let stage_model = Model { name: &stage_name, spec, kind, stage: Some(stage), identity: &identity };
+        let scheduler = stage_model.start(model, None, context)?;
         // The tensors that cross a cut keep their names in the model: no map is needed.
         let (input_map, output_map) = Default::default();
         steps.push(StepSpec { model: ServedModel::Single(Arc::new(scheduler)), input_map, output_map });

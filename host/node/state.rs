@@ -112,6 +112,31 @@ fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     move |source| StateError::Io { what, path: path.to_path_buf(), source }
 }
 
+/// Reads one artifact of the state folder, checked against its digest.
+#[derive(Clone, Debug)]
+pub struct ArtifactReader {
+    path: PathBuf,
+    digest: Digest,
+}
+
+impl ArtifactReader {
+    /// The artifact's bytes, checked against its digest.
+    pub fn read(&self) -> Result<Vec<u8>, StateError> {
+        let bytes = match fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StateError::UnknownArtifact(self.digest.clone()));
+            }
+            Err(e) => return Err(StateError::Io { what: "reading", path: self.path.clone(), source: e }),
+        };
+        let actual = Digest::of(&bytes);
+        if actual != self.digest {
+            return Err(StateError::Damaged { digest: self.digest.clone(), actual });
+        }
+        Ok(bytes)
+    }
+}
+
 /// The state folder, locked for this process.
 pub struct StateDir {
     root: PathBuf,
@@ -229,19 +254,18 @@ impl StateDir {
 
     /// The artifact's bytes, checked against its digest.
     pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, StateError> {
-        let path = self.artifact_path(digest);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StateError::UnknownArtifact(digest.clone()));
-            }
-            Err(e) => return Err(StateError::Io { what: "reading", path, source: e }),
-        };
-        let actual = Digest::of(&bytes);
-        if &actual != digest {
-            return Err(StateError::Damaged { digest: digest.clone(), actual });
-        }
-        Ok(bytes)
+        self.reader(digest).read()
+    }
+
+    /// What reads the artifact again later, on any thread (a model loaded again after an
+    /// eviction).
+    pub fn reader(&self, digest: &Digest) -> ArtifactReader {
+        ArtifactReader { path: self.artifact_path(digest), digest: digest.clone() }
+    }
+
+    /// Whether the folder goes when the process exits (no state folder was configured).
+    pub fn is_temporary(&self) -> bool {
+        self.temporary
     }
 
     /// Makes the artifacts a change stopped naming young again, so they are kept an hour:

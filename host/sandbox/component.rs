@@ -52,7 +52,8 @@ pub enum GuestFailure {
     /// No instance could be made (e.g. the instance pool is exhausted).
     #[error("no guest instance available: {0:#}")]
     NoInstance(wasmtime::Error),
-    /// A model the guest called was overloaded (a [`ComputeError::Overloaded`]).
+    /// A model the guest called was overloaded (its queue full, or no room to load it:
+    /// [`ComputeError::is_overload`]).
     #[error(transparent)]
     ModelOverloaded(ComputeError),
     /// The node's memory budget could not take what the guest made the host hold.
@@ -404,7 +405,7 @@ async fn run_guest(
             return GuestFailure::MemoryExhausted(exhausted.clone());
         }
         match e.downcast::<ComputeError>() {
-            Ok(overloaded @ ComputeError::Overloaded { .. }) => GuestFailure::ModelOverloaded(overloaded),
+            Ok(overloaded) if overloaded.is_overload() => GuestFailure::ModelOverloaded(overloaded),
             Ok(other) => GuestFailure::Trapped(other.into()),
             Err(trap) => GuestFailure::Trapped(trap),
         }

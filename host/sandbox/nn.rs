@@ -4,8 +4,9 @@
 //!   config grants it (`not-found` otherwise), and nothing is read or compiled per request.
 //! - `compute` is an async host call: the tensors go to the model's scheduler, with the
 //!   request's deadline and priority, and the guest's task yields until the outputs come
-//!   back, so inference never blocks the event loop. A full model queue ends the request
-//!   (a trap carrying [`ComputeError::Overloaded`], answered 503 by the host): there is no
+//!   back, so inference never blocks the event loop. A full model queue, or a model that
+//!   cannot be loaded for want of room, ends the request (a trap carrying the
+//!   [`ComputeError`], answered 503 by the host): there is no
 //!   `wasi:nn` error code for "busy", and the guest could not do better than the host.
 //! - `load` of raw model bytes is refused (`security`) unless the route allows it.
 //! - Bad tensors (name, type, shape, length) are `invalid-argument` errors, never a trap.
@@ -251,7 +252,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 }
                 Ok(Ok(handles))
             }
-            Err(error @ ComputeError::Overloaded { .. }) => Err(error.into()),
+            Err(error) if error.is_overload() => Err(error.into()),
             Err(error) => {
                 match &error {
                     ComputeError::InvalidInput(_) => {
@@ -259,9 +260,9 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                     }
                     // These name the model themselves.
                     ComputeError::DeadlineExpired { .. } => self.fail(ErrorCode::Timeout, error.to_string()),
-                    ComputeError::Overloaded { .. } | ComputeError::Failed { .. } => {
-                        self.fail(ErrorCode::RuntimeError, error.to_string())
-                    }
+                    ComputeError::Overloaded { .. }
+                    | ComputeError::NoRoom { .. }
+                    | ComputeError::Failed { .. } => self.fail(ErrorCode::RuntimeError, error.to_string()),
                 }
             }
         }

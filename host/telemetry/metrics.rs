@@ -34,6 +34,11 @@ struct Families {
     model_input_elements: IntCounterVec,
     model_queue_delay: GaugeVec,
     model_backend: IntGaugeVec,
+    model_loads: IntCounterVec,
+    model_evictions: IntCounterVec,
+    model_resident_bytes: IntGaugeVec,
+    model_memory_budget: IntGauge,
+    model_memory_resident: IntGauge,
     deploys: IntCounterVec,
     inference_requests: IntCounterVec,
     gpu_memory_used: IntGaugeVec,
@@ -196,6 +201,35 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             "edge_infer_model_backend_info",
             "1 for the backend that runs the model (tract, ort, ort-cuda)",
             &["model", "backend"],
+        ),
+        model_loads: counter(
+            "edge_infer_model_loads_total",
+            "Times the model was loaded (its engine and executors started): at start-up, in the background, or on first use after an eviction",
+            &["model"],
+        ),
+        model_evictions: counter(
+            "edge_infer_model_evictions_total",
+            "Times the model was evicted (unloaded, idle, least recently used) to make room under server.model_memory_mib",
+            &["model"],
+        ),
+        model_resident_bytes: gauge(
+            "edge_infer_model_resident_bytes",
+            "Memory the model holds while loaded (weights, sessions, arenas: the process's resident memory grew by this much when it loaded); 0 when not loaded",
+            &["model"],
+        ),
+        model_memory_budget: registered(
+            &registry,
+            IntGauge::new(
+                "edge_infer_model_memory_budget_bytes",
+                "The node's memory budget for loaded models (server.model_memory_mib; 0: none)",
+            ),
+        ),
+        model_memory_resident: registered(
+            &registry,
+            IntGauge::new(
+                "edge_infer_model_memory_resident_bytes",
+                "Memory the loaded models hold now, together",
+            ),
         ),
         inference_requests: counter(
             "edge_infer_inference_requests_total",
@@ -380,6 +414,12 @@ pub fn model_backend(model: &str, backend: &str) {
     FAMILIES.model_backend.with_label_values(&[model, backend]).set(1);
 }
 
+/// Records the model memory budget (0: none) and what loaded models hold now.
+pub fn model_memory(budget: u64, resident: u64) {
+    FAMILIES.model_memory_budget.set(i64::try_from(budget).unwrap_or(i64::MAX));
+    FAMILIES.model_memory_resident.set(i64::try_from(resident).unwrap_or(i64::MAX));
+}
+
 /// Counts one change to what the node serves: `applied`, `unchanged` or `refused`.
 pub fn deploy(outcome: &str) {
     FAMILIES.deploys.with_label_values(&[outcome]).inc();
@@ -421,6 +461,9 @@ pub struct ModelMetrics {
     pub queue_delay: Gauge,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
+    pub loads: IntCounter,
+    pub evictions: IntCounter,
+    pub resident_bytes: IntGauge,
 }
 
 impl ModelMetrics {
@@ -450,6 +493,9 @@ impl ModelMetrics {
             queue_delay: f.model_queue_delay.with_label_values(&[model]),
             cache_hits: f.model_cache.with_label_values(&[model, "hit"]),
             cache_misses: f.model_cache.with_label_values(&[model, "miss"]),
+            loads: f.model_loads.with_label_values(&[model]),
+            evictions: f.model_evictions.with_label_values(&[model]),
+            resident_bytes: f.model_resident_bytes.with_label_values(&[model]),
         }
     }
 

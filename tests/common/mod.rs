@@ -114,6 +114,14 @@ impl Server {
             .unwrap_or_else(|stderr| panic!("the server did not start:\n{stderr}"))
     }
 
+    /// Starts the server with no config (the bundled examples) on the state folder
+    /// `state_dir`, which outlives it, logging at `level`.
+    pub fn start_bundled_on_state(state_dir: &Path, level: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Self::spawn(&[], level, &[], dir, Some(state_dir))
+            .unwrap_or_else(|stderr| panic!("the server did not start:\n{stderr}"))
+    }
+
     /// Starts the server with `config`; on failure returns what it wrote to stderr.
     pub fn try_start(config: &str) -> Result<Server, String> {
         Self::try_start_logging(config, "warn", "text")
@@ -685,6 +693,20 @@ pub async fn expect_error(response: reqwest::Response, status: u16) -> String {
     assert!(content_type.starts_with("application/json"), "{content_type}");
     let body: Value = response.json().await.unwrap();
     body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}")).to_string()
+}
+
+/// An Open Inference Protocol request for MiniLM (`input_ids`, `attention_mask`,
+/// `token_type_ids`) of one eight-token text, asking for `last_hidden_state`.
+pub fn minilm_eight_tokens() -> Value {
+    let input = |name: &str, data: Vec<i64>| serde_json::json!({ "name": name, "shape": [1, 8], "datatype": "INT64", "data": data });
+    serde_json::json!({
+        "inputs": [
+            input("input_ids", vec![101, 2023, 2003, 1037, 3231, 6251, 1012, 102]),
+            input("attention_mask", vec![1; 8]),
+            input("token_type_ids", vec![0; 8]),
+        ],
+        "outputs": [{ "name": "last_hidden_state" }],
+    })
 }
 
 /// The cosine similarity of two vectors (embeddings against their reference).

@@ -8,9 +8,9 @@
 //! - `GET /v2/models/{model}[/versions/{v}]/config`: the model's configuration as Triton
 //!   publishes it (`max_batch_size`, inputs and outputs with `TYPE_*` data types and dims,
 //!   dynamic batching, instance groups), for Triton's clients and tools;
-//! - `POST /v2/repository/index`: the models loaded, each `READY`, and those unloaded through
-//!   the repository API, `UNAVAILABLE` (Triton's model repository index, tritonclient's
-//!   `get_model_repository_index`);
+//! - `POST /v2/repository/index`: the models served, each `READY` (its reason saying whether
+//!   it is in memory now), and those unloaded through the repository API, `UNAVAILABLE`
+//!   (Triton's model repository index, tritonclient's `get_model_repository_index`);
 //! - `POST /v2/models/{model}[/versions/{v}]/infer`: JSON tensors, or the binary tensor data
 //!   extension (`Inference-Header-Content-Length`), decoded within bounds (`decode`) and
 //!   answered (`encode`) against the node's memory budget, through the model's scheduler like

@@ -92,7 +92,7 @@ impl From<ComputeError> for Failure {
     fn from(error: ComputeError) -> Failure {
         let kind = match error {
             ComputeError::InvalidInput(_) => FailureKind::Unprocessable,
-            ComputeError::Overloaded { .. } => FailureKind::Overloaded,
+            ComputeError::Overloaded { .. } | ComputeError::NoRoom { .. } => FailureKind::Overloaded,
             ComputeError::DeadlineExpired { .. } => FailureKind::DeadlineExceeded,
             ComputeError::Failed { .. } => FailureKind::Internal,
         };

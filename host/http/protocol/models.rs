@@ -6,6 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::http::protocol::{Failure, FailureKind};
+use crate::inference::residency::State;
 use crate::inference::served::ServedModel;
 use crate::inference::tensor::{ElementType, TensorSpec};
 use crate::node::Node;
@@ -16,8 +17,10 @@ pub fn no_model(name: &str) -> Failure {
     Failure::new(FailureKind::NotFound, format!("no model named {name:?}"))
 }
 
-/// One model in the repository's index: every loaded model is `READY`; one unloaded
-/// through the repository API is `UNAVAILABLE` (`unloaded`) until loaded again.
+/// One model in the repository's index: every model the node serves is `READY`, its reason
+/// empty when it is in memory (as Triton gives it) and else saying so (`loading`, or `not
+/// loaded: loads on first use`); one unloaded through the repository API is `UNAVAILABLE`
+/// (`unloaded`) until loaded again.
 pub struct IndexEntry {
     pub name: String,
     pub state: &'static str,
@@ -29,7 +32,10 @@ pub fn repository_index(node: &Node, models: &Models) -> Vec<IndexEntry> {
     let loaded = models.all().into_iter().map(|model| IndexEntry {
         name: model.name().to_string(),
         state: "READY",
-        reason: "",
+        reason: match model.residency() {
+            State::Loaded => "",
+            _ => residency(model),
+        },
     });
     let unloaded = node.control().unloaded_models().into_iter().map(|name| IndexEntry {
         name,
@@ -37,6 +43,15 @@ pub fn repository_index(node: &Node, models: &Models) -> Vec<IndexEntry> {
         reason: "unloaded",
     });
     loaded.chain(unloaded).collect()
+}
+
+/// Whether a served model is in memory now, in words.
+pub fn residency(model: &ServedModel) -> &'static str {
+    match model.residency() {
+        State::Loaded => "loaded",
+        State::Loading => "loading",
+        State::NotLoaded => "not loaded: loads on first use",
+    }
 }
 
 /// An input's or an output's metadata: its name, element type and shape (`-1` for a

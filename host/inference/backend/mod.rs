@@ -34,6 +34,25 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// A model shared with its other users is a model too.
+impl Backend for std::sync::Arc<dyn Backend> {
+    fn signature(&self) -> &Signature {
+        self.as_ref().signature()
+    }
+
+    fn new_session(&self) -> anyhow::Result<Box<dyn Session>> {
+        self.as_ref().new_session()
+    }
+
+    fn name(&self) -> &'static str {
+        self.as_ref().name()
+    }
+
+    fn on_gpu(&self) -> bool {
+        self.as_ref().on_gpu()
+    }
+}
+
 /// One executor's run state for a model.
 pub trait Session: Send {
     /// Runs the model. `inputs` are in the signature's input order and already checked
@@ -86,6 +105,14 @@ pub fn use_onnxruntime_library(library: &Path) {
     ort::use_library(library);
     #[cfg(not(feature = "ort"))]
     let _ = library;
+}
+
+/// The ONNX Runtime library the node loads; `None` without the `ort` feature.
+pub fn onnxruntime_library() -> Option<std::path::PathBuf> {
+    #[cfg(feature = "ort")]
+    return Some(ort::library());
+    #[cfg(not(feature = "ort"))]
+    None
 }
 
 /// Loads an ONNX model with tract.

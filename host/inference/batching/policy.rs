@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::inference::backend::Backend;
-use crate::inference::batching::calibration;
+use crate::inference::batching::calibration::{self, Decision, Measurement};
 use crate::inference::tensor::Signature;
 
 /// Most padding in a batch, as a share of its input elements, for models that take a mask.
@@ -44,24 +44,26 @@ pub enum Batching {
     Off,
 }
 
-/// Decides the batch limit: 1 (no batching) or `max_batch_size`, measured for `auto` on a
-/// session of its own (so that a model that panics on the measurement leaves no executor's
-/// state behind).
+/// Decides the batch limit: 1 (no batching) or `max_batch_size`; for `auto`, from the
+/// `remembered` measurement or else measured on a session of its own (so that a model that
+/// panics on the measurement leaves no executor's state behind).
 pub fn batch_limit(
     name: &str,
     signature: &Signature,
     batching: Batching,
     max_batch_size: usize,
     backend: &dyn Backend,
-) -> anyhow::Result<usize> {
+    remembered: Option<&Measurement>,
+) -> anyhow::Result<Decision> {
+    let fixed = |limit| Ok(Decision { limit, measured: None });
     if !signature.batchable() || max_batch_size <= 1 || batching == Batching::Off {
-        return Ok(1);
+        return fixed(1);
     }
     if batching == Batching::On {
-        return Ok(max_batch_size);
+        return fixed(max_batch_size);
     }
     let mut session = backend.new_session().context("starting a session to measure batching")?;
-    Ok(calibration::batch_limit(name, signature, max_batch_size, session.as_mut()))
+    Ok(calibration::decide(name, signature, max_batch_size, session.as_mut(), remembered))
 }
 
 /// How a forming batch waits for more requests.

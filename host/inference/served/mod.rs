@@ -7,6 +7,7 @@ pub mod pipeline;
 use std::sync::Arc;
 
 use self::pipeline::{Pipeline, PipelineKind};
+use crate::inference::residency::State;
 use crate::inference::scheduler::{ComputeError, ModelScheduler};
 use crate::inference::tensor::{NamedTensor, Signature};
 use crate::request::RequestContext;
@@ -71,6 +72,28 @@ impl ServedModel {
     /// Which backends run it: for a pipeline, each step's, joined by `+`.
     pub fn backend(&self) -> String {
         self.schedulers().iter().map(|model| model.backend()).collect::<Vec<_>>().join("+")
+    }
+
+    /// Whether its engines are loaded: all of them, some loading, or not all.
+    pub fn residency(&self) -> State {
+        let states: Vec<State> = self.schedulers().iter().map(|model| model.residency()).collect();
+        if states.iter().all(|state| *state == State::Loaded) {
+            State::Loaded
+        } else if states.contains(&State::Loading) {
+            State::Loading
+        } else {
+            State::NotLoaded
+        }
+    }
+
+    /// The memory its loaded engines hold.
+    pub fn resident_bytes(&self) -> u64 {
+        self.schedulers().iter().map(|model| model.resident_bytes()).sum()
+    }
+
+    /// Whether it is never evicted.
+    pub fn pinned(&self) -> bool {
+        self.schedulers().iter().all(|model| model.pinned())
     }
 
     /// Every scheduler it computes through, in step order.

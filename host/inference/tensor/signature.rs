@@ -5,7 +5,7 @@
 use super::value::{ElementType, NamedTensor, Tensor, TensorError};
 
 /// One dimension of a declared tensor shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Dim {
     /// The size is fixed by the model.
     Fixed(usize),
@@ -14,7 +14,7 @@ pub enum Dim {
 }
 
 /// What a model declares about one input or output.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TensorSpec {
     pub name: String,
     pub element_type: ElementType,
@@ -81,7 +81,7 @@ impl TensorSpec {
 }
 
 /// The inputs and outputs of a model, in the model's order.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Signature {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,

@@ -7,7 +7,7 @@ use std::fmt;
 use bytes::Bytes;
 
 /// The element types `wasi:nn` can carry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ElementType {
     F16,
     F32,

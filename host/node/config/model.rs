@@ -112,6 +112,11 @@ pub struct ModelSettings {
     pub cache_ttl_ms: u64,
     /// When the queue is full, serve an expired cached result instead of refusing.
     pub serve_stale_on_overload: bool,
+    /// Load it before the node is ready and never evict it (`server.model_memory_mib`).
+    /// Other models load in the background once the node serves, or on first use, and may be
+    /// evicted. A split model is always pinned.
+    #[serde(skip_serializing_if = "is_false")]
+    pub pinned: bool,
     /// Run the model split into stages (see [`SplitConfig`]); the other settings apply to
     /// every stage.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,6 +141,7 @@ impl Default for ModelSettings {
             cache_max_bytes: 64 << 20,
             cache_ttl_ms: 60_000,
             serve_stale_on_overload: false,
+            pinned: false,
             split: None,
         }
     }
@@ -183,6 +189,11 @@ impl ModelSettings {
         };
         Declarations { inputs: declare(&self.inputs), outputs: declare(&self.outputs) }
     }
+}
+
+/// Whether a flag is unset, to leave it out of the JSON the state folder digests.
+fn is_false(flag: &bool) -> bool {
+    !flag
 }
 
 // How the config file spells the inference layer's choices (which know nothing of file

@@ -48,6 +48,14 @@ pub struct ServerConfig {
     pub memory_budget_mib: u64,
     /// Largest Open Inference Protocol infer request: a REST body or a gRPC message.
     pub max_infer_request_bytes: usize,
+    /// The memory the loaded models may hold together, in MiB (weights, sessions, arenas, as
+    /// measured when each loads). Models load on first use, and the least recently used idle
+    /// one is evicted to make room; pinned models never are. Default: no limit.
+    pub model_memory_mib: Option<u64>,
+    /// Remember what loading each model measured (its engine, batching, memory), so that the
+    /// next start decides the same at once: in the state folder, or without one in
+    /// `$XDG_CACHE_HOME/edge-infer/` (else `~/.cache/edge-infer/`).
+    pub remember_measurements: bool,
     /// Requests without credentials are refused (401) instead of served as the anonymous
     /// tenant.
     pub require_credentials: bool,
@@ -103,6 +111,8 @@ impl Default for ServerConfig {
             http2_keepalive_timeout_ms: 10_000,
             memory_budget_mib: 256,
             max_infer_request_bytes: 64 << 20,
+            model_memory_mib: None,
+            remember_measurements: true,
             require_credentials: false,
             tls_cert: None,
             tls_key: None,
@@ -178,8 +188,15 @@ impl ServerConfig {
                 }
             }
         }
-        if self.memory_budget_mib > MAX_MIB {
-            bail!("field `server.memory_budget_mib`: at most {MAX_MIB}");
+        for (name, value) in
+            [("memory_budget_mib", Some(self.memory_budget_mib)), ("model_memory_mib", self.model_memory_mib)]
+        {
+            if value.is_some_and(|mib| mib > MAX_MIB) {
+                bail!("field `server.{name}`: at most {MAX_MIB}");
+            }
+        }
+        if self.model_memory_mib == Some(0) {
+            bail!("field `server.model_memory_mib`: must be at least 1 (leave it out for no limit)");
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!("fields `server.tls_cert` and `server.tls_key`: give both, or neither");

@@ -45,7 +45,9 @@ impl ControlPlane {
                         .validate()
                         .map_err(|e| DeployError::Invalid(e.context(format!("model {name:?}"))))?;
                     let bytes = self.state.read(&spec.file)?;
-                    tokio::task::block_in_place(|| Models::load(name, spec, bytes))
+                    let reader = self.state.reader(&spec.file);
+                    let context = &self.settings.models;
+                    tokio::task::block_in_place(|| Models::load(name, spec, bytes, reader, context))
                         .map_err(DeployError::Rejected)?
                 }
             };

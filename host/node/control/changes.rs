@@ -307,7 +307,11 @@ impl Node {
             }
         }
         drop(serving);
+        // Models left unloaded (measured on an earlier start, not pinned) load now, as
+        // they fit.
+        let models = runtime.models.clone();
         self.swap(runtime);
+        models.load_in_background();
         control.state.release(saved.artifacts().difference(&artifacts).cloned());
         control.state.collect_garbage(&artifacts);
         *control.desired.lock().unwrap() = next;

@@ -43,6 +43,7 @@ pub use self::outcome::{DeployError, Outcome};
 pub use self::status::RouteStatus;
 pub use self::token::admin_token;
 use crate::node::Route;
+use crate::node::models::LoadContext;
 use crate::node::oci::Registries;
 use crate::node::state::{DesiredState, StateDir};
 use crate::request::memory::MemoryBudget;
@@ -64,6 +65,8 @@ pub struct ControlSettings {
     pub registries: Registries,
     /// The main listener's scheme (`http` or `https`) and port, reported to fleet tools.
     pub public_listener: (&'static str, u16),
+    /// Where models are charged, and what is remembered of them.
+    pub models: LoadContext,
 }
 
 /// The node's desired state and the folder that keeps it.
