@@ -58,27 +58,31 @@ pub struct Models {
 }
 
 impl Models {
-    /// Loads the model `name` from `bytes` (read by `reader`, which reads them again after an
-    /// eviction) as `spec` says, and starts its executors (for a split model, each stage's);
-    /// or, for an unpinned model measured before, makes its scheduler to load later.
+    /// Loads the model `name` from its file (which `reader` reads, now or after an eviction)
+    /// as `spec` says, and starts its executors (for a split model, each stage's); or, for an
+    /// unpinned model measured before, makes its scheduler to load later, without reading
+    /// its file.
     pub fn load(
         name: &str,
         spec: &ModelSpec,
-        bytes: Vec<u8>,
         reader: ArtifactReader,
         context: &LoadContext,
     ) -> anyhow::Result<LoadedModel> {
-        let bytes = hints::declare(bytes, &spec.settings.declarations())
-            .with_context(|| format!("declaring the tensors of model {name:?} ({})", spec.file))?;
+        let read = |reader: &ArtifactReader| -> anyhow::Result<Vec<u8>> {
+            hints::declare(reader.read()?, &spec.settings.declarations())
+                .with_context(|| format!("declaring the tensors of model {name:?} ({})", spec.file))
+        };
         let served = match &spec.settings.split {
             None => {
                 let identity = identity(spec, None);
-                let reload = reloader(reader, spec.settings.declarations());
+                let least_bytes = reader.size()?;
+                let file = || read(&reader);
                 let model =
                     Model { name, spec, kind: spec.settings.backend, stage: None, identity: &identity };
-                ServedModel::Single(Arc::new(model.start(bytes, Some(reload), context)?))
+                let reload = reloader(reader.clone(), spec.settings.declarations());
+                ServedModel::Single(Arc::new(model.start(file, least_bytes, Some(reload), context)?))
             }
-            Some(split) => load_split(name, spec, split, bytes, context)?,
+            Some(split) => load_split(name, spec, split, read(&reader)?, context)?,
         };
         Ok(LoadedModel { served, spec: spec.clone() })
     }
@@ -200,7 +204,8 @@ impl Model<'_> {
     /// an eviction; without one (a stage of a split model), it is pinned.
     fn start(
         self,
-        bytes: Vec<u8>,
+        file: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+        least_bytes: u64,
         reload: Option<Loader>,
         context: &LoadContext,
     ) -> anyhow::Result<ModelScheduler> {
@@ -208,7 +213,9 @@ impl Model<'_> {
         let pinned = self.spec.settings.pinned || reload.is_none();
         let reload: Loader =
             reload.unwrap_or_else(|| Arc::new(|_| anyhow::bail!("a stage of a split model stays loaded")));
-        let least_bytes = bytes.len() as u64;
+        let mut file = Some(file);
+        let mut bytes =
+            || file.take().map_or_else(|| anyhow::bail!("the model's file is read once"), |read| read());
         let residence = |remembered: Option<&Remembered>, loader| Residence {
             memory: context.memory.clone(),
             pinned,
@@ -234,7 +241,8 @@ impl Model<'_> {
                 false => Ok(()),
                 true => {
                     let loading = context.memory.begin_load();
-                    choice::load_engine(engine, bytes.clone())
+                    bytes()
+                        .and_then(|bytes| choice::load_engine(engine, bytes))
                         .and_then(|backend| scheduler.load_now(LoadCause::Start, Some((backend, loading))))
                         .map(drop)
                 }
@@ -257,7 +265,7 @@ impl Model<'_> {
             }
         }
         let loading = context.memory.begin_load();
-        let chosen = choice::load(name, self.kind, bytes)
+        let chosen = choice::load(name, self.kind, bytes()?)
             .with_context(|| format!("loading model {name:?} ({})", self.spec.file))?;
         let backend: Box<dyn Backend> = chosen.backend;
         let inputs = backend.signature().inputs.iter().map(|spec| spec.name.as_str());
@@ -323,7 +331,8 @@ fn load_split(
         let stage = Stage { executors: split.executors.get(index).copied(), first: index == 0 };
         let identity = identity(spec, Some(index));
         let stage_model = Model { name: &stage_name, spec, kind, stage: Some(stage), identity: &identity };
-        let scheduler = stage_model.start(model, None, context)?;
+        let least_bytes = model.len() as u64;
+        let scheduler = stage_model.start(|| Ok(model), least_bytes, None, context)?;
         // The tensors that cross a cut keep their names in the model: no map is needed.
         let (input_map, output_map) = Default::default();
         steps.push(StepSpec { model: ServedModel::Single(Arc::new(scheduler)), input_map, output_map });

@@ -120,6 +120,17 @@ pub struct ArtifactReader {
 }
 
 impl ArtifactReader {
+    /// The artifact's size in bytes (an error if it is not there).
+    pub fn size(&self) -> Result<u64, StateError> {
+        match fs::metadata(&self.path) {
+            Ok(metadata) => Ok(metadata.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(StateError::UnknownArtifact(self.digest.clone()))
+            }
+            Err(e) => Err(StateError::Io { what: "reading", path: self.path.clone(), source: e }),
+        }
+    }
+
     /// The artifact's bytes, checked against its digest.
     pub fn read(&self) -> Result<Vec<u8>, StateError> {
         let bytes = match fs::read(&self.path) {

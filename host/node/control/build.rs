@@ -44,10 +44,10 @@ impl ControlPlane {
                     spec.settings
                         .validate()
                         .map_err(|e| DeployError::Invalid(e.context(format!("model {name:?}"))))?;
-                    let bytes = self.state.read(&spec.file)?;
                     let reader = self.state.reader(&spec.file);
+                    reader.size()?;
                     let context = &self.settings.models;
-                    tokio::task::block_in_place(|| Models::load(name, spec, bytes, reader, context))
+                    tokio::task::block_in_place(|| Models::load(name, spec, reader, context))
                         .map_err(DeployError::Rejected)?
                 }
             };
