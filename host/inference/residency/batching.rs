@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::{NOISY_SHARE, Residency};
+use super::{Residency, quiet};
 use crate::inference::backend::Backend;
 use crate::inference::batching::calibration::Measurement;
 use crate::inference::batching::policy::{self, Batching};
@@ -52,19 +52,18 @@ impl Residency {
     }
 
     /// Measures batching again once the machine is quiet (for a second, other processes
-    /// use at most [`NOISY_SHARE`] of the cores), on a session of its own beside the
+    /// use at most half the cores), on a session of its own beside the
     /// executors, while the model is loaded; the log and `edge_infer_model_max_batch_size`
     /// say what it decided. For a decision a noisy load made: one bad moment does not decide
     /// for the life of the process.
     pub(super) fn revisit_when_quiet(self: &Arc<Self>, engine: Weak<dyn Backend>) {
         let residency = Arc::downgrade(self);
         let spawned = thread::Builder::new().name(format!("revisit-{}", self.name())).spawn(move || {
-            let cores = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
             for _ in 0..REVISIT_WAIT.as_secs() {
                 let Some(before) = CpuSample::now() else { return };
                 thread::sleep(Duration::from_secs(1));
                 let Some(after) = CpuSample::now() else { return };
-                if before.others_busy_cores(&after) > NOISY_SHARE * cores {
+                if !quiet(before.others_busy_cores(&after)) {
                     continue;
                 }
                 if let (Some(residency), Some(engine)) = (residency.upgrade(), engine.upgrade()) {

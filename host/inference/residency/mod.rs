@@ -50,6 +50,12 @@ const MIB: f64 = (1u64 << 20) as f64;
 /// node, not a shell polling it.
 const NOISY_SHARE: f64 = 0.5;
 
+/// Whether other processes keeping `others_busy_cores` busy leave the machine quiet enough
+/// to measure on (see [`NOISY_SHARE`]).
+fn quiet(others_busy_cores: f64) -> bool {
+    others_busy_cores <= NOISY_SHARE * thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
 /// Loads a model's engine again, by the engine's name, after an eviction.
 pub type Loader = Arc<dyn Fn(&'static str) -> anyhow::Result<Box<dyn Backend>> + Send + Sync>;
 
@@ -373,8 +379,7 @@ impl Residency {
             cause = ?cause,
             "model loaded"
         );
-        let cores = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let quiet = others_busy_cores <= NOISY_SHARE * cores;
+        let quiet = quiet(others_busy_cores);
         if !quiet {
             info!(
                 model = %self.name(),
