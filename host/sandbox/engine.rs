@@ -3,11 +3,12 @@
 //! Each version of a route has an engine of its own, so a version being deployed never
 //! competes for instance slots with the one it replaces, and its pool goes with it once it
 //! has drained. Instances come from a pooling allocator sized from the route's concurrency
-//! cap and the instances it makes ahead, so a fresh instance per request costs microseconds (slots are reused and memory is
-//! copy-on-write from the component's image). Components may not use the component model's
-//! async ABI (`concurrency_support` is off): guests are `wasi:http` 0.2 handlers. A large
-//! component (an interpreter and its heap snapshot) keeps its instances' memory resident
-//! between requests, rewritten in place, instead of faulting it in again.
+//! cap and the instances it makes ahead, so a fresh instance per request costs microseconds
+//! (slots are reused and memory is copy-on-write from the component's image). Only a
+//! `wasi:http` 0.3 guest's engine has the component model's async ABI
+//! (`concurrency_support`); a 0.2 guest's goes without its bookkeeping. A large component
+//! (an interpreter and its heap snapshot) keeps its instances' memory resident between
+//! requests, rewritten in place, instead of faulting it in again.
 //! A background thread advances the engine's epoch every [`EPOCH_TICK`]; guests yield to
 //! tokio at each tick, which is how a guest stuck in a loop is cut off at its deadline.
 
@@ -16,6 +17,8 @@ use std::time::Duration;
 
 use wasmtime::error::Context as _;
 use wasmtime::{Cache, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::sandbox::abi::GuestAbi;
 
 /// How often the epoch advances: the granularity of guest time slices and deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -71,6 +74,9 @@ pub struct EngineLimits {
     pub memory_keep_resident_bytes: usize,
     /// Whether to use wasmtime's on-disk compilation cache.
     pub compilation_cache: bool,
+    /// The `wasi:http` its component serves: a 0.3 guest needs the component model's async
+    /// ABI.
+    pub guest_abi: GuestAbi,
 }
 
 /// Makes the engine and starts its epoch clock.
@@ -91,9 +97,13 @@ pub fn new_engine(limits: EngineLimits) -> anyhow::Result<Engine> {
 
     let mut config = Config::new();
     config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    // Guests are `wasi:http/proxy` 0.2 components, called one at a time per store: the
-    // component-model-async machinery would only add bookkeeping to every host call.
-    config.concurrency_support(false);
+    // A 0.2 guest is called once per store, synchronously: the component-model-async
+    // machinery would only add bookkeeping to every host call. A 0.3 guest needs it.
+    let p3 = limits.guest_abi == GuestAbi::P3;
+    config.concurrency_support(p3);
+    if p3 {
+        config.wasm_component_model_async(true);
+    }
     if limits.compilation_cache {
         let cache = Cache::from_file(None).context("setting up wasmtime's compilation cache")?;
         config.cache(Some(cache));

@@ -1,12 +1,12 @@
 //! What a guest component may import, checked when its route loads.
 //!
 //! By default a component may import anything the sandbox links: all of WASI 0.2 (any
-//! 0.2.x), with its capabilities closed (no preopened folders, no sockets, no outgoing HTTP,
+//! 0.2.x), and of 0.3 for a 0.3 guest, with its capabilities closed (no preopened folders, no sockets, no outgoing HTTP,
 //! an empty environment), and `wasi:nn`; so a standard `wasi:http/proxy` component from any
 //! toolchain loads unmodified, as under `wasmtime serve`. Anything else fails to link, named.
 //!
-//! A route with `strict_imports` allows only the guest world: `wasi:http/proxy` (HTTP types
-//! and handlers, streams, clocks, random, stdio) and `wasi:nn`, plus the `wasi:cli`
+//! A route with `strict_imports` allows only the guest world: `wasi:http/proxy` or
+//! `wasi:http/service` (HTTP types and handlers, streams, clocks, random, stdio) and `wasi:nn`, plus the `wasi:cli`
 //! interfaces that language runtimes link in whether they use them or not (environment,
 //! exit, terminals), and the packages its `grant` lists (`wasi:filesystem`,
 //! `wasi:sockets`, still without access). Anything else refuses the route at start-up,
@@ -15,10 +15,15 @@
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// Interfaces every guest may import (versions aside).
-pub const GUEST_WORLD: [&str; 24] = [
+/// Interfaces every guest may import (versions aside): 0.2's and 0.3's.
+pub const GUEST_WORLD: [&str; 28] = [
     "wasi:http/types",
     "wasi:http/outgoing-handler",
+    // 0.3's outgoing requests, wall clock and shared types.
+    "wasi:http/client",
+    "wasi:clocks/system-clock",
+    "wasi:clocks/types",
+    "wasi:cli/types",
     "wasi:io/poll",
     "wasi:io/error",
     "wasi:io/streams",

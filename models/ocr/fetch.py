@@ -15,6 +15,7 @@ Run: python3 models/ocr/fetch.py   (needs pip). Skips what is already here and v
 """
 
 import hashlib
+import os
 import pathlib
 import subprocess
 import sys
@@ -108,8 +109,9 @@ def main():
                 data = archive.read(member)
                 if hashlib.sha256(data).hexdigest() != digest:
                     sys.exit(f"{member}: sha256 {hashlib.sha256(data).hexdigest()}, expected {digest}")
-                # Written whole, then renamed: an interrupted fetch leaves nothing half-written.
-                partial = HERE / f"{name}.partial"
+                # Written whole under a name of its own run, then renamed: an interrupted or
+                # concurrent fetch leaves nothing half-written.
+                partial = HERE / f".{name}.{os.getpid()}.partial"
                 partial.write_bytes(data)
                 partial.replace(HERE / name)
     characters = metadata((HERE / "rec.onnx").read_bytes())["character"]

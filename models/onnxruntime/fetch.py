@@ -75,13 +75,15 @@ def main():
         with zipfile.ZipFile(wheel) as archive:
             for member, name in MEMBERS.items():
                 # Written beside, checked, then renamed: a server that has the library loaded,
-                # or another run of this script, never sees a half-written file.
+                # or another run of this script (tests run it in parallel), never sees a
+                # half-written file; each run stages under a name of its own.
                 partial = pathlib.Path(folder) / name
                 partial.write_bytes(archive.read(member))
                 if name == LIBRARY and sha256(partial) != library_sha256:
                     sys.exit(f"{LIBRARY} from {wheel_name}: sha256 {sha256(partial)}, expected {library_sha256}")
-                shutil.move(partial, HERE / f".{name}.partial")
-                os.replace(HERE / f".{name}.partial", HERE / name)
+                staged = HERE / f".{name}.{os.getpid()}.partial"
+                shutil.move(partial, staged)
+                os.replace(staged, HERE / name)
     print(f"wrote {library} ({library.stat().st_size} bytes)")
 
 

@@ -2,7 +2,9 @@
 //! `wasi:nn` in a few calls.
 //!
 //! A guest is a `wasi:http/proxy` component that may call models through `wasi:nn`. With this
-//! crate it is a type that implements [`Handler`], exported with [`export!`]:
+//! crate it is a type that implements [`Handler`], exported with [`export!`] (or, for a
+//! `wasi:http` 0.3 guest with an async handler and streamed bodies, `p3::Handler` and
+//! `export_p3!`, with the feature `p3`):
 //!
 //! ```no_run
 //! use edge_infer_guest::{Error, Handler, Request, Response, Tensor, TensorExt, infer};
@@ -55,6 +57,29 @@ pub mod nn {
 
 pub use nn::tensor::{Tensor, TensorType};
 
+#[cfg(feature = "p3")]
+pub mod p3;
+
+/// The name of a `wasi:http` method (0.2's and 0.3's enums have the same cases), upper case.
+macro_rules! method_name {
+    ($method:expr, $enum:path) => {{
+        use $enum as Method;
+        match $method {
+            Method::Get => "GET".to_string(),
+            Method::Head => "HEAD".to_string(),
+            Method::Post => "POST".to_string(),
+            Method::Put => "PUT".to_string(),
+            Method::Delete => "DELETE".to_string(),
+            Method::Connect => "CONNECT".to_string(),
+            Method::Options => "OPTIONS".to_string(),
+            Method::Trace => "TRACE".to_string(),
+            Method::Patch => "PATCH".to_string(),
+            Method::Other(other) => other,
+        }
+    }};
+}
+pub(crate) use method_name;
+
 /// A guest's request handler. A fresh instance serves each request, so it keeps no state.
 pub trait Handler {
     /// Answers one request; an `Err` is answered with its status and `{"error": message}`.
@@ -100,20 +125,17 @@ pub struct Request {
     body: OnceCell<Vec<u8>>,
 }
 
+/// The first value of header `name` (case-insensitive) among `headers`, if it is UTF-8.
+fn first_header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+}
+
 impl Request {
     fn new(incoming: IncomingRequest) -> Request {
-        let method = match incoming.method() {
-            Method::Get => "GET".to_string(),
-            Method::Head => "HEAD".to_string(),
-            Method::Post => "POST".to_string(),
-            Method::Put => "PUT".to_string(),
-            Method::Delete => "DELETE".to_string(),
-            Method::Connect => "CONNECT".to_string(),
-            Method::Options => "OPTIONS".to_string(),
-            Method::Trace => "TRACE".to_string(),
-            Method::Patch => "PATCH".to_string(),
-            Method::Other(other) => other,
-        };
+        let method = method_name!(incoming.method(), Method);
         let path = incoming.path_with_query().unwrap_or_else(|| "/".to_string());
         Request { incoming, method, path, headers: OnceCell::new(), body: OnceCell::new() }
     }
@@ -123,18 +145,15 @@ impl Request {
         &self.method
     }
 
-    /// The path with its query, as the client sent it (the route's prefix included).
+    /// The path with its query, as the route hands it: the whole path, or the path below the
+    /// route's mount with its `strip_mount`.
     pub fn path(&self) -> &str {
         &self.path
     }
 
     /// The first value of header `name` (case-insensitive), if it is present and UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get_or_init(|| self.incoming.headers().entries())
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        first_header(self.headers.get_or_init(|| self.incoming.headers().entries()), name)
     }
 
     /// The whole body; one that cannot be read is a 400.

@@ -13,7 +13,7 @@ use crate::node::oci::OciError;
 use crate::node::state::StateError;
 use crate::request::memory::MemoryExhausted;
 use crate::sandbox::admission::Rejection;
-use crate::sandbox::component::GuestFailure;
+use crate::sandbox::failure::GuestFailure;
 
 /// How a request failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -217,13 +217,20 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 pub(super) struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    /// Watches `body`'s progress for as long as the request is in flight.
-    pub(super) fn track(self, body: Body) -> Tracked {
-        // Until hyper takes its first frame, the response waits for the client (an HTTP/2
+    /// Watches `body`'s progress for as long as the request is in flight. Only an HTTP/2
+    /// response (`multiplexed`) can wait for the client without a write waiting too: its
+    /// frames wait for the stream's window. An HTTP/1.1 connection writes what hyper takes at
+    /// once, so a client that does not read shows as a blocked write; and once the last frame
+    /// is written, what the kernel still holds for a slow reader is no stall of the response.
+    pub(super) fn track(self, body: Body, multiplexed: bool) -> Tracked {
+        // Until hyper takes its first frame, an HTTP/2 response waits for the client (a
         // window at zero is never opened); one with nothing to send waits for nobody.
-        let waiting = if http_body::Body::is_end_stream(&body) { NOT_WAITING } else { self.0.now_ms() };
+        let waiting = match multiplexed && !http_body::Body::is_end_stream(&body) {
+            true => self.0.now_ms(),
+            false => NOT_WAITING,
+        };
         let progress = self.0.progress(waiting);
-        Tracked { body, rest: None, progress, request: self }
+        Tracked { body, rest: None, progress, multiplexed, request: self }
     }
 }
 
@@ -242,6 +249,8 @@ pub(super) struct Tracked {
     /// What is left of a data frame larger than [`MAX_FRAME_BYTES`], handed out in pieces.
     rest: Option<bytes::Bytes>,
     progress: Arc<Progress>,
+    /// An HTTP/2 stream's (see [`InFlight::track`]).
+    multiplexed: bool,
     request: InFlight,
 }
 
@@ -277,7 +286,7 @@ impl http_body::Body for Tracked {
         });
         let waiting = match &polled {
             // hyper has a frame to send: until it asks for the next, the client is taking it.
-            Poll::Ready(Some(Ok(_))) => this.request.0.now_ms(),
+            Poll::Ready(Some(Ok(_))) if this.multiplexed => this.request.0.now_ms(),
             Poll::Ready(_) | Poll::Pending => NOT_WAITING,
         };
         this.progress.waiting_since_ms.store(waiting, Ordering::Relaxed);
@@ -326,12 +335,18 @@ mod tests {
         };
         let activity = Arc::new(Activity::new());
         let empty = crate::http::response::text(http::StatusCode::OK, "text/plain", "").into_body();
-        let done = activity.begin().track(empty);
+        let done = activity.begin().track(empty, true);
         assert_eq!(activity.overdue(&policy), None, "an empty body waits for nobody");
-        let full = crate::http::response::text(http::StatusCode::OK, "text/plain", "x").into_body();
-        let stalled = activity.begin().track(full);
-        assert_eq!(activity.overdue(&policy), Some(ConnectionClosed::SendTimeout));
-        drop((done, stalled));
+        let text = || crate::http::response::text(http::StatusCode::OK, "text/plain", "x").into_body();
+        let written = activity.begin().track(text(), false);
+        assert_eq!(activity.overdue(&policy), None, "HTTP/1.1: only a blocked write is a stall");
+        let stalled = activity.begin().track(text(), true);
+        assert_eq!(
+            activity.overdue(&policy),
+            Some(ConnectionClosed::SendTimeout),
+            "an HTTP/2 window held shut"
+        );
+        drop((done, written, stalled));
         assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
         let patient = ListenerPolicy { send_timeout: Duration::from_secs(1), ..policy };
         assert_eq!(activity.overdue(&patient), None);
@@ -347,7 +362,7 @@ mod tests {
         let activity = Arc::new(Activity::new());
         let big = vec![7u8; 3 * MAX_FRAME_BYTES + 1];
         let big = crate::http::response::text(http::StatusCode::OK, "text/plain", big);
-        let mut tracked = activity.begin().track(big.into_body());
+        let mut tracked = activity.begin().track(big.into_body(), true);
         let mut sizes = Vec::new();
         while let Some(frame) = http_body_util::BodyExt::frame(&mut tracked).await {
             sizes.push(frame.unwrap().into_data().unwrap().len());

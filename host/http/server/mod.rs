@@ -195,12 +195,13 @@ impl Connection {
         let client = Client { address: peer, certificate_tenant };
         let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             let (node, handler, started) = (node.clone(), handler.clone(), tracked.begin());
+            let multiplexed = request.version() == hyper::Version::HTTP_2;
             request.extensions_mut().insert(client.clone());
             async move {
                 let response = handler.answer(node, request).await;
                 // The request counts as in flight until its body is sent (or dropped), and
                 // the body's progress is watched meanwhile.
-                Ok::<_, Infallible>(response.map(|body| started.track(body).boxed_unsync()))
+                Ok::<_, Infallible>(response.map(|body| started.track(body, multiplexed).boxed_unsync()))
             }
         });
         let io = Watched { io, activity: activity.clone() };

@@ -27,7 +27,8 @@ const OCR_MAX_BODY_BYTES: usize = 8 << 20;
 const ONNXRUNTIME_LIBRARY: &str = "onnxruntime/libonnxruntime.so.1.31.1";
 
 impl Config {
-    /// The bundled examples: digits, voice activity and hello, from this build, and those
+    /// The bundled examples: digits (whole, and streamed by a 0.3 guest), voice activity and
+    /// hello, from this build, and those
     /// whose parts are there: the Python and JavaScript digits guests once built, `/embed`
     /// once its model is fetched. Logs, for each one left out, the command that enables it.
     pub fn bundled() -> Config {
@@ -58,6 +59,8 @@ impl Config {
         let mut routes = vec![
             route("/digits", "digits.wasm", &["digits"]),
             route("/hello", "hello.wasm", &[]),
+            // A `wasi:http` 0.3 guest: digits classified one NDJSON line at a time.
+            route("/stream", "stream.wasm", &["digits"]),
             route("/vad", "vad.wasm", &["vad"]),
         ];
         // The Python and JavaScript guests, when guest/build-py-js.sh has built them.
@@ -183,7 +186,7 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let (config, left_out) = Config::bundled_from(empty.path(), empty.path());
         let paths: Vec<&str> = config.routes.iter().map(|r| r.path.as_str()).collect();
-        assert_eq!(paths, ["/digits", "/hello", "/vad"]);
+        assert_eq!(paths, ["/digits", "/hello", "/stream", "/vad"]);
         assert_eq!(config.server.onnxruntime_library, None);
         assert_eq!(left_out.len(), 4, "{left_out:?}");
         assert!(left_out[0].contains("/digits-py") && left_out[0].contains("guest/build-py-js.sh"));

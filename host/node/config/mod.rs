@@ -28,7 +28,10 @@ use serde::Deserialize;
 pub use self::model::{
     EnsembleConfig, EnsembleStep, HintSize, ModelConfig, ModelSettings, SplitConfig, StageBackend, TensorHint,
 };
-pub use self::route::{HEALTH_PATH, METRICS_PATH, OIP_PREFIX, RouteConfig, RouteSettings, path_matches};
+pub use self::route::{
+    HEALTH_PATH, METRICS_PATH, OIP_PREFIX, RESERVED_PATHS, ROOT_PATH, RouteConfig, RouteSettings,
+    path_below_mount, path_matches,
+};
 pub use self::server::{DEFAULT_ADMIN_CONNECTIONS, ListenerSettings, ServerConfig};
 pub use self::source::Source;
 pub use self::tenant::TenantConfig;

@@ -25,8 +25,11 @@ pub const HEALTH_PATH: &str = "/healthz";
 pub const METRICS_PATH: &str = "/metrics";
 /// The Open Inference Protocol, under this prefix.
 pub const OIP_PREFIX: &str = "/v2";
-/// Paths that the host answers itself; no route may take them.
-const RESERVED_PATHS: [&str; 3] = [HEALTH_PATH, OIP_PREFIX, METRICS_PATH];
+/// The root route's path: it serves every path that no other route and no host path takes.
+pub const ROOT_PATH: &str = "/";
+/// Paths that the host answers itself, before any route (the root route included), with
+/// everything below them; no route may take them.
+pub const RESERVED_PATHS: [&str; 3] = [HEALTH_PATH, OIP_PREFIX, METRICS_PATH];
 
 /// Resource handles the host itself makes for every request (the request, its response
 /// slot, streams): a `max_host_resources` below this could serve nothing.
@@ -42,6 +45,8 @@ pub struct RouteConfig<C = Source> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The path it serves, e.g. `/digits`; it also serves every path below (`/digits/...`).
+    /// `/` is the root route: every path no other route or the host takes (see
+    /// [`RESERVED_PATHS`]).
     pub path: String,
     /// The guest component: a `.wasm` path, or `oci://…`.
     pub component: C,
@@ -134,6 +139,16 @@ pub struct RouteSettings {
     /// With `strict_imports`: WASI packages beyond the guest world the component may import
     /// (`wasi:filesystem`, `wasi:sockets`), linked but without access.
     pub grant: Vec<String>,
+    /// Hand the guest the path below the route's mount (`/app/echo` reaches a route at `/app`
+    /// as `/echo`) instead of the full path, so an application written to be served at the
+    /// root runs unmodified under a prefix. Either way the guest also gets the mount in
+    /// `x-edge-mount` and the path below it in `x-edge-path-info`.
+    #[serde(skip_serializing_if = "is_false")]
+    pub strip_mount: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 impl Default for RouteSettings {
@@ -154,6 +169,7 @@ impl Default for RouteSettings {
             read_only_dirs: BTreeMap::new(),
             strict_imports: false,
             grant: Vec::new(),
+            strip_mount: false,
         }
     }
 }
@@ -212,17 +228,21 @@ impl RouteSettings {
 }
 
 impl<C> RouteConfig<C> {
-    /// The route's name: `name`, else its path without the leading `/` (`/a/b` is `a-b`).
+    /// The route's name: `name`, else its path without the leading `/` (`/a/b` is `a-b`), or
+    /// `root` for the root route.
     pub fn name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.path.trim_start_matches('/').replace('/', "-"))
+        self.name.clone().unwrap_or_else(|| match self.path.as_str() {
+            ROOT_PATH => "root".to_string(),
+            path => path.trim_start_matches('/').replace('/', "-"),
+        })
     }
 
     /// Checks one route on its own: its path, its settings, and that each model it names
     /// passes `model_exists`. The messages name the field.
     pub fn validate(&self, model_exists: impl Fn(&str) -> bool) -> anyhow::Result<()> {
         let path = self.path.as_str();
-        if !path.starts_with('/') || path.len() < 2 || path.ends_with('/') {
-            bail!("`path`: {path:?} must start with '/', name something, and not end with '/'");
+        if path != ROOT_PATH && (!path.starts_with('/') || path.ends_with('/')) {
+            bail!("`path`: {path:?} must be \"/\" (the root route), or start with '/' and not end with '/'");
         }
         if RESERVED_PATHS.iter().any(|reserved| path_matches(path, reserved)) {
             bail!("`path`: {path:?} is reserved for the host ({RESERVED_PATHS:?})");
@@ -241,9 +261,23 @@ impl<C> RouteConfig<C> {
     }
 }
 
-/// Whether a request path falls under a route path: the path itself or anything below it.
+/// Whether a request path falls under a route path: the path itself or anything below it
+/// (every path, for the root route).
 pub fn path_matches(request_path: &str, route_path: &str) -> bool {
-    request_path.strip_prefix(route_path).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    route_path == ROOT_PATH
+        || request_path.strip_prefix(route_path).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The part of `request_path` below the mount `route_path` (which it falls under), as a path:
+/// `/echo` for `/app/echo` under `/app`, `/` for `/app` itself, the whole path under the root.
+pub fn path_below_mount<'a>(request_path: &'a str, route_path: &str) -> &'a str {
+    if route_path == ROOT_PATH {
+        return request_path;
+    }
+    match request_path.strip_prefix(route_path) {
+        Some("") | None => ROOT_PATH,
+        Some(rest) => rest,
+    }
 }
 
 #[cfg(test)]
@@ -298,6 +332,27 @@ mod tests {
         assert!(path_matches("/digits/batch", "/digits"));
         assert!(!path_matches("/digitsx", "/digits"));
         assert!(!path_matches("/dig", "/digits"));
+        assert!(path_matches("/", "/") && path_matches("/anything/at/all", "/"));
+    }
+
+    #[test]
+    fn the_path_below_a_mount_is_a_path() {
+        assert_eq!(path_below_mount("/app/echo/x", "/app"), "/echo/x");
+        assert_eq!(path_below_mount("/app", "/app"), "/");
+        assert_eq!(path_below_mount("/echo", "/"), "/echo");
+        assert_eq!(path_below_mount("/", "/"), "/");
+    }
+
+    #[test]
+    fn the_root_route_is_allowed_and_named_root_but_host_paths_stay_reserved() {
+        let config = parse("[[routes]]\npath = \"/\"\ncomponent = \"a.wasm\"\nstrip_mount = true").unwrap();
+        assert_eq!((config.routes[0].name(), config.routes[0].settings.strip_mount), ("root".into(), true));
+        for bad in ["", "app", "/app/", "//"] {
+            let message = error(&format!("[[routes]]\npath = {bad:?}\ncomponent = \"a.wasm\""));
+            assert!(message.contains("must be \"/\" (the root route)"), "{bad:?}: {message}");
+        }
+        let metrics = error("[[routes]]\npath = \"/metrics/x\"\ncomponent = \"a.wasm\"");
+        assert!(metrics.contains("reserved"), "{metrics}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::node::state::{DesiredState, RouteSpec};
 use crate::node::{Route, Runtime};
 use crate::request::memory::MemoryBudget;
 use crate::sandbox::InstanceLimits;
+use crate::sandbox::abi;
 use crate::sandbox::admission::Admission;
 use crate::sandbox::capabilities::Capabilities;
 use crate::sandbox::component::{GuestComponent, GuestSpec};
@@ -150,12 +151,15 @@ async fn load_route(
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
     let grant = Arc::new(NnGrant { models: granted, allow_model_load: settings.allow_model_load });
     let metrics = RouteMetrics::new(&spec.path);
+    let guest_abi =
+        abi::detect(component).with_context(|| format!("compiling the component {}", spec.component))?;
     let engine = new_engine(EngineLimits {
         instances: u32::try_from(settings.max_concurrency.saturating_add(settings.ready_instances))
             .unwrap_or(u32::MAX),
         max_memory_bytes: settings.memory_mib as usize * MIB,
         memory_keep_resident_bytes: memory_keep_resident(component.len(), settings.memory_mib as usize * MIB),
         compilation_cache,
+        guest_abi,
     })?;
     let label = spec.component.to_string();
     let guest_spec = GuestSpec {
@@ -176,12 +180,13 @@ async fn load_route(
         ready_instances: settings.ready_instances,
         timeout: Duration::from_millis(settings.timeout_ms),
         memory: memory.clone(),
+        abi: guest_abi,
     };
     if !settings.strict_imports && !settings.grant.is_empty() {
         warn!(route = %spec.path, "`grant` has no effect without `strict_imports = true`: every WASI package links, its capabilities closed");
     }
     let guest = GuestComponent::load(&engine, guest_spec, grant, &metrics).await?;
-    info!(route = %name, path = %spec.path, component = %label, "route ready");
+    info!(route = %name, path = %spec.path, component = %label, abi = guest_abi.label(), "route ready");
     Ok(Route {
         name: name.to_string(),
         path: spec.path.clone(),
