@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{Server, client, componentize_py, guest, interpreted_guests, post_json, repo_file, run_tool};
+use common::{Server, build_plain_python_app, client, guest, interpreted_guests, post_json};
 use serde_json::{Value, json};
 
 fn config() -> String {
@@ -88,19 +86,7 @@ async fn a_componentize_py_app_serves_its_own_routes_at_the_root_and_under_a_pre
     interpreted_guests(); // installs the pinned componentize-py
     let built = tempfile::tempdir().unwrap();
     let app = built.path().join("router-py.wasm");
-    run_tool(
-        Command::new(componentize_py())
-            .args([
-                "-d",
-                &repo_file("wit").display().to_string(),
-                "-w",
-                "wasi:http/proxy@0.2.12",
-                "componentize",
-            ])
-            .args(["-p", &repo_file("guest/router-py").display().to_string(), "app", "-o"])
-            .arg(&app),
-        "componentize-py",
-    );
+    build_plain_python_app("guest/router-py", &app);
     let config = format!(
         "[[routes]]\npath = \"/\"\ncomponent = \"{app}\"\nmemory_mib = 256\n\n[[routes]]\npath = \"/py\"\ncomponent = \"{app}\"\nmemory_mib = 256\nstrip_mount = true\n",
         app = app.display()

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Server, client, componentize_py, guest, interpreted_guests, repo_file, run_tool};
+use common::{Server, build_plain_python_app, client, guest, interpreted_guests, repo_file, run_tool};
 use serde_json::Value;
 
 fn route(path: &str, component: &Path, extra: &str) -> String {
@@ -31,19 +31,7 @@ async fn components_from_other_toolchains_serve_and_cannot_reach_out() {
     interpreted_guests();
     let built = tempfile::tempdir().unwrap();
     let (python, javascript) = (built.path().join("plain-py.wasm"), built.path().join("plain-js.wasm"));
-    run_tool(
-        Command::new(componentize_py())
-            .args([
-                "-d",
-                &repo_file("wit").display().to_string(),
-                "-w",
-                "wasi:http/proxy@0.2.12",
-                "componentize",
-            ])
-            .args(["-p", &repo_file("guest/plain-py").display().to_string(), "app", "-o"])
-            .arg(&python),
-        "componentize-py",
-    );
+    build_plain_python_app("guest/plain-py", &python);
     run_tool(
         Command::new("node")
             .arg(repo_file("guest/sdk-js/build.mjs"))

@@ -407,6 +407,24 @@ pub fn build_python_guest(folder: &Path, out: &Path) {
     );
 }
 
+/// Builds `app.py` in `folder` into `out` as a plain `wasi:http/proxy` component, without the
+/// edge-infer helper, as any componentize-py user would (call [`interpreted_guests`] first).
+pub fn build_plain_python_app(folder: &str, out: &Path) {
+    run_tool(
+        Command::new(componentize_py())
+            .args([
+                "-d",
+                &repo_file("wit").display().to_string(),
+                "-w",
+                "wasi:http/proxy@0.2.12",
+                "componentize",
+            ])
+            .args(["-p", &repo_file(folder).display().to_string(), "app", "-o"])
+            .arg(out),
+        "componentize-py",
+    );
+}
+
 /// Runs a build tool, failing the test with its output if it fails.
 pub fn run_tool(command: &mut Command, what: &str) {
     let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
