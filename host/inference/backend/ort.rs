@@ -113,7 +113,9 @@ fn execution_provider(device: Device) -> anyhow::Result<Option<ExecutionProvider
     }
 }
 
-fn new_session(bytes: &[u8], device: Device) -> anyhow::Result<OrtSessionHandle> {
+/// An ONNX Runtime session for a model, on the shared thread pool; for callers that drive
+/// ONNX Runtime's values themselves (the decoder of `inference::generation`).
+pub(crate) fn new_session(bytes: &[u8], device: Device) -> anyhow::Result<OrtSessionHandle> {
     let environment = runtime().map_err(anyhow::Error::msg)?;
     // Sessions run on the environment's shared thread pool (see `runtime`).
     let mut builder = OrtSessionHandle::builder(environment)?;
