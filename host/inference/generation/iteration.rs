@@ -13,6 +13,9 @@ use super::decoder::Decoder;
 use super::kv::{self, SequenceCache};
 use super::{Board, GenerateError, GenerationBatching, GenerationConfig, Shared, StepRequest};
 
+/// A request, and how many of its tokens a step takes.
+type Taking = (StepRequest, usize);
+
 /// A sequence that holds KV memory.
 struct Live {
     cache: SequenceCache,
@@ -50,10 +53,10 @@ impl Scheduler {
         while let Some(requests) = self.next_requests() {
             let (decode, prefill) = self.form(requests);
             if !decode.is_empty() {
-                self.step(decode, 1);
+                self.step(decode);
             }
             if !prefill.is_empty() {
-                self.step(prefill, self.config.prefill_chunk_tokens);
+                self.step(prefill);
             }
         }
     }
@@ -129,9 +132,10 @@ impl Scheduler {
     }
 
     /// Splits the requests into this step's decode batch (live sequences, one token each) and
-    /// prefill batch (new sequences, and live ones appending several tokens); what this step
-    /// cannot take waits for the next.
-    fn form(&mut self, requests: Vec<StepRequest>) -> (Vec<StepRequest>, Vec<StepRequest>) {
+    /// prefill batch (new sequences, and live ones appending several tokens), each request
+    /// with how many of its tokens the step takes; what this step cannot take waits for the
+    /// next. Continuous batching prefills at most `prefill_chunk_tokens` in all per step.
+    fn form(&mut self, requests: Vec<StepRequest>) -> (Vec<Taking>, Vec<Taking>) {
         let max = self.config.max_batch_size;
         let (mut decode, mut prefill) = (Vec::new(), Vec::new());
         let mut later = Vec::new();
@@ -142,16 +146,20 @@ impl Scheduler {
         for request in requests {
             let is_live = self.live.contains_key(&request.sequence);
             if is_live && request.tokens.len() == 1 && decode.len() < max {
-                decode.push(request);
+                decode.push((request, 1));
             } else if !is_live && !admitting {
                 later.push(request);
             } else if (is_live || self.live.len() + joining < max)
                 && (budget > 0 || self.config.batching != GenerationBatching::Continuous)
             {
                 // Static batches prefill whole prompts; continuous ones a chunk per step.
-                budget = budget.saturating_sub(request.tokens.len());
+                let take = match self.config.batching {
+                    GenerationBatching::Continuous => request.tokens.len().min(budget),
+                    GenerationBatching::Static | GenerationBatching::OneAtATime => request.tokens.len(),
+                };
+                budget -= take.min(budget);
                 joining += usize::from(!is_live);
-                prefill.push(request);
+                prefill.push((request, take));
             } else {
                 later.push(request);
             }
@@ -160,24 +168,19 @@ impl Scheduler {
         (decode, prefill)
     }
 
-    /// Runs one step for `requests`, each appending at most `chunk` of its tokens; a request
-    /// with tokens left over waits for a later step.
-    fn step(&mut self, mut requests: Vec<StepRequest>, chunk: usize) {
+    /// Runs one step for `requests`, each appending as many of its tokens as it is paired
+    /// with; a request with tokens left over waits for a later step.
+    fn step(&mut self, taking: Vec<Taking>) {
         let shape = self.decoder.cache_shape();
-        let mut rest = Vec::with_capacity(requests.len());
-        for request in &mut requests {
-            let cut = if self.config.batching == GenerationBatching::Continuous {
-                chunk.max(1)
-            } else {
-                usize::MAX
-            };
-            let rest_tokens =
-                if request.tokens.len() > cut { request.tokens.split_off(cut) } else { Vec::new() };
-            rest.push(rest_tokens);
+        let mut rest = Vec::with_capacity(taking.len());
+        let mut requests = Vec::with_capacity(taking.len());
+        for (mut request, take) in taking {
+            rest.push(request.tokens.split_off(take));
             if let Some(room) = request.room.take() {
                 self.live.insert(request.sequence, Live { cache: SequenceCache::new(shape), _room: room });
                 self.shared.live.fetch_add(1, Ordering::Relaxed);
             }
+            requests.push(request);
         }
         let inputs = {
             let sequences: Vec<(&SequenceCache, &[i64])> =
@@ -185,7 +188,6 @@ impl Scheduler {
             kv::assemble(shape, &sequences)
         };
         let new = inputs.new;
-        let prefill = requests.iter().any(|r| r.tokens.len() > 1);
         let outputs = match self.decoder.step(inputs) {
             Ok(outputs) => outputs,
             Err(error) => {
@@ -222,9 +224,6 @@ impl Scheduler {
         let appended: usize = requests.iter().map(|r| r.tokens.len()).sum();
         self.shared.kv_bytes.fetch_add((appended * shape.bytes_per_token()) as u64, Ordering::Relaxed);
         self.shared.steps.fetch_add(1, Ordering::Relaxed);
-        if prefill {
-            self.shared.prompt_tokens.fetch_add(appended as u64, Ordering::Relaxed);
-        }
         for ((mut request, rest), next) in requests.into_iter().zip(rest).zip(outputs.next_tokens) {
             if rest.is_empty() {
                 self.shared.tokens_generated.fetch_add(1, Ordering::Relaxed);

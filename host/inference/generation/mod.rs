@@ -99,10 +99,9 @@ pub struct GenerationStats {
     pub waiting_sequences: usize,
     /// Bytes of cached keys and values held now.
     pub kv_bytes: u64,
-    /// Steps run, and tokens they produced.
+    /// Steps run, and the tokens they produced.
     pub steps: u64,
     pub tokens_generated: u64,
-    pub prompt_tokens: u64,
     /// Sequences freed because they were dropped unfinished or finished.
     pub sequences_freed: u64,
     /// Sequences refused for want of KV memory.
@@ -129,7 +128,6 @@ struct Shared {
     kv_bytes: AtomicU64,
     steps: AtomicU64,
     tokens_generated: AtomicU64,
-    prompt_tokens: AtomicU64,
     sequences_freed: AtomicU64,
     sequences_refused: AtomicU64,
 }
@@ -179,7 +177,6 @@ impl Generator {
             kv_bytes: AtomicU64::new(0),
             steps: AtomicU64::new(0),
             tokens_generated: AtomicU64::new(0),
-            prompt_tokens: AtomicU64::new(0),
             sequences_freed: AtomicU64::new(0),
             sequences_refused: AtomicU64::new(0),
         });
@@ -232,7 +229,6 @@ impl Generator {
             kv_bytes: s.kv_bytes.load(Ordering::Relaxed),
             steps: s.steps.load(Ordering::Relaxed),
             tokens_generated: s.tokens_generated.load(Ordering::Relaxed),
-            prompt_tokens: s.prompt_tokens.load(Ordering::Relaxed),
             sequences_freed: s.sequences_freed.load(Ordering::Relaxed),
             sequences_refused: s.sequences_refused.load(Ordering::Relaxed),
         }
